@@ -1,0 +1,1 @@
+"""What is measured on the device: timed functions, training steps, memory, dataloaders."""

@@ -1,0 +1,221 @@
+"""The data model of a run: metrics keep their raw samples; every statistic is derived from them.
+
+One JSON schema family serves baselines (`baselines/<fingerprint>.json`) and saved results
+(`--perf-save`): both are a `RunResults` with a `kind` of "baseline" or "results".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Mapping
+
+# Version of the on-disk format, independent of the package version. Loaders reject others.
+SCHEMA_VERSION = 1
+
+Better = Literal["higher", "lower"]
+MetricKind = Literal["time", "throughput", "memory", "dataloader", "other"]
+RunKind = Literal["baseline", "results"]
+
+BETTER_VALUES: tuple[str, ...] = ("higher", "lower")
+METRIC_KINDS: tuple[str, ...] = ("time", "throughput", "memory", "dataloader", "other")
+RUN_KINDS: tuple[str, ...] = ("baseline", "results")
+
+
+class SchemaError(ValueError):
+    """A results or baseline document that does not follow the schema; the message says where."""
+
+
+def _require(data: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise SchemaError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise SchemaError(f"{where}: field {key!r} must be {_type_name(types)}, got {value!r}")
+    if not isinstance(value, types):
+        raise SchemaError(f"{where}: field {key!r} must be {_type_name(types)}, got {value!r}")
+    return value
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    if isinstance(types, tuple):
+        return " or ".join(t.__name__ for t in types)
+    return types.__name__
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured quantity of one test.
+
+    `samples` are the raw observations (seconds, bytes, TFLOP/s, ...); the median and the spread
+    are computed from them on demand. `tolerance` is a relative change (0.05 = 5%) or None for the
+    default of the metric's `kind`. `theory` is the analytic figure shown beside the measurement.
+    """
+
+    name: str
+    unit: str
+    better: Better
+    samples: tuple[float, ...]
+    kind: MetricKind = "other"
+    tolerance: float | None = None
+    reliable: bool = True
+    note: str = ""
+    theory: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "::" in self.name:
+            raise ValueError(f"metric name must be a non-empty string without '::', "
+                             f"got {self.name!r}")
+        if self.better not in BETTER_VALUES:
+            raise ValueError(f"metric {self.name!r}: better must be 'higher' or 'lower', "
+                             f"got {self.better!r}")
+        if self.kind not in METRIC_KINDS:
+            raise ValueError(f"metric {self.name!r}: kind must be one of "
+                             f"{', '.join(METRIC_KINDS)}; got {self.kind!r}")
+        samples = tuple(float(s) for s in self.samples)
+        if not samples:
+            raise ValueError(f"metric {self.name!r} has no samples")
+        if not all(math.isfinite(s) for s in samples):
+            raise ValueError(f"metric {self.name!r} has a non-finite sample: {samples}")
+        object.__setattr__(self, "samples", samples)
+        if self.tolerance is not None and not (0 < self.tolerance < 10):
+            raise ValueError(f"metric {self.name!r}: tolerance is a relative change such as "
+                             f"0.05 for 5%, got {self.tolerance!r}")
+
+    @property
+    def count(self) -> int:
+        return len(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range (0 for fewer than two samples)."""
+        if len(self.samples) < 2:
+            return 0.0
+        q = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return q[2] - q[0]
+
+    @property
+    def spread(self) -> float:
+        """Relative spread: IQR / |median| (0 when the median is 0)."""
+        med = self.median
+        return self.iqr / abs(med) if med else 0.0
+
+    def with_changes(self, **changes: Any) -> "Metric":
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "better": self.better,
+            "kind": self.kind,
+            "median": self.median,
+            "spread": self.spread,
+            "count": self.count,
+            "samples": list(self.samples),
+            "tolerance": self.tolerance,
+            "reliable": self.reliable,
+            "note": self.note,
+            "theory": self.theory,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any], where: str) -> "Metric":
+        """Parse one metric; `where` names the file and metric id for error messages."""
+        if not isinstance(data, Mapping):
+            raise SchemaError(f"{where}: expected an object, got {type(data).__name__}")
+        samples = _require(data, "samples", list, where)
+        if not samples or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                                  for s in samples):
+            raise SchemaError(f"{where}: 'samples' must be a non-empty list of numbers")
+        tolerance = data.get("tolerance")
+        if tolerance is not None and (isinstance(tolerance, bool)
+                                      or not isinstance(tolerance, (int, float))):
+            raise SchemaError(f"{where}: 'tolerance' must be a number or null, got {tolerance!r}")
+        theory = data.get("theory")
+        if theory is not None and (isinstance(theory, bool)
+                                   or not isinstance(theory, (int, float))):
+            raise SchemaError(f"{where}: 'theory' must be a number or null, got {theory!r}")
+        try:
+            return cls(
+                name=name,
+                unit=_require(data, "unit", str, where),
+                better=_require(data, "better", str, where),  # type: ignore[arg-type]
+                samples=tuple(samples),
+                kind=data.get("kind", "other"),
+                tolerance=None if tolerance is None else float(tolerance),
+                reliable=bool(data.get("reliable", True)),
+                note=str(data.get("note", "")),
+                theory=None if theory is None else float(theory),
+            )
+        except ValueError as exc:
+            if isinstance(exc, SchemaError):
+                raise
+            raise SchemaError(f"{where}: {exc}") from None
+
+
+def metric_id(nodeid: str, name: str) -> str:
+    """The key a metric is stored under: `<test nodeid>::<metric name>`."""
+    return f"{nodeid}::{name}"
+
+
+def split_metric_id(mid: str) -> tuple[str, str]:
+    """Inverse of `metric_id`: (nodeid, metric name)."""
+    nodeid, sep, name = mid.rpartition("::")
+    if not sep:
+        raise ValueError(f"metric id {mid!r} has no '::<metric name>' part")
+    return nodeid, name
+
+
+@dataclass
+class RunResults:
+    """All metrics of one run (or one baseline) with the environment they were measured in."""
+
+    kind: RunKind
+    fingerprint: str
+    environment: dict[str, Any]
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "created": self.created,
+            "environment": self.environment,
+            "metrics": {mid: m.to_json() for mid, m in sorted(self.metrics.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "RunResults":
+        """Parse and validate a document; `where` (usually the file path) prefixes every error."""
+        if not isinstance(data, dict):
+            raise SchemaError(f"{where}: expected a JSON object at the top level")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SchemaError(
+                f"{where}: schema_version {version!r} is not supported (this harness reads "
+                f"version {SCHEMA_VERSION}); re-record it with this version of perf-harness")
+        kind = _require(data, "kind", str, where)
+        if kind not in RUN_KINDS:
+            raise SchemaError(f"{where}: kind must be one of {', '.join(RUN_KINDS)}, "
+                              f"got {kind!r}")
+        fingerprint = _require(data, "fingerprint", str, where)
+        environment = _require(data, "environment", dict, where)
+        raw_metrics = _require(data, "metrics", dict, where)
+        metrics: dict[str, Metric] = {}
+        for mid, raw in raw_metrics.items():
+            try:
+                _, name = split_metric_id(mid)
+            except ValueError as exc:
+                raise SchemaError(f"{where}: {exc}") from None
+            metrics[mid] = Metric.from_json(name, raw, f"{where}: metric {mid!r}")
+        created = data.get("created", "")
+        return cls(kind=kind, fingerprint=fingerprint, environment=environment,  # type: ignore[arg-type]
+                   metrics=metrics, created=str(created))
