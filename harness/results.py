@@ -219,3 +219,24 @@ class RunResults:
         created = data.get("created", "")
         return cls(kind=kind, fingerprint=fingerprint, environment=environment,  # type: ignore[arg-type]
                    metrics=metrics, created=str(created))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one `perf` fixture call produced: its metrics by name and the GPU state around it."""
+
+    metrics: dict[str, Metric]
+    gpu_state: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Metric:
+        if name not in self.metrics:
+            raise KeyError(f"no metric {name!r} in this measurement; it has "
+                           f"{', '.join(self.metrics) or 'none'}")
+        return self.metrics[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.metrics
+
+    @property
+    def reliable(self) -> bool:
+        return all(m.reliable for m in self.metrics.values())
