@@ -1,0 +1,52 @@
+"""`python -m harness estimate | compare | baselines | plot`: the command line, one module per command.
+
+This module only dispatches: each command module exposes `add_arguments(parser)` and
+`run(args) -> int` (the exit code). Errors a user can fix are printed as one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "estimate": ("harness.estimate", "what a model should cost: parameters, FLOPs, memory, fit"),
+    "compare": ("harness.compare", "compare two saved result files with the plugin's verdicts"),
+    "baselines": ("harness.baselines_cli", "list, show and trace the stored baselines"),
+    "plot": ("harness.plot", "draw a metric's history as a PNG (needs matplotlib)"),
+}
+
+# Exit code for input a user must fix (missing, truncated or foreign file; bad arguments).
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness",
+                                     description="perf-harness: training performance, measured "
+                                                 "and explained.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ValueError as exc:  # every user-fixable problem in the harness is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
