@@ -1,0 +1,125 @@
+"""Device memory as torch sees it (caching allocator peaks) and as the driver sees it (NVML).
+
+The two differ by what torch does not manage: the CUDA context, loaded kernel images, NCCL and
+other libraries' buffers, typically 0.5-2 GB per process. Both matter for "does it still fit".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pynvml
+import torch
+
+from harness.timing import check_device
+
+
+@dataclass(frozen=True)
+class DeviceMemoryUsage:
+    """Device memory in use according to NVML, and whether it is this process's alone."""
+
+    bytes: int
+    # False when NVML could not attribute memory to this process (no process list on MIG or in
+    # some containers, where NVML reports host PIDs): `bytes` is then the whole device's usage.
+    per_process: bool
+
+    def describe(self) -> str:
+        """One line for a Metric note: what the number covers."""
+        if self.per_process:
+            return "device memory of this process from NVML, CUDA context included"
+        return ("NVML could not attribute memory to this process: this is the whole device's "
+                "used memory, other processes included")
+
+
+def _check_index(index: object) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a CUDA device index (an integer >= 0), got {index!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device memory of CUDA device {index} needs CUDA, but "
+                         f"torch.cuda.is_available() is False on this machine")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"index={index} is not a CUDA device of this process; valid indices "
+                         f"are 0..{count - 1}")
+    return index
+
+
+def _nvml_handle(index: int) -> object:
+    """NVML handle of torch's device `index`, matched by UUID (CUDA_VISIBLE_DEVICES renumbers
+    devices for torch but not for NVML)."""
+    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    if uuid:
+        bare = uuid.removeprefix("GPU-").removeprefix("MIG-")
+        for candidate in (f"GPU-{bare}", f"MIG-{bare}", uuid):
+            try:
+                return pynvml.nvmlDeviceGetHandleByUUID(candidate)
+            except pynvml.NVMLError:
+                continue
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        raise ValueError(f"cannot find CUDA device {index} (UUID {uuid or 'unknown'}) in NVML, "
+                         f"and with CUDA_VISIBLE_DEVICES="
+                         f"{os.environ['CUDA_VISIBLE_DEVICES']!r} its NVML index is unknown")
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def device_memory_usage(index: int = 0) -> DeviceMemoryUsage:
+    """This process's memory on CUDA device `index` from NVML, CUDA context included; the whole
+    device's used memory (and `per_process=False`) when NVML cannot attribute it."""
+    _check_index(index)
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        raise ValueError(f"NVML is not usable on this machine ({exc}); device memory needs the "
+                         f"NVIDIA driver's NVML library") from None
+    try:
+        handle = _nvml_handle(index)
+        try:
+            processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except pynvml.NVMLError:
+            processes = []
+        mine = [p.usedGpuMemory for p in processes
+                if p.pid == os.getpid() and p.usedGpuMemory is not None]
+        if mine:
+            return DeviceMemoryUsage(bytes=int(sum(mine)), per_process=True)
+        used = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        return DeviceMemoryUsage(bytes=int(used), per_process=False)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def device_memory_used_bytes(index: int = 0) -> int:
+    """Bytes of device memory this process uses on CUDA device `index` (see
+    `device_memory_usage` for the fallback to the whole device)."""
+    return device_memory_usage(index).bytes
+
+
+def cuda_context_bytes(index: int = 0) -> int | None:
+    """Device memory of this process that torch does not see: NVML's figure minus
+    `torch.cuda.memory_reserved()`. None when NVML cannot attribute memory to this process."""
+    usage = device_memory_usage(index)
+    if not usage.per_process:
+        return None
+    return usage.bytes - torch.cuda.memory_reserved(index)
+
+
+def _check_cuda_device(device: str) -> torch.device:
+    if check_device(device) != "cuda":
+        raise ValueError(f"peak memory is tracked by torch's CUDA caching allocator only; got "
+                         f"device={device!r}, expected 'cuda' or 'cuda:<index>'")
+    if not torch.cuda.is_available():
+        raise ValueError(f"peak memory on device={device!r} needs CUDA, but "
+                         f"torch.cuda.is_available() is False on this machine")
+    return torch.device(device)
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak: reset torch's max allocated/reserved counters of a CUDA device."""
+    torch.cuda.reset_peak_memory_stats(_check_cuda_device(device))
+
+
+def peak_memory(device: str) -> tuple[int, int]:
+    """(peak allocated, peak reserved) bytes on a CUDA device since the last reset."""
+    torch_device = _check_cuda_device(device)
+    return (torch.cuda.max_memory_allocated(torch_device),
+            torch.cuda.max_memory_reserved(torch_device))

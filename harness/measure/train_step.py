@@ -1,0 +1,232 @@
+"""One training step measured: time, achieved TFLOP/s, MFU/HFU and memory, theory beside each.
+
+FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one untimed step: those are
+hardware-like FLOPs (recomputation from activation checkpointing and the fused-attention
+backward included, causal masking ignored). With a `TransformerConfig` the analytic model and
+hardware FLOPs of `harness.formulas.flops.train_flops` give MFU and HFU, and
+`harness.formulas.memory.training_memory` the memory estimate the measured peak is compared with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness.config import TransformerConfig
+from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
+from harness.results import Metric
+from harness.timing import Clock, TimingPolicy, check_device, measure_time_detailed
+
+if TYPE_CHECKING:
+    from harness.hardware import GPUSpec
+
+RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
+
+# The FLOP count of a step is exact and deterministic for a given model and input shape: any
+# change beyond float rounding means the computation itself changed, so the tolerance is tiny.
+FLOPS_PER_STEP_TOLERANCE = 1e-6
+
+
+def _check_module_device(model: torch.nn.Module, device: str) -> None:
+    wanted = check_device(device)
+    for tensor in list(model.parameters())[:1] + list(model.buffers())[:1]:
+        if tensor.device.type != wanted:
+            raise ValueError(f"model has parameters on {tensor.device}, but device={device!r}; "
+                             f"move the model with model.to({device!r}) first")
+
+
+def _check_inputs(inputs: object, device: str) -> tuple[Any, Any]:
+    if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+        raise ValueError(f"inputs must be a pair (model input, target), got "
+                         f"{type(inputs).__name__} of length "
+                         f"{len(inputs) if hasattr(inputs, '__len__') else 'unknown'}")
+    wanted = check_device(device)
+    for position, value in zip(("inputs[0]", "inputs[1]"), inputs):
+        if isinstance(value, torch.Tensor) and value.device.type != wanted:
+            raise ValueError(f"{position} is on {value.device}, but device={device!r}; move "
+                             f"it with .to({device!r}) first")
+    return inputs[0], inputs[1]
+
+
+def _tokens_shape(x: object) -> tuple[int, int]:
+    if (not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype.is_floating_point
+            or x.dtype.is_complex or x.dtype == torch.bool):
+        got = (f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+               else f"a {type(x).__name__}")
+        raise ValueError(f"with a config, inputs[0] must be integer token ids of shape "
+                         f"(batch, seq); got {got}")
+    batch, seq = x.shape
+    return int(batch), int(seq)
+
+
+def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
+                       loss_fn: Callable[[Any, Any], torch.Tensor],
+                       optimizer: torch.optim.Optimizer, *, clock: Clock, policy: TimingPolicy,
+                       device: str, config: TransformerConfig | None = None,
+                       recompute: str = "none",
+                       autocast_dtype: torch.dtype | None = torch.bfloat16,
+                       gpu: GPUSpec | None = None, precision: str = "bf16-mixed",
+                       optimizer_name: str = "adamw", peak_dtype: str = "bf16",
+                       causal: bool = False) -> dict[str, Metric]:
+    """Time one training step and derive throughput, utilisation and memory from it.
+
+    A step is `optimizer.zero_grad(set_to_none=True)`, the forward and the loss
+    `loss_fn(model(inputs[0]), inputs[1])` under `torch.autocast(device, autocast_dtype)` (no
+    autocast when `autocast_dtype` is None), `loss.backward()` and `optimizer.step()`. The
+    optimizer takes real steps: the model trains during the measurement (one first step, one
+    counted step, the warmup and every sample), and is otherwise left as it was.
+
+    Metrics: `step_time` (s); `tflops` (FlopCounterMode FLOPs / step time) and `flops_per_step`
+    (the count, theory = analytic hardware FLOPs when `config` is given). With `config`:
+    `tokens_per_s` (batch * seq / step time, shape from inputs[0]); with `config` and `gpu`:
+    `mfu` and `hfu` (analytic model / hardware FLOPs over step time and
+    `gpu.peak_flops(peak_dtype)`). On CUDA: `peak_allocated_bytes`, `peak_reserved_bytes` (over
+    warmup and samples), `device_memory_bytes` (NVML, CUDA context included) and with `config`
+    `memory_vs_estimate` (peak allocated / `training_memory(...).total`, theory 1.0). On CPU
+    the memory metrics are omitted: torch tracks no CPU peak. `causal` selects the attention
+    FLOP convention of the analytic figures (default: Megatron/PaLM, non-causal).
+    """
+    device_type = check_device(device)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got "
+                         f"{type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable as loss_fn(output, target), got {loss_fn!r}")
+    if recompute not in RECOMPUTE_CHOICES:
+        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_CHOICES)}; "
+                         f"got {recompute!r}")
+    if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+        raise ValueError(f"autocast_dtype must be a torch.dtype (e.g. torch.bfloat16) or None, "
+                         f"got {autocast_dtype!r}")
+    if config is not None and not isinstance(config, TransformerConfig):
+        raise ValueError(f"config must be a TransformerConfig or None, got "
+                         f"{type(config).__name__}")
+    if gpu is not None and config is None:
+        raise ValueError("gpu is only used for MFU/HFU, which need the analytic FLOPs of a "
+                         "config; pass config=TransformerConfig(...) as well")
+    _check_module_device(model, device)
+    x, target = _check_inputs(inputs, device)
+    shape = _tokens_shape(x) if config is not None else None
+
+    def autocast() -> contextlib.AbstractContextManager[object]:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type, dtype=autocast_dtype)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(model(x), target)
+        loss.backward()
+        optimizer.step()
+
+    # First step, untimed and checked: it pays the one-time costs (optimizer state, lazy
+    # modules, cuBLAS handles) that would otherwise land in the counted step.
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        loss = loss_fn(model(x), target)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar tensor, got "
+                         f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else loss!r}")
+    loss.backward()
+    optimizer.step()
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    counted_flops = int(counter.get_total_flops())
+
+    if device_type == "cuda":
+        reset_peak_memory(device)
+    timed = measure_time_detailed(step, clock=clock, policy=policy, device=device)
+    seconds = timed.samples
+
+    metrics: dict[str, Metric] = {}
+    metrics["step_time"] = Metric(name="step_time", unit="s", better="lower", kind="time",
+                                  samples=tuple(seconds), note=timed.describe())
+
+    analytic = None
+    if config is not None:
+        from harness.formulas.flops import train_flops
+
+        assert shape is not None
+        batch, seq = shape
+        analytic = train_flops(config, batch, seq, recompute=recompute, causal=causal)
+        metrics["tokens_per_s"] = Metric(
+            name="tokens_per_s", unit="tokens/s", better="higher", kind="throughput",
+            samples=tuple(batch * seq / s for s in seconds),
+            note=f"batch {batch} x sequence {seq} tokens per step")
+
+    if counted_flops > 0:
+        metrics["tflops"] = Metric(
+            name="tflops", unit="TFLOP/s", better="higher", kind="throughput",
+            samples=tuple(counted_flops / s / 1e12 for s in seconds),
+            note="FLOPs counted by FlopCounterMode (hardware-like: recomputation included, "
+                 "causal masking ignored) over the step time")
+        metrics["flops_per_step"] = Metric(
+            name="flops_per_step", unit="FLOP", better="lower", kind="other",
+            samples=(float(counted_flops),), tolerance=FLOPS_PER_STEP_TOLERANCE,
+            theory=None if analytic is None else float(analytic.hardware),
+            note="FlopCounterMode count of one step; theory: analytic hardware FLOPs "
+                 f"(recompute={recompute!r}, causal={causal}); a change means the model changed")
+    else:
+        metrics["step_time"] = metrics["step_time"].with_changes(
+            note=timed.describe() + "; FlopCounterMode counted no FLOPs, so no tflops metric")
+
+    if analytic is not None and gpu is not None:
+        from harness.formulas.flops import hfu, mfu
+
+        peak = gpu.peak_flops(peak_dtype)
+        where = f"peak {peak / 1e12:.1f} TFLOP/s ({peak_dtype}) of {gpu.name}"
+        metrics["mfu"] = Metric(
+            name="mfu", unit="ratio", better="higher", kind="throughput",
+            samples=tuple(mfu(analytic.model, s, 1, peak) for s in seconds),
+            note=f"analytic model FLOPs / step time / {where}")
+        metrics["hfu"] = Metric(
+            name="hfu", unit="ratio", better="higher", kind="throughput",
+            samples=tuple(hfu(analytic.hardware, s, 1, peak) for s in seconds),
+            note=f"analytic hardware FLOPs (recompute={recompute!r}) / step time / {where}")
+
+    if device_type == "cuda":
+        metrics.update(_memory_metrics(device, config, shape, precision, optimizer_name,
+                                       recompute))
+    return metrics
+
+
+def _memory_metrics(device: str, config: TransformerConfig | None,
+                    shape: tuple[int, int] | None, precision: str, optimizer_name: str,
+                    recompute: str) -> dict[str, Metric]:
+    allocated, reserved = peak_memory(device)
+    index = torch.device(device).index
+    usage = device_memory_usage(torch.cuda.current_device() if index is None else index)
+    metrics = {
+        "peak_allocated_bytes": Metric(
+            name="peak_allocated_bytes", unit="B", better="lower", kind="memory",
+            samples=(float(allocated),),
+            note="torch.cuda.max_memory_allocated over warmup and timed steps"),
+        "peak_reserved_bytes": Metric(
+            name="peak_reserved_bytes", unit="B", better="lower", kind="memory",
+            samples=(float(reserved),),
+            note="torch.cuda.max_memory_reserved over warmup and timed steps"),
+        "device_memory_bytes": Metric(
+            name="device_memory_bytes", unit="B", better="lower", kind="memory",
+            samples=(float(usage.bytes),), note=usage.describe() + ", after the timed steps"),
+    }
+    if config is not None:
+        from harness.formulas.memory import training_memory
+
+        assert shape is not None
+        batch, seq = shape
+        estimate = training_memory(config, batch, seq, precision=precision,
+                                   optimizer=optimizer_name, recompute=recompute).total
+        metrics["memory_vs_estimate"] = Metric(
+            name="memory_vs_estimate", unit="ratio", better="lower", kind="memory",
+            samples=(allocated / estimate,), theory=1.0,
+            note=f"peak allocated {allocated} B / training_memory estimate {estimate} B "
+                 f"({precision}, {optimizer_name}, recompute={recompute!r})")
+    return metrics
