@@ -1,0 +1,262 @@
+"""Text reports: value formatting, the summary's order and columns, the failure detail, valid
+GitHub markdown, and the description of a baseline refresh."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from harness.report import (
+    format_change,
+    format_value,
+    render_baseline_changes,
+    render_markdown,
+    render_summary,
+    render_verdict_detail,
+)
+from harness.results import Metric, RunResults
+from harness.verdict import Outcome, Verdict, judge
+
+NODE = "perf_tests/test_train.py::test_gpt2_step"
+BASE_ENV = {"torch": "2.4.0", "cuda": "12.4", "driver": "550.54", "gpu_name": "NVIDIA H100"}
+NEW_ENV = {"torch": "2.5.0", "cuda": "12.6", "driver": "550.54", "gpu_name": "NVIDIA H100"}
+
+
+def time_metric(*samples: float, name: str = "step_time") -> Metric:
+    return Metric(name=name, unit="s", better="lower", kind="time", samples=samples)
+
+
+def regression() -> Verdict:
+    baseline = time_metric(0.100, 0.101, 0.099, 0.100, 0.102, 0.100, 0.098, 0.101)
+    measured = time_metric(0.112, 0.113, 0.111, 0.112, 0.114, 0.112, 0.110, 0.113)
+    return judge(f"{NODE}::step_time", measured, baseline, baseline_environment=BASE_ENV,
+                 environment=NEW_ENV)
+
+
+def unchanged() -> Verdict:
+    tflops = Metric(name="tflops", unit="TFLOP/s", better="higher", kind="throughput",
+                    samples=(612.4,) * 5)
+    return judge(f"{NODE}::tflops", tflops, tflops)
+
+
+def no_baseline() -> Verdict:
+    memory = Metric(name="peak_allocated_bytes", unit="B", better="lower", kind="memory",
+                    samples=(14.2 * 2**30,))
+    return judge(f"{NODE}::peak_allocated_bytes", memory, None)
+
+
+def improvement() -> Verdict:
+    return judge(f"{NODE}::wait_time", time_metric(0.08, 0.08, name="wait_time"),
+                 time_metric(0.10, 0.10, name="wait_time"))
+
+
+def unreliable() -> Verdict:
+    measured = Metric(name="mfu", unit="ratio", better="higher", kind="throughput",
+                      samples=(0.40,) * 3, reliable=False, note="GPU throttled (HwSlowdown)")
+    baseline = measured.with_changes(samples=(0.45,) * 3, reliable=True, note="")
+    return judge(f"{NODE}::mfu", measured, baseline)
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "unit", "expected"), [
+    (0.0123, "s", "12.3 ms"),
+    (1.5, "s", "1.5 s"),
+    (0.000_045_6, "s", "45.6 us"),
+    (2.5e-7, "s", "250 ns"),
+    (0.99996, "s", "1 s"),  # rounded before the scale is chosen: not "1,000 ms"
+    (0.0, "s", "0 s"),
+    (-0.0123, "s", "-12.3 ms"),
+    (612.4, "TFLOP/s", "612.4 TFLOP/s"),
+    (14.2 * 2**30, "B", "14.2 GiB"),
+    (14.2 * 2**30, "bytes", "14.2 GiB"),
+    (512, "B", "512 B"),
+    (1536, "B", "1.5 KiB"),
+    (3 * 2**20, "B", "3 MiB"),
+    (0.417, "ratio", "41.7 %"),
+    (41.7, "%", "41.7 %"),
+    (25.0, "GB/s", "25 GB/s"),
+    (12.5e9, "B/s", "12.5 GB/s"),
+    (1.23e15, "FLOP", "1.23 PFLOP"),
+    (4.5e11, "FLOP/s", "450 GFLOP/s"),
+    (1_234_567, "tokens/s", "1,234,567 tokens/s"),
+    (3.456, "batches/s", "3.456 batches/s"),
+])
+def test_format_value_picks_a_readable_unit(value: float, unit: str, expected: str) -> None:
+    assert format_value(value, unit) == expected
+
+
+@pytest.mark.parametrize(("value", "unit", "message"), [
+    (float("nan"), "s", "value must be a finite number, got nan"),
+    ("12", "s", "value must be a finite number, got '12'"),
+    (1.0, None, "unit must be a string"),
+])
+def test_format_value_rejects_bad_input(value: object, unit: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        format_value(value, unit)  # type: ignore[arg-type]
+
+
+def test_format_change_is_signed() -> None:
+    assert format_change(0.102) == "+10.2 %"
+    assert format_change(-0.031) == "-3.1 %"
+    assert format_change(0.0) == "+0.0 %"
+    assert format_change(None) == ""
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+
+def test_summary_lists_regressions_first_then_by_outcome() -> None:
+    text = render_summary([unchanged(), improvement(), no_baseline(), unreliable(),
+                           regression()])
+    table_lines = text.splitlines()[2:7]
+    metrics = [line.split()[1] for line in table_lines]
+    assert metrics == ["step_time", "mfu", "peak_allocated_bytes", "wait_time", "tflops"]
+
+
+def test_summary_columns_show_values_signed_change_and_direction() -> None:
+    text = render_summary([regression(), unchanged()])
+    header = text.splitlines()[0].split()
+    assert header == ["test", "metric", "baseline", "measured", "change", "verdict"]
+    row = text.splitlines()[2]
+    assert row.startswith(NODE)
+    assert "100 ms" in row and "112 ms" in row and "+12.0 %" in row
+    assert "REGRESSION (lower is better)" in row
+    assert "612.4 TFLOP/s" in text
+
+
+def test_summary_counts_explains_and_lists_environment_differences() -> None:
+    text = render_summary([regression(), unchanged(), unreliable()])
+    assert "1 regression, 1 unreliable, 1 unchanged (3 metrics)" in text
+    assert "GPU throttled (HwSlowdown)" in text  # why it is unreliable
+    assert "Mann-Whitney U" in text  # why it is a regression
+    assert "torch: 2.4.0 -> 2.5.0" in text and "cuda: 12.4 -> 12.6" in text
+    assert "driver" not in text  # unchanged entries are not listed
+
+
+def test_summary_of_nothing_says_so() -> None:
+    assert render_summary([]) == "perf: no metrics were judged"
+
+
+# --- detail ------------------------------------------------------------------------------------
+
+
+def test_detail_table_contains_every_field() -> None:
+    verdict = regression()
+    text = render_verdict_detail(verdict)
+    assert text.startswith(f"{NODE}::step_time: REGRESSION (lower is better)")
+    assert verdict.reason in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert "100 ms" in lines["median"] and "112 ms" in lines["median"]
+    assert lines["spread"].count("% (IQR/median)") == 2
+    assert lines["samples"].split()[1:] == ["8", "8"]
+    assert "+12.0 %" in lines["change"]
+    assert "5.0 %" in lines["tolerance"]
+    assert verdict.p_value is not None
+    assert f"{verdict.p_value:.3g} (alpha 0.01)" in lines["p-value"]
+    assert verdict.rule.startswith("mann-whitney") and verdict.rule in lines["rule"]
+    assert "environment differences:" in text
+    assert re.search(r"torch\s+2\.4\.0\s+2\.5\.0", text)
+    assert re.search(r"cuda\s+12\.4\s+12\.6", text)
+
+
+def test_detail_without_baseline_or_p_value_says_not_applicable() -> None:
+    text = render_verdict_detail(no_baseline())
+    assert "no baseline" in text
+    assert re.search(r"p-value\s+n/a", text) and re.search(r"change\s+n/a", text)
+    assert "environment differences: none recorded" in text
+
+
+def test_detail_shows_the_theory_beside_the_measurement() -> None:
+    measured = Metric(name="peak_allocated_bytes", unit="B", better="lower", kind="memory",
+                      samples=(15 * 2**30,), theory=14 * 2**30)
+    text = render_verdict_detail(judge(f"{NODE}::peak_allocated_bytes", measured, measured))
+    assert re.search(r"theory\s+14 GiB", text)
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+TABLE_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+$")
+
+
+def unescaped_pipes(line: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", line))
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    tables: list[list[str]] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    if current:
+        tables.append(current)
+    return tables
+
+
+def test_markdown_is_a_valid_github_table_even_with_pipes_in_ids() -> None:
+    metric = time_metric(0.1, 0.1)
+    odd = judge("perf_tests/test_x.py::test_mode[a|b<c>]::step_time", metric, metric)
+    text = render_markdown([unchanged(), regression(), odd], title="Perf: branch vs main")
+    assert text.startswith("### Perf: branch vs main\n")
+    tables = markdown_tables(text)
+    assert len(tables) == 2  # verdicts, environment differences
+    for table in tables:
+        header, separator, *rows = table
+        assert TABLE_SEPARATOR.match(separator), separator
+        columns = unescaped_pipes(header)
+        assert all(unescaped_pipes(row) == columns for row in [separator, *rows])
+    verdict_rows = tables[0][2:]
+    assert "**REGRESSION (lower is better)**" in verdict_rows[0]  # regressions first
+    assert "test_mode[a\\|b&lt;c&gt;]" in text  # escaped, not an extra column or an HTML tag
+
+
+def test_markdown_lists_counts_reasons_and_environment() -> None:
+    text = render_markdown([regression(), unreliable()])
+    assert "### Performance report" in text
+    assert "1 regression, 1 unreliable (2 metrics)" in text
+    assert f"- `{NODE}::mfu`: unreliable: " in text
+    assert re.search(r"\| torch\s+\| 2\.4\.0\s+\| 2\.5\.0\s+\|", text)
+
+
+def test_markdown_of_nothing_says_so() -> None:
+    assert "No metrics were judged." in render_markdown([])
+
+
+# --- baseline refresh ------------------------------------------------------------------------
+
+
+def run(environment: dict, metrics: dict[str, Metric]) -> RunResults:
+    return RunResults(kind="baseline", fingerprint="nvidia-h100-80gb-hbm3-x1",
+                      environment=environment, metrics=metrics)
+
+
+def test_baseline_changes_show_old_to_new_medians_and_added_removed() -> None:
+    old = run(BASE_ENV, {f"{NODE}::step_time": time_metric(0.100),
+                         f"{NODE}::gone": time_metric(1.0, name="gone")})
+    new = run(NEW_ENV, {f"{NODE}::step_time": time_metric(0.090),
+                        f"{NODE}::fresh": time_metric(0.5, name="fresh")})
+    text = render_baseline_changes(old, new)
+    assert text.startswith("baseline for nvidia-h100-80gb-hbm3-x1: 1 metric updated, 1 added, "
+                           "1 removed")
+    assert re.search(r"::step_time\s+100 ms\s+90 ms\s+-10\.0 %", text)
+    assert re.search(r"::gone\s+1 s\s+removed", text)
+    assert re.search(r"::fresh\s+500 ms\s+added", text)
+    assert "torch: 2.4.0 -> 2.5.0" in text
+
+
+def test_first_baseline_lists_every_metric_as_added() -> None:
+    new = run(NEW_ENV, {f"{NODE}::step_time": time_metric(0.090)})
+    text = render_baseline_changes(None, new)
+    assert text.startswith("new baseline for nvidia-h100-80gb-hbm3-x1: 1 metric")
+    assert re.search(r"::step_time\s+90 ms\s+added", text)
+
+
+def test_outcome_words_in_reports_match_the_enum() -> None:
+    text = render_summary([no_baseline()])
+    assert Outcome.NO_BASELINE.value in text
