@@ -1,0 +1,166 @@
+"""Parallelism arithmetic: data-parallel size, batch sizes, and what tensor/pipeline parallelism
+require of a model's shape.
+
+The batch-size identities are those of source 001 ("batch size" section): DP = N_GPUS / (TP * PP)
+and GBS = MBS * DP * GAS. The tensor-parallel rules follow Megatron-LM, whose attention layer
+splits query heads and key/value groups evenly over the tensor-parallel ranks (source 003 quotes
+`divide(num_query_groups, world_size)`, which asserts divisibility).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.config import TransformerConfig
+from harness.formulas.params import attention_params, mlp_params, norm_params, param_breakdown
+
+# Megatron-LM pads the vocabulary to a multiple of `make_vocab_size_divisible_by` (default 128)
+# times the tensor-parallel size, so every rank holds an equal, well-aligned slice of it.
+MEGATRON_VOCAB_DIVISIBLE_BY = 128
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def _require_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _require_config(cfg: object) -> TransformerConfig:
+    if not isinstance(cfg, TransformerConfig):
+        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__} "
+                         f"({cfg!r}); build one with harness.TransformerConfig(...) or "
+                         f"harness.get_model(name)")
+    return cfg
+
+
+def data_parallel_size(num_gpus: int, tp: int = 1, pp: int = 1) -> int:
+    """Number of model replicas: DP = num_gpus / (tp * pp) (source 001)."""
+    _require_positive_int("num_gpus", num_gpus)
+    _require_positive_int("tp", tp)
+    _require_positive_int("pp", pp)
+    if num_gpus % (tp * pp):
+        raise ValueError(f"num_gpus={num_gpus} is not divisible by tp * pp = {tp} * {pp} = "
+                         f"{tp * pp}; num_gpus must be a multiple of tp * pp")
+    return num_gpus // (tp * pp)
+
+
+def global_batch_size(micro_batch_size: int, dp: int, grad_accum_steps: int = 1) -> int:
+    """Samples per optimizer step: GBS = MBS * DP * GAS (source 001)."""
+    _require_positive_int("micro_batch_size", micro_batch_size)
+    _require_positive_int("dp", dp)
+    _require_positive_int("grad_accum_steps", grad_accum_steps)
+    return micro_batch_size * dp * grad_accum_steps
+
+
+def grad_accum_steps(global_batch_size: int, micro_batch_size: int, dp: int) -> int:
+    """Gradient accumulation steps that make up a global batch: GAS = GBS / (MBS * DP)."""
+    _require_positive_int("global_batch_size", global_batch_size)
+    _require_positive_int("micro_batch_size", micro_batch_size)
+    _require_positive_int("dp", dp)
+    per_step = micro_batch_size * dp
+    if global_batch_size % per_step:
+        lower = (global_batch_size // per_step) * per_step
+        valid = f"{lower} or {lower + per_step}" if lower else f"{per_step}"
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                         f"micro_batch_size * dp = {micro_batch_size} * {dp} = {per_step}; "
+                         f"the nearest valid global batch sizes are {valid}")
+    return global_batch_size // per_step
+
+
+def tokens_per_step(global_batch_size: int, seq_len: int) -> int:
+    """Tokens consumed by one optimizer step: GBS * seq_len."""
+    _require_positive_int("global_batch_size", global_batch_size)
+    _require_positive_int("seq_len", seq_len)
+    return global_batch_size * seq_len
+
+
+def padded_vocab_size(vocab_size: int, tp: int = 1,
+                      divisible_by: int = MEGATRON_VOCAB_DIVISIBLE_BY) -> int:
+    """Vocabulary size after Megatron-LM's padding to a multiple of `divisible_by * tp`."""
+    _require_positive_int("vocab_size", vocab_size)
+    _require_positive_int("tp", tp)
+    _require_positive_int("divisible_by", divisible_by)
+    multiple = divisible_by * tp
+    return _ceil_div(vocab_size, multiple) * multiple
+
+
+@dataclass(frozen=True)
+class TensorParallelLayout:
+    """What one tensor-parallel rank holds of each split dimension."""
+
+    tp: int
+    heads_per_rank: int
+    kv_heads_per_rank: int
+    ffn_per_rank: int
+    padded_vocab_size: int
+    vocab_per_rank: int
+
+
+def check_tensor_parallel(cfg: TransformerConfig, tp: int) -> TensorParallelLayout:
+    """Check that `cfg` splits evenly over `tp` tensor-parallel ranks; return each rank's share.
+
+    Query heads, key/value heads and the feed-forward width must be divisible by tp. Key/value
+    heads are never replicated: Megatron-LM divides `num_query_groups` by the tensor-parallel size
+    and refuses otherwise (inference engines such as vLLM replicate them instead; that layout is
+    not modelled here). The vocabulary is padded as Megatron-LM does, so it always divides.
+    """
+    cfg = _require_config(cfg)
+    _require_positive_int("tp", tp)
+    problems = []
+    if cfg.num_heads % tp:
+        problems.append(f"num_heads={cfg.num_heads}")
+    if cfg.kv_heads % tp:
+        problems.append(f"num_kv_heads={cfg.kv_heads}")
+    if cfg.ffn_size % tp:
+        problems.append(f"ffn_hidden_size={cfg.ffn_size}")
+    if problems:
+        valid = [d for d in range(1, cfg.kv_heads + 1)
+                 if cfg.num_heads % d == 0 and cfg.kv_heads % d == 0 and cfg.ffn_size % d == 0]
+        raise ValueError(f"tp={tp} does not divide {', '.join(problems)} of {cfg.name}; "
+                         f"tensor-parallel sizes that divide heads, key/value heads and the "
+                         f"feed-forward width: {', '.join(map(str, valid))}")
+    vocab = padded_vocab_size(cfg.vocab_size, tp)
+    return TensorParallelLayout(tp=tp, heads_per_rank=cfg.num_heads // tp,
+                                kv_heads_per_rank=cfg.kv_heads // tp,
+                                ffn_per_rank=cfg.ffn_size // tp, padded_vocab_size=vocab,
+                                vocab_per_rank=vocab // tp)
+
+
+def check_pipeline_parallel(cfg: TransformerConfig, pp: int) -> int:
+    """Check that `cfg`'s layers split evenly over `pp` pipeline stages; return layers per stage."""
+    cfg = _require_config(cfg)
+    _require_positive_int("pp", pp)
+    if cfg.num_layers % pp:
+        valid = [d for d in range(1, cfg.num_layers + 1) if cfg.num_layers % d == 0]
+        raise ValueError(f"pp={pp} does not divide num_layers={cfg.num_layers} of {cfg.name}; "
+                         f"valid pipeline sizes: {', '.join(map(str, valid))}")
+    return cfg.num_layers // pp
+
+
+def params_per_rank(cfg: TransformerConfig, tp: int = 1, pp: int = 1) -> int:
+    """Parameters held by one rank of the first pipeline stage (the stage with the embedding).
+
+    Megatron-LM layout: attention and MLP weights and the biases of column-parallel layers are
+    split over tp; the biases of row-parallel layers (attention output, MLP down projection),
+    the norms and learned positions are replicated; the token embedding and an untied output
+    layer are split by vocabulary (ceil(vocab / tp) rows, no padding, so tp=1, pp=1 gives
+    exactly `cfg.num_params()`). The final norm and output layer live on the last stage, so they
+    count here only when pp == 1.
+    """
+    check_tensor_parallel(cfg, tp)
+    layers = check_pipeline_parallel(cfg, pp)
+    h = cfg.hidden_size
+    parts = param_breakdown(cfg)
+    replicated_biases = 2 * h if cfg.bias else 0  # attention output and MLP down projection
+    split = attention_params(cfg) + mlp_params(cfg) - replicated_biases
+    layer = split // tp + replicated_biases + 2 * norm_params(cfg)
+    vocab_rows = _ceil_div(cfg.vocab_size, tp)
+    first_stage = vocab_rows * h + parts["position"] + parts["embedding_norm"] + layers * layer
+    if pp > 1:
+        return first_stage
+    output = 0 if cfg.tied_embeddings else vocab_rows * h
+    return first_stage + parts["final_norm"] + output
