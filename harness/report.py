@@ -82,18 +82,14 @@ def format_change(change: float | None) -> str:
 
 def render_summary(verdicts: Sequence[Verdict]) -> str:
     """The end-of-run table (test, metric, baseline, measured, change, verdict), regressions
-    first, then the counts, why each regression or unreliable verdict was reached, and how the
-    environment differs from the baseline's."""
+    first, one line per metric; then the counts and how the environment differs from the
+    baseline's. Why a verdict was reached is in `render_verdict_detail`."""
     if not verdicts:
         return "perf: no metrics were judged"
     ordered = sort_for_report(verdicts)
     table = tabulate([_summary_row(v) for v in ordered], headers=SUMMARY_HEADERS,
                      tablefmt="simple", disable_numparse=True)
     parts = [table, _counts(ordered)]
-    notes = [f"  {v.metric_id}: {v.outcome.value}: {v.reason}" for v in ordered
-             if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE)]
-    if notes:
-        parts.append("\n".join(notes))
     differences = _merged_differences(ordered)
     if differences:
         parts.append("environment differs from the baseline's:\n" + "\n".join(
@@ -214,12 +210,9 @@ def _summary_row(verdict: Verdict) -> list[str]:
 
 
 def _verdict_word(verdict: Verdict) -> str:
-    """The outcome, with which way is better where the direction matters to read the change."""
-    better = f"({verdict.measured.better} is better)"
-    if verdict.outcome is Outcome.REGRESSION:
-        return f"REGRESSION {better}"
-    if verdict.outcome is Outcome.IMPROVEMENT:
-        return f"improvement {better}"
+    """The outcome's word, with which way is better where that is needed to read the change."""
+    if verdict.outcome in (Outcome.REGRESSION, Outcome.IMPROVEMENT):
+        return f"{verdict.outcome.value} ({verdict.measured.better} is better)"
     return verdict.outcome.value
 
 

@@ -123,17 +123,21 @@ def test_summary_columns_show_values_signed_change_and_direction() -> None:
     row = text.splitlines()[2]
     assert row.startswith(NODE)
     assert "100 ms" in row and "112 ms" in row and "+12.0 %" in row
-    assert "REGRESSION (lower is better)" in row
+    assert row.endswith("regression (lower is better)")
     assert "612.4 TFLOP/s" in text
 
 
-def test_summary_counts_explains_and_lists_environment_differences() -> None:
+def test_summary_counts_and_lists_environment_differences() -> None:
     text = render_summary([regression(), unchanged(), unreliable()])
     assert "1 regression, 1 unreliable, 1 unchanged (3 metrics)" in text
-    assert "GPU throttled (HwSlowdown)" in text  # why it is unreliable
-    assert "Mann-Whitney U" in text  # why it is a regression
     assert "torch: 2.4.0 -> 2.5.0" in text and "cuda: 12.4 -> 12.6" in text
     assert "driver" not in text  # unchanged entries are not listed
+
+
+def test_summary_names_each_metric_on_one_line_only() -> None:
+    text = render_summary([regression(), unchanged(), unreliable(), no_baseline()])
+    for name in ("step_time", "tflops", "mfu", "peak_allocated_bytes"):
+        assert len([line for line in text.splitlines() if name in line]) == 1
 
 
 def test_summary_of_nothing_says_so() -> None:
@@ -146,7 +150,7 @@ def test_summary_of_nothing_says_so() -> None:
 def test_detail_table_contains_every_field() -> None:
     verdict = regression()
     text = render_verdict_detail(verdict)
-    assert text.startswith(f"{NODE}::step_time: REGRESSION (lower is better)")
+    assert text.startswith(f"{NODE}::step_time: regression (lower is better)")
     assert verdict.reason in text
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
     assert "100 ms" in lines["median"] and "112 ms" in lines["median"]
@@ -212,7 +216,7 @@ def test_markdown_is_a_valid_github_table_even_with_pipes_in_ids() -> None:
         columns = unescaped_pipes(header)
         assert all(unescaped_pipes(row) == columns for row in [separator, *rows])
     verdict_rows = tables[0][2:]
-    assert "**REGRESSION (lower is better)**" in verdict_rows[0]  # regressions first
+    assert "**regression (lower is better)**" in verdict_rows[0]  # regressions first
     assert "test_mode[a\\|b&lt;c&gt;]" in text  # escaped, not an extra column or an HTML tag
 
 
@@ -221,6 +225,8 @@ def test_markdown_lists_counts_reasons_and_environment() -> None:
     assert "### Performance report" in text
     assert "1 regression, 1 unreliable (2 metrics)" in text
     assert f"- `{NODE}::mfu`: unreliable: " in text
+    assert "GPU throttled (HwSlowdown)" in text  # why it is unreliable
+    assert "Mann-Whitney U" in text  # why it is a regression
     assert re.search(r"\| torch\s+\| 2\.4\.0\s+\| 2\.5\.0\s+\|", text)
 
 
