@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from harness.results import Metric, RunResults, SchemaError
+from harness.results import RunResults, SchemaError
 
 HISTORY_DIRNAME = "history"
 
@@ -95,7 +95,7 @@ def load_results(path: Path) -> RunResults:
                          f"({exc.msg}); {FIX_HINT}") from None
     try:
         results = RunResults.from_json(data, str(path))
-        _check_fields_results_leaves_open(data, str(path))
+        _check_fields_results_leaves_open(data, results, str(path))
     except SchemaError as exc:
         raise StoreError(f"{exc}; {FIX_HINT}") from None
     return results
@@ -114,9 +114,9 @@ def load_baseline(directory: Path, fingerprint: str) -> RunResults | None:
     if results.fingerprint != fingerprint:
         raise StoreError(
             f"{path}: recorded on hardware {results.fingerprint!r}, but it is the baseline file "
-            f"of {fingerprint!r}; it is never used for other hardware. Move it to "
-            f"{baseline_path(path.parent, results.fingerprint).name} if that is where it "
-            f"belongs, or delete it and record this machine's baseline with "
+            f"of {fingerprint!r}; it is never used for other hardware. Rename it after its "
+            f"fingerprint if it was copied here by mistake, or move it away and record this "
+            f"machine's baseline with "
             f"`pytest -m gpu --perf-update-baselines`")
     return results
 
@@ -198,7 +198,8 @@ def _check_fingerprint(fingerprint: object) -> None:
                          f"got {fingerprint!r}")
 
 
-def _check_fields_results_leaves_open(data: Mapping[str, Any], where: str) -> None:
+def _check_fields_results_leaves_open(data: Mapping[str, Any], results: RunResults,
+                                      where: str) -> None:
     """Checks beyond `RunResults.from_json`: field types it coerces, stored statistics it skips.
 
     The samples are the truth; a stored median, spread or count that disagrees with them means
@@ -213,9 +214,8 @@ def _check_fields_results_leaves_open(data: Mapping[str, Any], where: str) -> No
             if key in raw and not isinstance(raw[key], types):
                 raise SchemaError(f"{at}: field {key!r} must be {types[0].__name__}, "
                                   f"got {raw[key]!r}")
-        samples = [float(s) for s in raw["samples"]]
-        derived = Metric(name="stored", unit="", better="lower", samples=tuple(samples))
-        for key, expected in (("median", derived.median), ("spread", derived.spread)):
+        metric = results.metrics[mid]
+        for key, expected in (("median", metric.median), ("spread", metric.spread)):
             stored = _stored_number(raw, key, at)
             if not math.isclose(stored, expected, rel_tol=STORED_STATISTIC_RTOL,
                                 abs_tol=STORED_STATISTIC_RTOL):
@@ -227,8 +227,8 @@ def _check_fields_results_leaves_open(data: Mapping[str, Any], where: str) -> No
         count = raw["count"]
         if isinstance(count, bool) or not isinstance(count, int):
             raise SchemaError(f"{at}: field 'count' must be int, got {count!r}")
-        if count != len(samples):
-            raise SchemaError(f"{at}: stored count {count} disagrees with its {len(samples)} "
+        if count != metric.count:
+            raise SchemaError(f"{at}: stored count {count} disagrees with its {metric.count} "
                               f"samples")
 
 

@@ -214,15 +214,15 @@ def test_count_that_disagrees_with_samples_is_refused(tmp_path: Path) -> None:
         load_results(path)
 
 
-def test_another_hardwares_file_is_never_used(tmp_path: Path) -> None:
-    foreign = make_results(fingerprint="nvidia-a100-sxm4-80gb-x1")
+@pytest.mark.parametrize("foreign_fingerprint", ["nvidia-a100-sxm4-80gb-x1", "../not a slug"])
+def test_another_hardwares_file_is_never_used(tmp_path: Path, foreign_fingerprint: str) -> None:
     path = baseline_path(tmp_path, FINGERPRINT)
-    save_results(path, foreign)
+    save_results(path, make_results(fingerprint=foreign_fingerprint))
     with pytest.raises(StoreError) as info:
         load_baseline(tmp_path, FINGERPRINT)
     message = str(info.value)
     assert message.startswith(str(path))
-    assert "'nvidia-a100-sxm4-80gb-x1'" in message and repr(FINGERPRINT) in message
+    assert repr(foreign_fingerprint) in message and repr(FINGERPRINT) in message
 
 
 # --- atomic writes -------------------------------------------------------------------------
