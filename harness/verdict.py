@@ -15,20 +15,22 @@ beyond that, or with ties, the normal approximation with tie and continuity corr
 (the textbook method, as in scipy.stats.mannwhitneyu). It assumes independent samples: drift
 within one run makes it over-confident, which is why the tolerance must also be exceeded.
 
-False alarms: under no real change the test alone rejects with probability at most ALPHA (the
-exact test is conservative) -- about 1 metric in 100. Requiring the median to move beyond the
-tolerance as well makes a false regression far rarer: with 2% noise (coefficient of variation),
-20 samples a side and a 5% tolerance, a chance shift of the median beyond 5% is a > 6 sigma event;
-tests/test_verdict.py counts 0 false regressions in 200 seeded runs of that setting.
+False alarms: under no real change the test alone rejects with probability at most DEFAULT_ALPHA
+(0.01; the exact test is conservative), about 1 metric in 100. Requiring the median to move beyond
+the tolerance as well makes a false regression far rarer: with 2% noise (coefficient of
+variation), 20 samples a side and a 5% tolerance, the difference of two medians has a standard
+deviation of about 0.8%, so a chance move beyond 5% is a 6 sigma event; tests/test_verdict.py
+counts 0 false regressions in 200 seeded runs of that setting. With the tolerance out of play
+(5% noise, 1% tolerance) the same count is 3 in 200: the rate of the test alone, near alpha.
 
 Special cases, each decided explicitly:
 - Deterministic metrics (every sample identical on both sides, such as peak allocated memory: the
   caching allocator makes the same allocations for the same code and torch): any difference is
   real, so a change beyond the tolerance is a regression without a test.
-- Too few samples for the rank test to ever reach ALPHA (one sample on a side, or at most
-  1/C(n1+n2, n1) >= alpha, e.g. 4 vs 4 at alpha 0.01): the "spread rule" decides -- the change
-  must exceed the tolerance and also SPREAD_MULTIPLE times the larger relative spread (IQR/median)
-  of the two sides.
+- Too few samples for the rank test to ever reject (one sample on a side, or even the most
+  extreme ordering has p = 1/C(n1+n2, n1) >= alpha, e.g. 4 vs 4 at alpha 0.01): the "spread rule"
+  decides -- the change must exceed the tolerance and also SPREAD_MULTIPLE times the larger
+  relative spread (IQR/median) of the two sides.
 - A change beyond the tolerance that the statistics do not support is UNRELIABLE ("too noisy to
   decide"), not UNCHANGED: the run could neither confirm nor rule out a regression.
 - A measurement marked unreliable (e.g. the GPU throttled) is UNRELIABLE, never a regression.
