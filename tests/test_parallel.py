@@ -92,7 +92,8 @@ def test_misaligned_ffn_is_refused_by_tensor_parallelism() -> None:
 
 def test_pipeline_stages_must_split_layers_evenly() -> None:
     assert check_pipeline_parallel(get_model("llama-2-7b"), 4) == 8
-    with pytest.raises(ValueError, match=r"pp=5 does not divide num_layers=32 .*: 1, 2, 4, 8, 16, 32"):
+    with pytest.raises(ValueError,
+                       match=r"pp=5 does not divide num_layers=32 .*: 1, 2, 4, 8, 16, 32"):
         check_pipeline_parallel(get_model("llama-2-7b"), 5)
 
 

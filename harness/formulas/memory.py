@@ -1,0 +1,433 @@
+"""GPU memory of training and inference: model states, activations, logits, KV cache.
+
+Everything is in bytes. Model states follow the per-parameter byte counts of sources 001 and
+003; activations follow Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+Transformer Models" (quoted with its full breakdown in source 003), written term by term so the
+same code covers grouped-query attention, gated MLPs, any feed-forward width and fused
+(flash) attention, and stays exactly 34sbh + 5as^2b for the paper's GPT block.
+
+Notation: s sequence length, b micro-batch size, h hidden size, a attention heads, f
+feed-forward width, V vocabulary, L layers, t tensor-parallel size, p pipeline-parallel size.
+
+What the estimates leave out: transient buffers (activation gradients during backward, GEMM
+workspaces), allocator fragmentation, and the CUDA context and communication buffers that
+torch's allocator never sees (see `CUDA_CONTEXT_BYTES_RANGE`, `DISTRIBUTED_BUFFER_BYTES_RANGE`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from harness.config import TransformerConfig
+from harness.formulas.parallel import (
+    check_pipeline_parallel,
+    check_tensor_parallel,
+    params_per_rank,
+)
+
+GIB = 2**30
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion")
+RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
+ZERO_STAGES: tuple[int, ...] = (0, 1, 2, 3)
+
+# Optimizer states per parameter, counted in states of the optimizer's state dtype:
+# AdamW keeps two (first and second moment; sources 001 and 003), SGD with momentum and Lion
+# one (source 001), plain SGD none (source 003: "plain SGD has no momentum"). Adafactor: source
+# 001 puts it at 4 bytes/param "plus some extra", i.e. one fp32 state; that is its first moment
+# (beta1) - the factored second moment is only rows + columns per matrix - so with beta1=None
+# (the Hugging Face default) real usage is far lower than this estimate.
+_STATES_PER_PARAM: dict[str, int] = {
+    "adamw": 2, "sgd": 0, "sgd-momentum": 1, "adafactor": 1, "lion": 1,
+}
+# bitsandbytes' 8-bit AdamW: one byte per moment, 2 bytes/param whatever the training precision
+# (source 001). Its per-block quantisation scales (one fp32 per 2048 values) are ignored.
+_ADAMW_8BIT_BYTES = 2
+
+# Korthikanti et al. assume 16-bit activations and 1-byte dropout masks (source 003). FlashAttention
+# keeps one fp32 log-sum-exp per query row and head for its backward pass.
+_MASK_BYTES = 1
+_FP32_BYTES = 4
+
+# Fixed overheads the torch allocator does not see. Source 001 measured the CUDA context of an
+# 80GB A100 at 0.47 GiB (torch 2.1, lazy module loading) to 1.78 GiB (torch 1.10, eager loading)
+# and summarises it as "0.5-2GB" depending on GPU and torch version.
+CUDA_CONTEXT_BYTES_RANGE: tuple[int, int] = (int(0.47 * GIB), 2 * GIB)
+# Source 001: torch.distributed takes "about 1-2GB" at initialisation, more with more GPUs; its
+# 2-GPU NCCL example grows from 0.55 to 2.00 GiB of device memory at the first barrier.
+DISTRIBUTED_BUFFER_BYTES_RANGE: tuple[int, int] = (1 * GIB, 2 * GIB)
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def _require_config(cfg: object) -> TransformerConfig:
+    if not isinstance(cfg, TransformerConfig):
+        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__} "
+                         f"({cfg!r}); build one with harness.TransformerConfig(...) or "
+                         f"harness.get_model(name)")
+    return cfg
+
+
+def _require_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _require_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _require_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _require_positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Named, ordered parts of a memory estimate in bytes; `total` is their sum."""
+
+    parts: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parts, Mapping):
+            raise ValueError(f"parts must be a mapping of name to bytes, got {self.parts!r}")
+        for name, value in self.parts.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"part names must be non-empty strings, got {name!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"part {name!r} must be a non-negative integer number of "
+                                 f"bytes, got {value!r}")
+        object.__setattr__(self, "parts", dict(self.parts))
+
+    @property
+    def total(self) -> int:
+        """Sum of all parts, in bytes."""
+        return sum(self.parts.values())
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict for JSON: {"total_bytes": ..., "parts": {name: bytes, ...}}."""
+        return {"total_bytes": self.total, "parts": dict(self.parts)}
+
+
+@dataclass(frozen=True)
+class BytesPerParam:
+    """Bytes each parameter costs in model states, by kind."""
+
+    weights: int
+    master_weights: int
+    gradients: int
+    optimizer_states: int
+
+    @property
+    def total(self) -> int:
+        """All model-state bytes of one parameter."""
+        return self.weights + self.master_weights + self.gradients + self.optimizer_states
+
+
+def bytes_per_param(precision: str, optimizer: str) -> BytesPerParam:
+    """Model-state bytes per parameter for a training precision and optimizer.
+
+    - "fp32": 4 bytes weights, 4 gradients, fp32 optimizer states (source 001).
+    - "bf16-mixed" / "fp16-mixed": 2-byte working weights plus 4-byte fp32 master weights
+      (source 001: "6 bytes for mixed precision"); gradients 2 + 4 = 6 bytes, a half-precision
+      gradient plus its fp32 copy for the update, as source 003 counts it: (2+4) + (2+4) + (4+4)
+      = 20 bytes/param with AdamW. Source 001 counts only the fp32 gradient (18 bytes/param), as
+      Megatron-LM and torch autocast keep it; DeepSpeed keeps only the half one (16, the ZeRO
+      paper). 20 is the upper of the three.
+    - "bf16" (pure, no master weights): everything in bf16, optimizer states included - source
+      001's AnyPrecisionAdamW example, 2 + 2 + 4 = 8 bytes/param with AdamW.
+    """
+    _require_choice("precision", precision, PRECISIONS)
+    _require_choice("optimizer", optimizer, OPTIMIZERS)
+    state_bytes = 2 if precision == "bf16" else 4
+    optimizer_bytes = (_ADAMW_8BIT_BYTES if optimizer == "adamw-8bit"
+                       else _STATES_PER_PARAM[optimizer] * state_bytes)
+    if precision == "fp32":
+        return BytesPerParam(weights=4, master_weights=0, gradients=4,
+                             optimizer_states=optimizer_bytes)
+    if precision == "bf16":
+        return BytesPerParam(weights=2, master_weights=0, gradients=2,
+                             optimizer_states=optimizer_bytes)
+    return BytesPerParam(weights=2, master_weights=4, gradients=2 + 4,
+                         optimizer_states=optimizer_bytes)
+
+
+def _model_state_parts(params: int, precision: str, optimizer: str, zero_stage: int,
+                       dp: int) -> dict[str, int]:
+    """Model states of `params` parameters on one GPU, sharded over dp by ZeRO stage."""
+    per_param = bytes_per_param(precision, optimizer)
+
+    def held(bytes_each: int, sharded: bool) -> int:
+        elements = _ceil_div(params, dp) if sharded else params  # shards are padded to equal size
+        return elements * bytes_each
+
+    return {
+        "weights": held(per_param.weights, zero_stage >= 3),
+        "master_weights": held(per_param.master_weights, zero_stage >= 1),
+        "gradients": held(per_param.gradients, zero_stage >= 2),
+        "optimizer_states": held(per_param.optimizer_states, zero_stage >= 1),
+    }
+
+
+def model_state_bytes(num_params: int, precision: str = "bf16-mixed", optimizer: str = "adamw",
+                      zero_stage: int = 0, dp: int = 1, tp: int = 1,
+                      pp: int = 1) -> MemoryBreakdown:
+    """Weights, master weights, gradients and optimizer states per GPU.
+
+    tp * pp split the parameters evenly (use `training_memory` for a model's exact per-stage
+    share); ZeRO over dp data-parallel ranks then shards optimizer states and master weights
+    (stage 1), also gradients (stage 2), also weights (stage 3).
+    """
+    _require_positive_int("num_params", num_params)
+    _require_choice("zero_stage", zero_stage, ZERO_STAGES)
+    for name, value in (("dp", dp), ("tp", tp), ("pp", pp)):
+        _require_positive_int(name, value)
+    params = _ceil_div(num_params, tp * pp)
+    return MemoryBreakdown(_model_state_parts(params, precision, optimizer, zero_stage, dp))
+
+
+def _check_activation_args(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                           recompute: str, tp: int, sp: bool, flash_attention: bool,
+                           dropout: bool, bytes_per_element: int) -> TransformerConfig:
+    cfg = _require_config(cfg)
+    _require_positive_int("batch_size", batch_size)
+    _require_positive_int("seq_len", seq_len)
+    _require_choice("recompute", recompute, RECOMPUTE_CHOICES)
+    check_tensor_parallel(cfg, tp)
+    for name, value in (("sp", sp), ("flash_attention", flash_attention), ("dropout", dropout)):
+        _require_bool(name, value)
+    _require_positive_int("bytes_per_element", bytes_per_element)
+    if sp and seq_len % tp:
+        raise ValueError(f"sequence parallelism splits the sequence over tp ranks: seq_len="
+                         f"{seq_len} must be divisible by tp={tp}")
+    return cfg
+
+
+def layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                           recompute: str = "none", tp: int = 1, sp: bool = False,
+                           flash_attention: bool = True, dropout: bool = True,
+                           bytes_per_element: int = 2) -> MemoryBreakdown:
+    """Activations one transformer layer keeps for backward, per GPU, term by term.
+
+    Each term is a tensor saved for the backward pass (Korthikanti et al. 2022, table in source
+    003), in `bytes_per_element` (2 for 16-bit activations) or 1 byte for dropout masks:
+
+    attention block                          MLP block
+      norm input            e*sbh              norm input             e*sbh
+      QKV input             e*sbh              up-projection input    e*sbh
+      Q                     e*sbh              activation input       e*sbf (2x for gated MLPs)
+      K, V                  e*sb*kv each       down-projection input  e*sbf
+      softmax output        e*as^2b            dropout mask           sbh
+      softmax dropout mask  as^2b
+      dropout output        e*as^2b
+      projection input      e*sbh
+      dropout mask          sbh
+
+    With MHA, f = 4h, dropout and e = 2 this is 34sbh + 5as^2b. kv is the key/value width
+    (kv_heads * head_dim) with flash attention; without it, the unfused attention expands K and V
+    to all heads (`repeat_interleave` in Megatron-LM's DotProductAttention) and saves those, so
+    kv = h. Without dropout there are no masks, and the softmax output is the tensor the value
+    product reads, so it is stored once (2as^2b). Gated MLPs (SwiGLU, GeGLU) save both the gate
+    and the up projection, as a fused activation kernel does; an unfused eager implementation
+    also saves the activation's output (one more e*sbf).
+
+    flash_attention=True never materialises the s x s scores: the as^2b terms vanish and a fp32
+    log-sum-exp per row and head (4abs bytes) is kept instead. recompute="selective" recomputes
+    the core attention (the as^2b terms, or the log-sum-exp) in backward; recompute="full" keeps
+    only the layer's input (e*sbh).
+
+    Tensor parallelism (t) splits every tensor inside the attention heads and the MLP; norm inputs,
+    QKV and up-projection inputs and the dropout masks stay whole unless sequence parallelism (sp)
+    splits them along the sequence: sbh(10 + 24/t + 5as/(ht)) without sp, sbh/t (34 + 5as/h) with
+    it (Korthikanti et al., table 2). The checkpointed input of full recomputation is split by sp.
+    """
+    cfg = _check_activation_args(cfg, batch_size, seq_len, recompute, tp, sp, flash_attention,
+                                 dropout, bytes_per_element)
+    e, t = bytes_per_element, tp
+    whole = t if sp else 1  # divisor of the tensors that tensor parallelism alone leaves whole
+    a, h, f = cfg.num_heads, cfg.hidden_size, cfg.ffn_size
+    sb = seq_len * batch_size
+    sbh = sb * h
+    kv_width = cfg.kv_hidden_size if flash_attention else h
+    scores = a * seq_len * seq_len * batch_size  # elements of one [b, a, s, s] tensor
+    keep_layer = recompute != "full"
+    keep_core_attention = recompute == "none"
+    unfused_scores = keep_core_attention and not flash_attention
+    parts = {
+        "attention_norm_input": e * sbh // whole,
+        "qkv_input": e * sbh // whole,
+        "query": e * sbh // t,
+        "key": e * sb * kv_width // t,
+        "value": e * sb * kv_width // t,
+        "softmax_output": e * scores // t if unfused_scores else 0,
+        "softmax_dropout_mask": _MASK_BYTES * scores // t if unfused_scores and dropout else 0,
+        "softmax_dropout_output": e * scores // t if unfused_scores and dropout else 0,
+        "softmax_stats": (_FP32_BYTES * a * sb // t
+                          if keep_core_attention and flash_attention else 0),
+        "projection_input": e * sbh // t,
+        "attention_dropout_mask": _MASK_BYTES * sbh // whole if dropout else 0,
+        "mlp_norm_input": e * sbh // whole,
+        "mlp_input": e * sbh // whole,
+        "activation_input": e * sb * f * (2 if cfg.gated_mlp else 1) // t,
+        "down_projection_input": e * sb * f // t,
+        "mlp_dropout_mask": _MASK_BYTES * sbh // whole if dropout else 0,
+    }
+    if not keep_layer:
+        parts = {name: 0 for name in parts}
+    parts["checkpoint_input"] = 0 if keep_layer else e * sbh // whole
+    return MemoryBreakdown(parts)
+
+
+def activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                     recompute: str = "none", tp: int = 1, sp: bool = False,
+                     flash_attention: bool = True, pp: int = 1, dropout: bool = True,
+                     bytes_per_element: int = 2) -> MemoryBreakdown:
+    """Activation memory of a training step on the busiest GPU: the first pipeline stage.
+
+    Parts:
+    - "layer_activations": `layer_activation_bytes` times L layers. With pp stages each holds L/p
+      layers, but under the 1F1B schedule the first stage keeps p micro-batches in flight, so it
+      stores L/p * p = L layers' worth (Korthikanti et al.; assumes at least p micro-batches per
+      step and the non-interleaved schedule).
+    - "recompute_working_set": with recomputation, the one layer whose activations are rebuilt
+      during its backward (the difference between no recomputation and the chosen kind).
+    - "embedding_dropout_mask" (sbh bytes per micro-batch in flight) and "embedding_norm_input"
+      (BLOOM's norm after the embedding); the embedding's output itself is the first layer's
+      norm input, counted there.
+    - Only without pipeline parallelism (the last stage holds these, Korthikanti et al.):
+      "final_norm_input" and "output_layer_input" (e*sbh each), "logits" (e*sbV/t: the output
+      layer's result, vocabulary split over tp), "logits_fp32" (4sbV/t: the fp32 copy the
+      cross-entropy works on; none when activations are already fp32) and "logits_grad_fp32"
+      (4sbV/t: the softmax gradient of the loss in backward). A fused vocab-parallel cross
+      entropy (Megatron-LM) overwrites its fp32 copy in place and needs about 6 of these 10
+      bytes per logit; eager PyTorch can hold one more fp32 copy at the backward peak.
+    Tensors that tensor parallelism leaves whole are split by sequence parallelism (sp).
+    """
+    _require_positive_int("pp", pp)
+    layer = layer_activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp, sp=sp,
+                                   flash_attention=flash_attention, dropout=dropout,
+                                   bytes_per_element=bytes_per_element)
+    layers_per_stage = check_pipeline_parallel(cfg, pp)
+    micro_batches_in_flight = pp
+    stored_layers = layers_per_stage * micro_batches_in_flight
+    no_recompute = layer_activation_bytes(cfg, batch_size, seq_len, recompute="none", tp=tp,
+                                          sp=sp, flash_attention=flash_attention,
+                                          dropout=dropout, bytes_per_element=bytes_per_element)
+    e = bytes_per_element
+    whole = tp if sp else 1
+    sbh = seq_len * batch_size * cfg.hidden_size
+    logit_elements = seq_len * batch_size * _ceil_div(cfg.vocab_size, tp)
+    last_stage_here = pp == 1
+    parts = {
+        "layer_activations": stored_layers * layer.total,
+        "recompute_working_set": no_recompute.total - layer.total,
+        "embedding_dropout_mask": (_MASK_BYTES * sbh // whole * micro_batches_in_flight
+                                   if dropout else 0),
+        "embedding_norm_input": (e * sbh // whole * micro_batches_in_flight
+                                 if cfg.embedding_norm else 0),
+        "final_norm_input": e * sbh // whole if last_stage_here else 0,
+        "output_layer_input": e * sbh // whole if last_stage_here else 0,
+        "logits": e * logit_elements if last_stage_here else 0,
+        "logits_fp32": (_FP32_BYTES * logit_elements
+                        if last_stage_here and e != _FP32_BYTES else 0),
+        "logits_grad_fp32": _FP32_BYTES * logit_elements if last_stage_here else 0,
+    }
+    return MemoryBreakdown(parts)
+
+
+def kv_cache_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                   bytes_per_element: int = 2) -> int:
+    """KV cache of `seq_len` tokens for `batch_size` sequences:
+    2 (K and V) * layers * kv_heads * head_dim * seq_len * batch_size * bytes_per_element."""
+    cfg = _require_config(cfg)
+    _require_positive_int("batch_size", batch_size)
+    _require_positive_int("seq_len", seq_len)
+    _require_positive_int("bytes_per_element", bytes_per_element)
+    return (2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * seq_len * batch_size
+            * bytes_per_element)
+
+
+def training_memory(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                    precision: str = "bf16-mixed", optimizer: str = "adamw",
+                    recompute: str = "none", tp: int = 1, pp: int = 1, sp: bool = False,
+                    flash_attention: bool = True, zero_stage: int = 0, dp: int = 1,
+                    dropout: bool = True) -> MemoryBreakdown:
+    """Memory of a training step on the busiest GPU (first pipeline stage), in bytes.
+
+    Model states ("weights", "master_weights", "gradients", "optimizer_states") are those of the
+    parameters this GPU holds (`params_per_rank`), sharded over dp by ZeRO stage; activations
+    are `activation_bytes` with batch_size as the micro-batch size, 4-byte activations for
+    precision="fp32" and 2-byte ones otherwise. Excludes the CUDA context and communication
+    buffers (`CUDA_CONTEXT_BYTES_RANGE`, `DISTRIBUTED_BUFFER_BYTES_RANGE`): compare the total
+    with torch.cuda.max_memory_allocated, and use `fits` against the device's capacity.
+    """
+    cfg = _require_config(cfg)
+    _require_choice("precision", precision, PRECISIONS)
+    _require_choice("optimizer", optimizer, OPTIMIZERS)
+    _require_choice("zero_stage", zero_stage, ZERO_STAGES)
+    _require_positive_int("dp", dp)
+    activations = activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp, sp=sp,
+                                   flash_attention=flash_attention, pp=pp, dropout=dropout,
+                                   bytes_per_element=4 if precision == "fp32" else 2)
+    states = _model_state_parts(params_per_rank(cfg, tp, pp), precision, optimizer, zero_stage,
+                                dp)
+    return MemoryBreakdown({**states, **activations.parts})
+
+
+def inference_memory(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                     bytes_per_param: float = 2, bytes_per_activation: int = 2) -> MemoryBreakdown:
+    """Memory of serving `batch_size` sequences of `seq_len` tokens on one GPU, in bytes.
+
+    Parts: "weights" (num_params * bytes_per_param: 2 for fp16/bf16, 1 for int8, 0.5 for int4;
+    source 003), "kv_cache" (`kv_cache_bytes` in bytes_per_activation), "activations" (the
+    tensors alive at the widest point of one layer while prefilling all seq_len tokens with
+    fused attention: residual, normed input and either Q, K, V and the attention output, or the
+    MLP's intermediate tensors - 3f for gated MLPs, 2f otherwise) and "logits" (the last
+    token's logits in fp32 for sampling).
+    """
+    cfg = _require_config(cfg)
+    _require_positive_int("batch_size", batch_size)
+    _require_positive_int("seq_len", seq_len)
+    _require_positive_number("bytes_per_param", bytes_per_param)
+    _require_positive_int("bytes_per_activation", bytes_per_activation)
+    h, kv, f = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size
+    attention_width = 2 * h + (h + 2 * kv) + h
+    mlp_width = 2 * h + (3 if cfg.gated_mlp else 2) * f
+    tokens = batch_size * seq_len
+    return MemoryBreakdown({
+        "weights": math.ceil(cfg.num_params() * bytes_per_param),
+        "kv_cache": kv_cache_bytes(cfg, batch_size, seq_len, bytes_per_activation),
+        "activations": tokens * max(attention_width, mlp_width) * bytes_per_activation,
+        "logits": batch_size * cfg.vocab_size * _FP32_BYTES,
+    })
+
+
+def fits(breakdown: MemoryBreakdown, gpu_memory_bytes: int,
+         reserve_bytes: int = CUDA_CONTEXT_BYTES_RANGE[1]) -> bool:
+    """Whether `breakdown` plus `reserve_bytes` fits in `gpu_memory_bytes`.
+
+    The default reserve is the upper end of the CUDA context range; add
+    `DISTRIBUTED_BUFFER_BYTES_RANGE[1]` for multi-GPU runs.
+    """
+    if not isinstance(breakdown, MemoryBreakdown):
+        raise ValueError(f"breakdown must be a MemoryBreakdown (from training_memory or "
+                         f"inference_memory), got {type(breakdown).__name__}")
+    _require_positive_int("gpu_memory_bytes", gpu_memory_bytes)
+    if isinstance(reserve_bytes, bool) or not isinstance(reserve_bytes, int) or reserve_bytes < 0:
+        raise ValueError(f"reserve_bytes must be a non-negative integer, got {reserve_bytes!r}")
+    return breakdown.total + reserve_bytes <= gpu_memory_bytes
