@@ -1,0 +1,163 @@
+"""`python -m harness compare BASE.json NEW.json`: judge a branch's results against main's.
+
+Every metric id present in either file is judged by `verdict.judge`, the same engine the pytest
+plugin uses, so a comparison on the command line and a comparison in the suite never disagree.
+Both baseline files (`baselines/<fingerprint>.json`) and saved results (`--perf-save`) are
+accepted: they are one schema family.
+
+Metrics only in NEW are judged "no baseline". Metrics only in BASE are listed as "missing in new":
+nothing was measured, so they are not a regression and do not fail the comparison by default (a
+test that crashed already fails its own pytest run; a renamed or removed test is a reviewed change).
+`--fail-on-missing` makes them fail, for comparisons of runs that must cover the same suite.
+
+Exit codes:
+  0  no failing verdict under --fail-on
+  1  a regression (with --fail-on unreliable: also an unreliable measurement; with
+     --fail-on-missing: also a metric missing in NEW)
+  2  unusable input: a missing, unreadable, truncated or foreign-schema file, or files recorded
+     on different hardware (their fingerprints differ); the message names the file(s)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import report, store
+from harness.results import Metric, RunResults
+from harness.verdict import Outcome, Verdict, judge, sort_for_report
+
+# Exit codes of the command (see the module docstring).
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_UNUSABLE = 2
+
+# --fail-on policy -> the outcomes that make the comparison fail.
+FAILING_OUTCOMES: dict[str, frozenset[Outcome]] = {
+    "regression": frozenset({Outcome.REGRESSION}),
+    "unreliable": frozenset({Outcome.REGRESSION, Outcome.UNRELIABLE}),
+    "never": frozenset(),
+}
+
+EPILOG = """\
+exit codes:
+  0  no failing verdict under --fail-on
+  1  a regression (--fail-on unreliable: also an unreliable measurement;
+     --fail-on-missing: also a metric that BASE has and NEW lacks)
+  2  unusable input: missing, unreadable, truncated or foreign-schema file,
+     or files from different hardware (fingerprints differ)
+
+Metrics only in NEW are reported as "no baseline"; metrics only in BASE as
+"missing in new" (not a failure unless --fail-on-missing is given).
+"""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The verdicts of NEW against BASE, regressions first, and the metrics NEW no longer has."""
+
+    base_path: Path
+    new_path: Path
+    verdicts: list[Verdict]
+    missing_in_new: dict[str, Metric]
+
+    def outcomes(self) -> set[Outcome]:
+        return {v.outcome for v in self.verdicts}
+
+
+def check_same_hardware(base: RunResults, base_path: Path,
+                        new: RunResults, new_path: Path) -> None:
+    """Refuse to compare runs from different hardware: their numbers are not comparable."""
+    if base.fingerprint != new.fingerprint:
+        raise ValueError(
+            f"{base_path} (fingerprint {base.fingerprint!r}) and {new_path} (fingerprint "
+            f"{new.fingerprint!r}) were recorded on different hardware; compare files that share "
+            f"a fingerprint")
+
+
+def compare_results(base: RunResults, new: RunResults, *, base_path: Path, new_path: Path,
+                    tolerance: float | None = None) -> Comparison:
+    """Judge every metric of NEW against BASE with `verdict.judge`; list what NEW lacks."""
+    check_same_hardware(base, base_path, new, new_path)
+    verdicts = [
+        judge(mid, measured, base.metrics.get(mid), tolerance=tolerance,
+              baseline_environment=base.environment, environment=new.environment)
+        for mid, measured in sorted(new.metrics.items())
+    ]
+    missing = {mid: m for mid, m in sorted(base.metrics.items()) if mid not in new.metrics}
+    return Comparison(base_path=base_path, new_path=new_path,
+                      verdicts=sort_for_report(verdicts), missing_in_new=missing)
+
+
+def exit_code(comparison: Comparison, *, fail_on: str, fail_on_missing: bool = False) -> int:
+    """0 or 1 for a usable comparison under the --fail-on policy (2 is raised as ValueError)."""
+    if fail_on not in FAILING_OUTCOMES:
+        raise ValueError(f"fail_on must be one of {', '.join(FAILING_OUTCOMES)}, "
+                         f"got {fail_on!r}")
+    if comparison.outcomes() & FAILING_OUTCOMES[fail_on]:
+        return EXIT_REGRESSION
+    if fail_on_missing and comparison.missing_in_new:
+        return EXIT_REGRESSION
+    return EXIT_OK
+
+
+def render_missing(missing: dict[str, Metric], *, markdown: bool) -> str:
+    """The metrics BASE has and NEW lacks, with their baseline medians; empty when none."""
+    if not missing:
+        return ""
+    heading = (f"**Missing in new** ({len(missing)}): measured in the base, not in the new run"
+               if markdown else
+               f"Missing in new ({len(missing)}): measured in the base, not in the new run")
+    bullet = "- " if markdown else "  "
+    lines = [heading]
+    for mid, metric in missing.items():
+        shown_id = f"`{mid}`" if markdown else mid
+        lines.append(f"{bullet}{shown_id} (baseline {report.format_value(metric.median, metric.unit)})")
+    return "\n".join(lines)
+
+
+def render_comparison(comparison: Comparison, *, markdown: bool) -> str:
+    """The full text of a comparison: the verdict table, then what NEW lacks."""
+    if markdown:
+        title = f"Performance: {comparison.new_path.name} vs {comparison.base_path.name}"
+        table = report.render_markdown(comparison.verdicts, title=title)
+    else:
+        table = report.render_summary(comparison.verdicts)
+    missing = render_missing(comparison.missing_in_new, markdown=markdown)
+    return table if not missing else f"{table}\n\n{missing}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m harness compare`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("base", type=Path, metavar="BASE.json",
+                        help="baseline or saved results the new run is judged against (main)")
+    parser.add_argument("new", type=Path, metavar="NEW.json",
+                        help="saved results of the new run (the branch)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print a GitHub-flavoured markdown table for a pull-request comment")
+    parser.add_argument("--fail-on", choices=tuple(FAILING_OUTCOMES), default="regression",
+                        help="which verdicts make the exit code 1 (default: regression; "
+                             "'unreliable' fails on regressions and unreliable measurements)")
+    parser.add_argument("--fail-on-missing", action="store_true",
+                        help="also exit 1 when BASE has a metric that NEW lacks")
+    parser.add_argument("--tolerance", type=float, default=None, metavar="FRACTION",
+                        help="relative tolerance for every metric, e.g. 0.05 for 5%% (default: "
+                             "each metric's stored tolerance, else the default of its kind)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load both files, judge, print the table and return the exit code."""
+    tolerance: float | None = args.tolerance
+    # Same bounds as Metric.tolerance: a relative change, above 0 and below 1000%.
+    if tolerance is not None and not 0 < tolerance < 10:
+        raise ValueError(f"--tolerance is a relative change such as 0.05 for 5%, "
+                         f"got {tolerance!r}")
+    base = store.load_results(args.base)
+    new = store.load_results(args.new)
+    comparison = compare_results(base, new, base_path=args.base, new_path=args.new,
+                                 tolerance=tolerance)
+    print(render_comparison(comparison, markdown=args.markdown))
+    return exit_code(comparison, fail_on=args.fail_on, fail_on_missing=args.fail_on_missing)
