@@ -1,0 +1,203 @@
+"""`python -m harness baselines list | show | history`: look into the stored baselines.
+
+`list` answers "which hardware has baselines, how many metrics, recorded when and with what";
+`show` prints one file's metrics with their spread and tolerance; `history` follows one metric's
+median through `baselines/history/<fingerprint>/` so a slow drift across refreshes is visible.
+Unknown fingerprints and bad files are errors (exit 2) that name the known fingerprints or the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from harness import report, store
+from harness.results import Metric, RunResults
+from harness.verdict import DEFAULT_TOLERANCES
+
+DEFAULT_DIRECTORY = Path("baselines")
+
+# How many candidate metric ids an error message lists before it says "and N more".
+MAX_IDS_IN_MESSAGE = 10
+
+
+
+def known_fingerprints(directory: Path) -> list[str]:
+    """The fingerprints stored in `directory`; a ValueError when the directory does not exist."""
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: no such baselines directory; pass --dir, or record "
+                         f"baselines with `pytest -m gpu --perf-update-baselines`")
+    return store.list_fingerprints(directory)
+
+
+def unknown_fingerprint(directory: Path, fingerprint: str) -> ValueError:
+    """The error for a fingerprint without a baseline: it lists the ones that exist."""
+    known = known_fingerprints(directory)
+    listing = ", ".join(known) if known else "none"
+    return ValueError(f"{store.baseline_path(directory, fingerprint)}: no baseline for "
+                      f"fingerprint {fingerprint!r}; known fingerprints in {directory}: {listing}")
+
+
+def load_known_baseline(directory: Path, fingerprint: str) -> RunResults:
+    """The current baseline of `fingerprint`; a ValueError listing the known ones if absent."""
+    baseline = store.load_baseline(directory, fingerprint)
+    if baseline is None:
+        raise unknown_fingerprint(directory, fingerprint)
+    return baseline
+
+
+def find_metric_id(metric_ids: Iterable[str], query: str, *, where: str) -> str:
+    """The metric id equal to `query`, else the only one containing it; a ValueError otherwise."""
+    ids = sorted(set(metric_ids))
+    if query in ids:
+        return query
+    matches = [mid for mid in ids if query in mid]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ValueError(f"{where}: no metric id contains {query!r}; "
+                         f"metric ids there: {_some(ids)}")
+    raise ValueError(f"{where}: {query!r} matches {len(matches)} metric ids, give one of them "
+                     f"in full: {_some(matches)}")
+
+
+def _some(ids: Sequence[str]) -> str:
+    if not ids:
+        return "none"
+    shown = ", ".join(ids[:MAX_IDS_IN_MESSAGE])
+    more = len(ids) - MAX_IDS_IN_MESSAGE
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _environment_value(environment: dict[str, Any], key: str) -> str:
+    """A field of `environment.run_environment` as text; "?" for files recorded without it."""
+    value = environment.get(key)
+    return "?" if value in (None, "") else str(value)
+
+
+def effective_tolerance(metric: Metric) -> tuple[float, bool]:
+    """(tolerance the verdict uses without an override, whether it is the kind's default)."""
+    if metric.tolerance is not None:
+        return metric.tolerance, False
+    return DEFAULT_TOLERANCES[metric.kind], True
+
+
+def format_percent(fraction: float, *, signed: bool = False) -> str:
+    """0.031 -> "3.1 %" (or "+3.1 %" when signed)."""
+    return f"{fraction * 100:+.1f} %" if signed else f"{fraction * 100:.1f} %"
+
+
+def render_list(directory: Path) -> str:
+    """One row per stored fingerprint: metric count, created date, GPU and torch version."""
+    rows = []
+    for fingerprint in known_fingerprints(directory):
+        baseline = load_known_baseline(directory, fingerprint)
+        env = baseline.environment
+        rows.append([fingerprint, len(baseline.metrics), baseline.created or "?",
+                     _environment_value(env, "gpu_name"), _environment_value(env, "torch")])
+    if not rows:
+        return (f"no baselines in {directory}; record them with "
+                f"`pytest -m gpu --perf-update-baselines`")
+    return tabulate(rows, headers=["fingerprint", "metrics", "created", "gpu", "torch"])
+
+
+def render_show(results: RunResults, source: Path) -> str:
+    """A file's header (fingerprint, kind, created) and a row per metric."""
+    header = (f"{source}: {results.kind} for {results.fingerprint}, created "
+              f"{results.created or '?'}, {len(results.metrics)} metrics")
+    rows = []
+    for mid, metric in sorted(results.metrics.items()):
+        tolerance, is_default = effective_tolerance(metric)
+        rows.append([
+            mid,
+            report.format_value(metric.median, metric.unit),
+            format_percent(metric.spread),
+            metric.count,
+            format_percent(tolerance) + (" (default)" if is_default else ""),
+            metric.unit,
+            "" if metric.reliable else "unreliable",
+        ])
+    table = tabulate(rows, headers=["metric id", "median", "spread", "n", "tolerance", "unit",
+                                    "note"])
+    return f"{header}\n\n{table}"
+
+
+def render_history(entries: Sequence[tuple[Path, RunResults]], metric_id: str) -> str:
+    """The metric's median in every stored file, oldest first, with the change vs the previous."""
+    rows = []
+    previous: float | None = None
+    described: Metric | None = None
+    for path, results in entries:
+        metric = results.metrics.get(metric_id)
+        if metric is None:
+            rows.append([results.created or "?", path.name, "absent", "", "", ""])
+            continue
+        described = metric
+        change = "" if previous in (None, 0) else format_percent(metric.median / previous - 1,
+                                                                 signed=True)
+        rows.append([results.created or "?", path.name,
+                     report.format_value(metric.median, metric.unit),
+                     format_percent(metric.spread), metric.count, change])
+        previous = metric.median
+    about = "" if described is None else f" [{described.unit}, {described.better} is better]"
+    table = tabulate(rows, headers=["created", "file", "median", "spread", "n",
+                                    "change vs previous"])
+    return f"{metric_id}{about}, {len(entries)} files, oldest first\n\n{table}"
+
+
+def _show_target(directory: Path, target: str) -> tuple[RunResults, Path]:
+    path = Path(target)
+    if target.endswith(".json") or path.is_file():
+        return store.load_results(path), path
+    return load_known_baseline(directory, target), store.baseline_path(directory, target)
+
+
+def _history(directory: Path, fingerprint: str, query: str) -> str:
+    known_fingerprints(directory)  # a clear error for a wrong --dir
+    entries = store.history(directory, fingerprint)
+    if not entries:
+        raise unknown_fingerprint(directory, fingerprint)
+    all_ids = {mid for _, results in entries for mid in results.metrics}
+    where = f"{directory} ({fingerprint}, {len(entries)} files)"
+    return render_history(entries, find_metric_id(all_ids, query, where=where))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sub-commands and options of `python -m harness baselines`."""
+    dir_help = f"baselines directory (default: {DEFAULT_DIRECTORY})"
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIRECTORY, help=dir_help)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    # --dir is accepted before or after the action; SUPPRESS keeps the parent's default.
+    list_parser = actions.add_parser("list", help="stored fingerprints with metric counts, "
+                                                  "created dates, GPU and torch")
+    list_parser.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=dir_help)
+    show_parser = actions.add_parser("show", help="the metrics of one baseline or results file")
+    show_parser.add_argument("target", metavar="FINGERPRINT_OR_PATH",
+                             help="a fingerprint in --dir (e.g. nvidia-h100-80gb-hbm3-x1) or "
+                                  "a path to a .json baseline or results file")
+    show_parser.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=dir_help)
+    history_parser = actions.add_parser("history", help="one metric's median over the "
+                                                        "baseline history, oldest first")
+    history_parser.add_argument("fingerprint", metavar="FINGERPRINT")
+    history_parser.add_argument("metric", metavar="METRIC_ID_OR_SUBSTRING",
+                                help="a full metric id or a part that matches only one")
+    history_parser.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=dir_help)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print what the action asks for; user errors are raised as ValueError (exit 2)."""
+    directory: Path = args.dir
+    if args.action == "list":
+        print(render_list(directory))
+    elif args.action == "show":
+        results, source = _show_target(directory, args.target)
+        print(render_show(results, source))
+    elif args.action == "history":
+        print(_history(directory, args.fingerprint, args.metric))
+    else:  # argparse restricts the choices; this guards a new action added without a branch
+        raise ValueError(f"action must be list, show or history, got {args.action!r}")
+    return 0
