@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -206,3 +207,68 @@ def test_help_documents_the_exit_codes(monkeypatch, capsys):
     out = capsys.readouterr().out
     for code in ("0  no failing verdict", "1  a regression", "2  unusable input"):
         assert code in out
+
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / ".github" / "workflows"
+
+
+def workflow(name: str) -> dict:
+    yaml = pytest.importorskip("yaml")
+    document = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the key `on` as True; GitHub reads it as "on".
+    document["on"] = document.pop(True, document.get("on"))
+    return document
+
+
+def shell_lines(document: dict) -> list[str]:
+    """Every command line of every `run:` step, continuation lines joined."""
+    lines = []
+    for job in document["jobs"].values():
+        for step in job["steps"]:
+            lines += step.get("run", "").replace("\\\n", " ").splitlines()
+    return [" ".join(line.split()) for line in lines if line.strip()]
+
+
+def test_workflows_run_on_the_gpu_runner_when_expected():
+    nightly, pr = workflow("perf-nightly.yml"), workflow("perf-pr.yml")
+    assert set(nightly["on"]) == {"schedule", "workflow_dispatch"}
+    assert set(pr["on"]) == {"pull_request"}
+    for document in (nightly, pr):
+        assert [job["runs-on"] for job in document["jobs"].values()] == [["self-hosted", "gpu"]]
+
+
+def test_nightly_saves_strict_results_and_uploads_them_always():
+    nightly = workflow("perf-nightly.yml")
+    assert ("pytest -m gpu --perf-strict --perf-save results/nightly.json "
+            "--junitxml=results/junit.xml") in shell_lines(nightly)
+    (job,) = nightly["jobs"].values()
+    upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()"
+    assert upload["with"]["path"] == "results/"
+
+
+def test_pr_workflow_compares_with_the_artifact_the_nightly_uploads_on_main():
+    nightly, pr = workflow("perf-nightly.yml"), workflow("perf-pr.yml")
+    (nightly_job,) = nightly["jobs"].values()
+    upload = next(s for s in nightly_job["steps"]
+                  if s.get("uses", "").startswith("actions/upload-artifact"))
+    artifact_on_main = upload["with"]["name"].replace("${{ github.ref_name }}", "main")
+    lines = shell_lines(pr)
+    download = next(line for line in lines if line.startswith("gh run download"))
+    assert f"--name {artifact_on_main} --dir main-results" in download
+    assert any("--workflow perf-nightly.yml --branch main" in line for line in lines)
+    command = next(line for line in lines if line.startswith("python -m harness compare"))
+    argv = command.split(">")[0].split()[4:]  # after "python -m harness compare"
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)
+    args = parser.parse_args(argv)
+    assert (args.base, args.new, args.markdown) == (Path("main-results/nightly.json"),
+                                                     Path("results/pr.json"), True)
+
+
+def test_workflows_use_only_pytest_options_the_plugin_registers(pytestconfig):
+    for name in ("perf-nightly.yml", "perf-pr.yml"):
+        for line in shell_lines(workflow(name)):
+            if line.startswith("pytest "):
+                for flag in (word for word in line.split() if word.startswith("--perf-")):
+                    pytestconfig.getoption(flag)  # ValueError for an unknown option
