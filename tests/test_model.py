@@ -1,0 +1,289 @@
+"""The model builder: parameters exactly as counted, every style trains, checkpointing is exact."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.config import MODEL_ZOO, TransformerConfig, get_model
+from harness.formulas.params import param_breakdown
+from harness.model import (
+    alibi_causal_mask,
+    alibi_slopes,
+    apply_rope,
+    build_model,
+    lm_loss,
+    random_batch,
+    rope_cos_sin,
+)
+
+# One tiny model per architectural style of the zoo (same switches, small sizes).
+TINY: dict[str, TransformerConfig] = {
+    "gpt": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, vocab_size=97,
+                             max_position_embeddings=64, name="tiny-gpt"),
+    "llama-gqa": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2,
+                                   vocab_size=97, ffn_hidden_size=48, mlp="swiglu",
+                                   tied_embeddings=False, bias=False, norm="rmsnorm",
+                                   position="rope", name="tiny-llama"),
+    "qwen-qkv-bias": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=1,
+                                       vocab_size=97, ffn_hidden_size=48, mlp="swiglu",
+                                       tied_embeddings=False, bias=False, qkv_bias=True,
+                                       norm="rmsnorm", position="rope", name="tiny-qwen"),
+    "bloom-alibi": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, vocab_size=97,
+                                     position="alibi", embedding_norm=True, name="tiny-bloom"),
+    "geglu-nobias-layernorm": TransformerConfig(num_layers=2, hidden_size=32, num_heads=2,
+                                                vocab_size=97, mlp="geglu", bias=False,
+                                                name="tiny-geglu"),
+    "relu": TransformerConfig(num_layers=2, hidden_size=32, num_heads=2, vocab_size=97,
+                              mlp="relu", position="rope", name="tiny-relu"),
+}
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- parameters --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(MODEL_ZOO))
+def test_zoo_model_on_meta_has_exactly_the_counted_parameters(name: str) -> None:
+    cfg = get_model(name)
+    model = build_model(cfg, device="meta")
+    assert count_params(model) == cfg.num_params()
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.parametrize("style", sorted(TINY))
+def test_modules_hold_the_parameters_of_each_breakdown_part(style: str) -> None:
+    cfg = TINY[style]
+    model = build_model(cfg, device="meta")
+    parts = param_breakdown(cfg)
+    attention = sum(count_params(block.attn) for block in model.blocks)
+    mlp = sum(count_params(block.mlp) for block in model.blocks)
+    norms = sum(count_params(block.attn_norm) + count_params(block.mlp_norm)
+                for block in model.blocks)
+    assert attention == parts["attention"]
+    assert mlp == parts["mlp"]
+    assert norms == parts["layer_norms"]
+    assert count_params(model.final_norm) == parts["final_norm"]
+    embed_norm = 0 if model.embed_norm is None else count_params(model.embed_norm)
+    assert embed_norm == parts["embedding_norm"]
+
+
+def test_tied_output_layer_shares_the_embedding_parameter() -> None:
+    model = build_model(TINY["gpt"], device="cpu")
+    assert model.lm_head.weight is model.embed_tokens.weight
+    inputs, targets = random_batch(TINY["gpt"], 2, 8, generator=torch.Generator().manual_seed(0))
+    lm_loss(model(inputs), targets).backward()
+    # One tensor, one gradient holding both uses (lookup and logits).
+    assert model.embed_tokens.weight.grad is model.lm_head.weight.grad
+    assert len({id(p) for p in model.parameters()}) == len(list(model.parameters()))
+
+
+def test_untied_output_layer_is_a_separate_parameter() -> None:
+    model = build_model(TINY["llama-gqa"], device="meta")
+    assert model.lm_head.weight is not model.embed_tokens.weight
+
+
+# --- training on CPU ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("style", sorted(TINY))
+def test_tiny_model_of_each_style_trains_with_finite_loss_and_gradients(style: str) -> None:
+    cfg = TINY[style]
+    torch.manual_seed(0)
+    model = build_model(cfg, device="cpu")
+    inputs, targets = random_batch(cfg, 2, 16, generator=torch.Generator().manual_seed(1))
+    logits = model(inputs)
+    assert logits.shape == (2, 16, cfg.vocab_size)
+    loss = lm_loss(logits, targets)
+    # A freshly initialised LM predicts nearly uniformly: the loss is close to log(V).
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.5
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("style", sorted(TINY))
+def test_model_is_causal_future_tokens_do_not_change_past_logits(style: str) -> None:
+    cfg = TINY[style]
+    torch.manual_seed(0)
+    model = build_model(cfg, device="cpu", dtype=torch.float64)
+    inputs, _ = random_batch(cfg, 1, 12, generator=torch.Generator().manual_seed(2))
+    changed = inputs.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % cfg.vocab_size
+    with torch.no_grad():
+        before, after = model(inputs), model(changed)
+    torch.testing.assert_close(before[:, :8], after[:, :8], rtol=0, atol=1e-12)
+    assert not torch.allclose(before[:, 8:], after[:, 8:])
+
+
+@pytest.mark.parametrize("style", ["gpt", "llama-gqa", "bloom-alibi"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_checkpointing_gives_the_same_loss_and_gradients(style: str, dropout: float) -> None:
+    cfg = TINY[style]
+    inputs, targets = random_batch(cfg, 2, 16, generator=torch.Generator().manual_seed(3))
+    results = []
+    for checkpoint_activations in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg, device="cpu", dtype=torch.float64, dropout=dropout,
+                            checkpoint_activations=checkpoint_activations)
+        torch.manual_seed(1)  # same dropout masks in both runs
+        loss = lm_loss(model(inputs), targets)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (plain_loss, plain_grads), (ckpt_loss, ckpt_grads) = results
+    torch.testing.assert_close(ckpt_loss, plain_loss, rtol=1e-12, atol=0)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-10, atol=1e-14)
+
+
+def test_gqa_equals_multi_head_attention_with_repeated_key_value_heads() -> None:
+    gqa_cfg = TINY["llama-gqa"]  # 4 query heads share 2 kv heads
+    mha_cfg = gqa_cfg.replace(num_kv_heads=4)
+    torch.manual_seed(0)
+    gqa = build_model(gqa_cfg, device="cpu", dtype=torch.float64)
+    mha = build_model(mha_cfg, device="cpu", dtype=torch.float64)
+    state = dict(gqa.state_dict())
+    head_dim, groups = gqa_cfg.head_dim, 2
+    for key, value in gqa.state_dict().items():
+        if key.endswith(("k_proj.weight", "v_proj.weight")):
+            # Query head i reads kv head i // groups: repeat each kv head's rows `groups` times.
+            heads = value.view(gqa_cfg.kv_heads, head_dim, -1)
+            state[key] = heads.repeat_interleave(groups, dim=0).reshape(-1, value.shape[1])
+    mha.load_state_dict(state)
+    inputs, _ = random_batch(gqa_cfg, 2, 10, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(mha(inputs), gqa(inputs), rtol=1e-12, atol=1e-12)
+
+
+# --- position encodings ------------------------------------------------------------------------
+
+def test_rope_scores_depend_only_on_the_relative_offset() -> None:
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(8, dtype=torch.float64, generator=gen)
+    k = torch.randn(8, dtype=torch.float64, generator=gen)
+    cos, sin = rope_cos_sin(32, 8, torch.device("cpu"))
+    cos, sin = cos.double(), sin.double()
+
+    def score(m: int, n: int) -> torch.Tensor:
+        rq = apply_rope(q.expand(1, 1, 32, 8), cos, sin)[0, 0, m]
+        rk = apply_rope(k.expand(1, 1, 32, 8), cos, sin)[0, 0, n]
+        return rq @ rk
+
+    torch.testing.assert_close(score(5, 2), score(20, 17), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(score(3, 3), q @ k, rtol=1e-6, atol=1e-6)
+
+
+def test_alibi_slopes_follow_the_paper() -> None:
+    # Press et al. 2022: for 8 heads the slopes are 1/2, 1/4, ..., 1/256.
+    assert alibi_slopes(8) == pytest.approx([2.0 ** -(i + 1) for i in range(8)])
+    # Not a power of two: the 8 slopes of 8 heads, then every other slope of 16 heads.
+    sixteen = alibi_slopes(16)
+    assert alibi_slopes(12) == pytest.approx(alibi_slopes(8) + sixteen[0::2][:4])
+
+
+def test_alibi_mask_is_causal_and_linear_in_distance() -> None:
+    mask = alibi_causal_mask(4, 5, torch.device("cpu"))
+    assert mask.shape == (1, 4, 5, 5)
+    assert torch.isinf(mask[0, :, 1, 2:]).all()
+    slope = alibi_slopes(4)[1]
+    assert mask[0, 1, 4, 1].item() == pytest.approx(-3 * slope)
+    assert mask[0, 1, 3, 3].item() == 0.0
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def test_random_batch_targets_are_inputs_shifted_by_one_and_reproducible() -> None:
+    cfg = TINY["gpt"]
+    inputs, targets = random_batch(cfg, 3, 9, generator=torch.Generator().manual_seed(7))
+    again, _ = random_batch(cfg, 3, 9, generator=torch.Generator().manual_seed(7))
+    assert inputs.shape == targets.shape == (3, 9)
+    torch.testing.assert_close(inputs[:, 1:], targets[:, :-1])
+    torch.testing.assert_close(inputs, again)
+    assert int(inputs.max()) < cfg.vocab_size and int(inputs.min()) >= 0
+
+
+def test_lm_loss_is_computed_in_fp32_for_bf16_logits() -> None:
+    logits = torch.zeros(2, 3, 50, dtype=torch.bfloat16)
+    loss = lm_loss(logits, torch.zeros(2, 3, dtype=torch.long))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(math.log(50), rel=1e-6)
+
+
+# --- argument validation -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"device": "tpu"}, "device 'tpu' is not a device torch knows"),
+    ({"device": 3}, "device must be a str or torch.device"),
+    ({"dtype": torch.int64}, "dtype must be a floating torch.dtype"),
+    ({"dropout": 1.0}, r"dropout must be a probability in \[0, 1\), got 1.0"),
+    ({"checkpoint_activations": 1}, "checkpoint_activations must be True or False, got 1"),
+])
+def test_build_model_rejects_bad_arguments_naming_them(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_model(TINY["gpt"], **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without "
+                                                      "CUDA")
+def test_cuda_device_without_cuda_says_so() -> None:
+    with pytest.raises(ValueError, match="asks for CUDA but torch.cuda.is_available"):
+        build_model(TINY["gpt"], device="cuda")
+
+
+def test_rope_with_odd_head_dim_is_refused_with_the_sizes() -> None:
+    cfg = TransformerConfig(num_layers=1, hidden_size=12, num_heads=4, vocab_size=10,
+                            position="rope", name="odd")
+    with pytest.raises(ValueError, match="needs an even head_dim; 'odd' has head_dim=3"):
+        build_model(cfg)
+
+
+def test_sequence_longer_than_learned_positions_is_refused() -> None:
+    cfg = TINY["gpt"]
+    model = build_model(cfg, device="meta")
+    with pytest.raises(ValueError, match="seq_len=65 exceeds max_position_embeddings=64"):
+        model(torch.zeros(1, 65, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="seq_len=65 exceeds max_position_embeddings=64"):
+        random_batch(cfg, 1, 65)
+
+
+def test_float_input_ids_are_refused() -> None:
+    model = build_model(TINY["gpt"], device="meta")
+    with pytest.raises(ValueError, match="input_ids must be an integer tensor of shape"):
+        model(torch.zeros(1, 4, device="meta"))
+
+
+def test_lm_loss_rejects_mismatched_targets() -> None:
+    with pytest.raises(ValueError, match=r"targets must be a tensor of shape \(2, 3\)"):
+        lm_loss(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_random_batch_rejects_a_generator_on_another_device() -> None:
+    with pytest.raises(ValueError, match="generator lives on 'cpu' but device is 'meta'"):
+        random_batch(TINY["gpt"], 1, 4, device="meta", generator=torch.Generator())
+
+
+def test_random_batch_rejects_zero_batch() -> None:
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        random_batch(TINY["gpt"], 0, 4)
+
+
+# --- CUDA ----------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast needs CUDA")
+@pytest.mark.parametrize("style", sorted(TINY))
+@pytest.mark.parametrize("checkpoint_activations", [False, True])
+def test_bf16_autocast_trains_on_cuda(style: str, checkpoint_activations: bool) -> None:
+    cfg = TINY[style]
+    model = build_model(cfg, device="cuda", checkpoint_activations=checkpoint_activations)
+    inputs, targets = random_batch(cfg, 2, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(inputs)
+    assert logits.dtype == torch.bfloat16
+    loss = lm_loss(logits, targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
