@@ -1,0 +1,286 @@
+"""Floating-point operations of a decoder-only transformer: forward, training, decoding, and the
+utilisation figures (achieved TFLOP/s, MFU, HFU) built on them.
+
+Conventions (every function here follows them):
+
+- A multiply-add is 2 FLOPs: a (m x k) @ (k x n) matmul costs 2mkn.
+- Only matrix multiplies are counted: the Q, K, V and output projections (K and V of width
+  kv_hidden_size under GQA), the attention scores QK^T and the weighted sum softmax(.)V, the MLP
+  matrices (2, or 3 when gated) and the output layer (logits). Norms, softmax, activations,
+  residual adds, biases, RoPE/ALiBi and the embedding lookup are left out: they are a fraction of
+  a percent of the total, and it is exactly what `torch.utils.flop_counter.FlopCounterMode`
+  counts, so the two can be put side by side.
+- Attention follows the Megatron-LM/PaLM convention: non-causal, every query against every key
+  (4*b*s^2*h per layer forward). With `causal=True` the score and weighted-sum matmuls are halved,
+  the work a causal kernel that skips masked blocks does (FlashAttention's own accounting).
+- Training: backward = 2 x forward (gradients for inputs and for weights), so model FLOPs are
+  3 x forward. "Model" FLOPs exclude recomputation (they give MFU); "hardware" FLOPs include it
+  (they give HFU), so model <= hardware always.
+- Recomputation: "selective" recomputes the attention core (QK^T and softmax.V) once more in
+  backward (Korthikanti et al. 2022); "full" recomputes one forward of every transformer layer.
+  The output layer is never recomputed (Megatron-LM checkpoints the transformer layers only), so
+  full recomputation matches Narayanan et al. 2021, eq. 3:
+  96*b*s*l*h^2 * (1 + s/(6h) + V/(16*l*h)) for a GPT block (4h MLP, no GQA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from harness.config import TransformerConfig
+from harness.formulas.params import num_params
+
+RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
+
+# Training costs three forward passes: forward + backward (gradients for inputs and for weights,
+# each as expensive as the forward matmul; Narayanan et al. 2021, appendix).
+TRAIN_FORWARD_MULTIPLE = 3
+
+
+@dataclass(frozen=True)
+class Flops:
+    """FLOPs of one training step: `model` excludes recomputation (for MFU), `hardware` includes
+    it (for HFU)."""
+
+    model: int
+    hardware: int
+
+    def __post_init__(self) -> None:
+        for name in ("model", "hardware"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Flops.{name} must be a non-negative integer, got {value!r}")
+        if self.model > self.hardware:
+            raise ValueError(f"Flops.model={self.model} exceeds Flops.hardware={self.hardware}; "
+                             f"hardware FLOPs include recomputation and are never fewer")
+
+    @property
+    def recompute_overhead(self) -> float:
+        """Extra work from recomputation as a fraction of the model FLOPs (0.0 without)."""
+        return (self.hardware - self.model) / self.model if self.model else 0.0
+
+
+def _check_config(cfg: object) -> TransformerConfig:
+    if not isinstance(cfg, TransformerConfig):
+        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_positive_finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_non_negative_finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    return float(value)
+
+
+def _check_recompute(recompute: object) -> str:
+    if recompute not in RECOMPUTE_KINDS:
+        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_KINDS)}; "
+                         f"got {recompute!r}")
+    return str(recompute)
+
+
+def forward_flops_breakdown(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                            causal: bool = False) -> dict[str, int]:
+    """Forward matmul FLOPs by part, summed over all layers; the values add up to
+    `forward_flops`.
+
+    Keys: qkv_projection, attention_scores (QK^T), attention_values (softmax.V),
+    attention_output, mlp, logits.
+    """
+    cfg = _check_config(cfg)
+    b = _check_positive_int("batch_size", batch_size)
+    s = _check_positive_int("seq_len", seq_len)
+    _check_bool("causal", causal)
+    h, kv, f, layers = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size, cfg.num_layers
+    tokens = b * s
+    mlp_matrices = 3 if cfg.gated_mlp else 2
+    # Every head scores s queries against s keys over head_dim channels: heads * head_dim = h.
+    core = 2 * b * s * s * h
+    if causal:
+        core //= 2  # exact: 2*b*s*s*h is even
+    return {
+        "qkv_projection": layers * 2 * tokens * h * (h + 2 * kv),
+        "attention_scores": layers * core,
+        "attention_values": layers * core,
+        "attention_output": layers * 2 * tokens * h * h,
+        "mlp": layers * mlp_matrices * 2 * tokens * h * f,
+        "logits": 2 * tokens * h * cfg.vocab_size,
+    }
+
+
+def forward_flops(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                  causal: bool = False) -> int:
+    """Matmul FLOPs of one forward pass over batch_size sequences of seq_len tokens, logits
+    included (also the prefill cost of a prompt of seq_len tokens)."""
+    return sum(forward_flops_breakdown(cfg, batch_size, seq_len, causal).values())
+
+
+# A prompt's prefill is one forward pass over it.
+prefill_flops = forward_flops
+
+
+def _transformer_layer_flops(parts: dict[str, int]) -> int:
+    return sum(value for key, value in parts.items() if key != "logits")
+
+
+def train_flops(cfg: TransformerConfig, batch_size: int, seq_len: int, recompute: str = "none",
+                causal: bool = False) -> Flops:
+    """FLOPs of one training step (forward + backward) on batch_size x seq_len tokens.
+
+    model = 3 x forward. hardware adds what recomputation repeats: "selective" the attention core
+    (QK^T and softmax.V) once, "full" one forward of the transformer layers (not of the output
+    layer, which Megatron-LM never recomputes).
+    """
+    recompute = _check_recompute(recompute)
+    parts = forward_flops_breakdown(cfg, batch_size, seq_len, causal)
+    model = TRAIN_FORWARD_MULTIPLE * sum(parts.values())
+    if recompute == "selective":
+        extra = parts["attention_scores"] + parts["attention_values"]
+    elif recompute == "full":
+        extra = _transformer_layer_flops(parts)
+    else:
+        extra = 0
+    return Flops(model=model, hardware=model + extra)
+
+
+def flop_counter_flops(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                       recompute: str = "none", fused_attention: bool = True) -> int:
+    """What `FlopCounterMode` reports for one forward + backward of `harness.model.build_model`.
+
+    FlopCounterMode ignores causal masking (it counts the non-causal work). With a fused SDPA
+    kernel (flash, memory-efficient or cuDNN: the CUDA path) it counts the attention backward as
+    2.5 x the forward core, because that backward recomputes QK^T: one extra score matmul per
+    layer beyond the hardware FLOPs. Where SDPA falls back to the math path (meta tensors) it
+    sees plain bmm ops whose backward is exactly 2 x forward (`fused_attention=False`).
+    """
+    _check_bool("fused_attention", fused_attention)
+    counted = train_flops(cfg, batch_size, seq_len, recompute=recompute, causal=False).hardware
+    if fused_attention:
+        counted += forward_flops_breakdown(cfg, batch_size, seq_len)["attention_scores"]
+    return counted
+
+
+def decode_flops(cfg: TransformerConfig, batch_size: int, context_len: int) -> int:
+    """Matmul FLOPs to generate one new token per sequence with a KV cache of context_len tokens.
+
+    The new token goes through every projection, MLP and the output layer as a 1-token forward;
+    its query attends to context_len + 1 keys (the cached ones and its own), so the score and
+    weighted-sum matmuls each cost 2*b*h*(context_len + 1) per layer. This is source 003's
+    decode formula 24*l*h^2*b + 4*l*h*b*(s+1) + 2*b*h*V for a GPT block.
+    """
+    cfg = _check_config(cfg)
+    b = _check_positive_int("batch_size", batch_size)
+    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 0:
+        raise ValueError(f"context_len must be a non-negative integer (0 = empty cache), "
+                         f"got {context_len!r}")
+    one_token = forward_flops_breakdown(cfg, b, 1)
+    keys = context_len + 1
+    attention_core = 2 * (cfg.num_layers * 2 * b * cfg.hidden_size * keys)
+    return (one_token["qkv_projection"] + one_token["attention_output"] + one_token["mlp"]
+            + one_token["logits"] + attention_core)
+
+
+def six_nd(num_params: int, tokens: int) -> int:
+    """Training FLOPs by the 6ND rule (Kaplan et al. 2020): 2N forward + 4N backward per token."""
+    n = _check_positive_int("num_params", num_params)
+    d = _check_positive_int("tokens", tokens)
+    return 6 * n * d
+
+
+def two_n(num_params: int) -> int:
+    """Forward FLOPs per token by the 2N rule: one multiply-add per parameter."""
+    return 2 * _check_positive_int("num_params", num_params)
+
+
+def approximation_error(cfg: TransformerConfig, batch_size: int, seq_len: int,
+                        causal: bool = False) -> float:
+    """Relative error of 6ND (N = `cfg.num_params()`, D = batch_size*seq_len) against the full
+    model FLOPs: positive when 6ND overestimates (it charges the input embedding and learned
+    positions, which do no matmul), negative when it underestimates (it ignores attention
+    scores, which grow with seq_len)."""
+    exact = train_flops(cfg, batch_size, seq_len, "none", causal).model
+    rule = six_nd(num_params(cfg), batch_size * seq_len)
+    return (rule - exact) / exact
+
+
+def macs_to_flops(macs: float) -> float:
+    """FLOPs from multiply-accumulate counts (fvcore, ptflops, DeepSpeed report MACs): x2."""
+    _check_non_negative_finite("macs", macs)
+    return 2 * macs
+
+
+def flops_to_macs(flops: float) -> float:
+    """Multiply-accumulate count from FLOPs: /2."""
+    _check_non_negative_finite("flops", flops)
+    return flops / 2
+
+
+def quick_tflops_estimate(model_size_billion: float, seq_len: int, global_batch_size: int,
+                          seconds_per_iter: float, num_gpus: int, recompute: bool) -> float:
+    """TFLOP/s per GPU by the handbook rule (source 001):
+    size_B * (4 if recompute else 3) * 2 * seq_len * GBS / (seconds_per_iter * gpus * 1e3).
+
+    It is 6N (8N with full recomputation) per token and ignores attention, so it slightly
+    underestimates; use `train_flops` for the exact count.
+    """
+    size = _check_positive_finite("model_size_billion", model_size_billion)
+    s = _check_positive_int("seq_len", seq_len)
+    gbs = _check_positive_int("global_batch_size", global_batch_size)
+    seconds = _check_positive_finite("seconds_per_iter", seconds_per_iter)
+    gpus = _check_positive_int("num_gpus", num_gpus)
+    _check_bool("recompute", recompute)
+    # 4 = forward + backward (2) + recomputed forward; 3 without recomputation; 2 FLOPs per MAC.
+    passes = 4 if recompute else 3
+    # size in 1e9 parameters over a 1e3 divisor gives 1e12 (TFLOP/s).
+    return size * passes * 2 * s * gbs / (seconds * gpus * 1e3)
+
+
+def achieved_tflops(flops: float, seconds: float, num_gpus: int = 1) -> float:
+    """TFLOP/s per GPU: flops done in `seconds` by `num_gpus` GPUs together."""
+    f = _check_non_negative_finite("flops", flops)
+    t = _check_positive_finite("seconds", seconds)
+    gpus = _check_positive_int("num_gpus", num_gpus)
+    return f / (t * gpus) / 1e12
+
+
+def _utilization(flops_name: str, flops: float, seconds: float, num_gpus: int,
+                 peak_flops_per_gpu: float) -> float:
+    f = _check_non_negative_finite(flops_name, flops)
+    t = _check_positive_finite("seconds", seconds)
+    gpus = _check_positive_int("num_gpus", num_gpus)
+    peak = _check_positive_finite("peak_flops_per_gpu", peak_flops_per_gpu)
+    return f / (t * gpus * peak)
+
+
+def mfu(model_flops: float, seconds: float, num_gpus: int, peak_flops_per_gpu: float) -> float:
+    """Model FLOPs utilisation (0..1): model FLOPs (no recomputation) per second over the GPUs'
+    dense peak in FLOP/s. Above 1 means the peak or the FLOP count is wrong."""
+    return _utilization("model_flops", model_flops, seconds, num_gpus, peak_flops_per_gpu)
+
+
+def hfu(hardware_flops: float, seconds: float, num_gpus: int, peak_flops_per_gpu: float
+        ) -> float:
+    """Hardware FLOPs utilisation (0..1): FLOPs actually executed, recomputation included, per
+    second over the GPUs' dense peak in FLOP/s; >= MFU for the same step."""
+    return _utilization("hardware_flops", hardware_flops, seconds, num_gpus, peak_flops_per_gpu)
