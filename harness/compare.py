@@ -14,8 +14,9 @@ Exit codes:
   0  no failing verdict under --fail-on
   1  a regression (with --fail-on unreliable: also an unreliable measurement; with
      --fail-on-missing: also a metric missing in NEW)
-  2  unusable input: a missing, unreadable, truncated or foreign-schema file, or files recorded
-     on different hardware (their fingerprints differ); the message names the file(s)
+  2  unusable input: a missing, unreadable, truncated or foreign-schema file, a NEW without any
+     metric, or files recorded on different hardware (their fingerprints differ); the message
+     names the file(s)
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ exit codes:
   1  a regression (--fail-on unreliable: also an unreliable measurement;
      --fail-on-missing: also a metric that BASE has and NEW lacks)
   2  unusable input: missing, unreadable, truncated or foreign-schema file,
-     or files from different hardware (fingerprints differ)
+     NEW without any metric, or files from different hardware (fingerprints
+     differ)
 
 Metrics only in NEW are reported as "no baseline"; metrics only in BASE as
 "missing in new" (not a failure unless --fail-on-missing is given).
@@ -80,6 +82,9 @@ def compare_results(base: RunResults, new: RunResults, *, base_path: Path, new_p
                     tolerance: float | None = None) -> Comparison:
     """Judge every metric of NEW against BASE with `verdict.judge`; list what NEW lacks."""
     check_same_hardware(base, base_path, new, new_path)
+    if not new.metrics:
+        raise ValueError(f"{new_path}: holds no metrics, so nothing can be compared; was every "
+                         f"measured test skipped or deselected in that run?")
     verdicts = [
         judge(mid, measured, base.metrics.get(mid), tolerance=tolerance,
               baseline_environment=base.environment, environment=new.environment)

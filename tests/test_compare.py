@@ -143,6 +143,14 @@ def test_different_fingerprints_exit_2_naming_both_files_and_fingerprints(tmp_pa
         assert expected in err
 
 
+def test_new_file_without_metrics_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    base = save(tmp_path / "main.json", {STEP_TIME: step_time(0.100)})
+    new = save(tmp_path / "pr.json", {})
+    assert run_compare(monkeypatch, base, new) == 2
+    err = capsys.readouterr().err
+    assert str(new) in err and "no metrics" in err
+
+
 def test_markdown_output_is_a_github_table(tmp_path, monkeypatch, capsys):
     base = save(tmp_path / "main.json", {STEP_TIME: step_time(0.100, seed=1)})
     new = save(tmp_path / "pr.json", {STEP_TIME: step_time(0.110, seed=2)})
