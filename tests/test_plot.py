@@ -105,7 +105,8 @@ def test_plot_command_writes_a_png(baselines_dir, nightly_results, tmp_path, mon
     assert cli.main(argv) == 0
     data = output.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
-    assert len(data) > 10_000  # axes, five points, a band and text; an empty canvas is ~2 kB
+    # Bare axes of this size are about 12 kB; the points, band, legend and labels add far more.
+    assert len(data) > 25_000, len(data)
     assert f"wrote {output}: {STEP_TIME}, 5 points" in capsys.readouterr().out
 
 
