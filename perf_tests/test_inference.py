@@ -1,0 +1,95 @@
+"""Inference of the Llama-style model in bf16: prefill against the compute bound (FLOPs / peak)
+and KV-cached decode against the memory-bandwidth bound (bytes read per step / bandwidth).
+
+Prefill runs the model's own forward; decode runs `workloads.forward_with_cache`, a KV-cached
+forward over the model's own weights (checked against the full forward on CPU by
+tests/test_suite_workloads.py).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import torch
+
+from harness.fixture import Perf
+from harness.formulas.flops import forward_flops
+from harness.formulas.memory import kv_cache_bytes
+from harness.model import build_model, random_batch
+from perf_tests import workloads as w
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture
+def released_memory() -> Iterator[None]:
+    """Each test starts and ends with nothing of another test left on the GPU."""
+    w.release_cuda_memory()
+    yield
+    w.release_cuda_memory()
+
+
+def _assert_fraction_of_bound(fractions: list[float], what: str) -> None:
+    assert min(fractions) > 0, f"{what}: a throughput of zero or less is a broken measurement"
+    assert max(fractions) <= 1.0, (
+        f"{what} reached {max(fractions):.3f} of its bound: faster than the hardware allows, so "
+        f"the bound's inputs (FLOPs, bytes, peak table) or the clock are wrong")
+
+
+def test_prefill_stays_below_the_compute_bound(perf: Perf, released_memory: None) -> None:
+    workload = w.PREFILL
+    cfg = workload.config
+    peak = w.peak_flops_of(perf.gpu, "bf16")
+    model = build_model(cfg, device=perf.device, dtype=torch.bfloat16).eval()
+    generator = torch.Generator(device=perf.device).manual_seed(0)
+    tokens, _ = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
+                             generator=generator)
+    # Causal FLOPs: the flash kernel skips the masked half of the scores, so this is the work
+    # the GPU must at least do, and FLOPs / peak a true lower bound on the time.
+    flops = forward_flops(cfg, workload.batch_size, workload.seq_len, causal=True)
+
+    def prefill() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(tokens)
+
+    measured = perf.time(prefill, name="prefill", flops=flops)
+    fractions = [tflops * 1e12 / peak for tflops in measured["prefill_tflops"].samples]
+    perf.metric("prefill_of_peak", fractions, unit="ratio", better="higher", kind="throughput")
+    del model, tokens
+    _assert_fraction_of_bound(fractions, f"prefill of {workload.batch_size} x "
+                                         f"{workload.seq_len} tokens")
+
+
+def test_decode_stays_below_the_bandwidth_bound(perf: Perf, released_memory: None) -> None:
+    cfg = w.LLAMA_STYLE
+    batch, context = w.DECODE_BATCH, w.DECODE_CONTEXT
+    bandwidth = w.memory_bandwidth_of(perf.gpu)
+    model = build_model(cfg, device=perf.device, dtype=torch.bfloat16).eval()
+    cache = w.allocate_kv_cache(cfg, batch, context + 1, device=perf.device,
+                                dtype=torch.bfloat16)
+    generator = torch.Generator(device=perf.device).manual_seed(0)
+    prompt, _ = random_batch(cfg, batch, context, device=perf.device, generator=generator)
+    with torch.inference_mode():
+        w.forward_with_cache(model, prompt, cache, start=0)
+    next_token = prompt[:, -1:]
+
+    def decode_step() -> torch.Tensor:
+        # Every call decodes the token at the same position, so each does the same work.
+        with torch.inference_mode():
+            return w.forward_with_cache(model, next_token, cache, start=context)
+
+    # A step reads every weight it multiplies with once, and the keys and values of all
+    # context + 1 positions: less than this cannot be read, so bandwidth / bytes bounds it.
+    bytes_per_step = w.decode_weight_bytes(cfg, bytes_per_param=2) + kv_cache_bytes(
+        cfg, batch, context + 1, bytes_per_element=2)
+    measured = perf.time(decode_step, name="decode_step", bytes=bytes_per_step)
+    seconds = measured["decode_step"].samples
+    perf.metric("decode_tokens_per_s", [batch / s for s in seconds], unit="tokens/s",
+                better="higher", kind="throughput")
+    fractions = [bytes_per_step / s / bandwidth for s in seconds]
+    perf.metric("decode_of_bandwidth_bound", fractions, unit="ratio", better="higher",
+                kind="throughput")
+    del model, cache, prompt, next_token
+    _assert_fraction_of_bound(fractions, f"decode of {batch} sequences at context {context}")
+
