@@ -217,6 +217,18 @@ def throttle_problem(before: dict[str, Any], after: dict[str, Any]) -> str | Non
             f"power {before.get('power_w')} -> {after.get('power_w')} W")
 
 
+def describe_snapshot(state: dict[str, Any]) -> str:
+    """One line of a GPU snapshot for reports: "SM 1980/1980 MHz, 61 C, 498.2 W, throttle: none"."""
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a GPU snapshot dict, got {state!r}")
+    if not state:
+        return "no GPU state (not monitored)"
+    reasons = state.get("throttle_reasons") or []
+    return (f"SM {state.get('sm_clock_mhz')}/{state.get('max_sm_clock_mhz')} MHz, "
+            f"{state.get('temperature_c')} C, {state.get('power_w')} W, "
+            f"throttle: {', '.join(reasons) if reasons else 'none'}")
+
+
 def cuda_available() -> bool:
     """Whether torch sees a CUDA device (the plugin's one question before choosing a device)."""
     import torch
@@ -264,12 +276,21 @@ def run_environment(device: str, *, repo_dir: Path | None = None) -> dict[str, A
     from harness import hardware
 
     gpus = hardware.detect_gpus()
+    if device == "cuda":
+        if not gpus:
+            raise ValueError("device is 'cuda' but no GPU is detected (torch.cuda and NVML see "
+                             "none); run on a GPU machine or use device 'cpu'")
+        # Baselines are per GPU model and count: 8 GPUs of a node share power and cooling.
+        fingerprint = hardware.fingerprint(gpus[0].name, len(gpus))
+    else:
+        fingerprint = hardware.fingerprint(hardware.CPU_NAME, 1)
     commit, dirty = git_state(repo_dir if repo_dir is not None else Path.cwd())
     return {
         "device": device,
-        "fingerprint": hardware.fingerprint(device),
-        "gpu_name": gpus[0] if gpus else None,
+        "fingerprint": fingerprint,
+        "gpu_name": gpus[0].name if gpus else None,
         "gpu_count": len(gpus),
+        "gpu_memory_bytes": gpus[0].memory_bytes if gpus else None,
         "driver": _driver_version() if gpus else None,
         "cuda": torch.version.cuda,
         "torch": torch.__version__,

@@ -1,1 +1,416 @@
-"""pytest plugin entry point (placeholder until the harness lands)."""
+"""pytest plugin: the `--perf-*` options, the `gpu` marker, the `perf` fixture and the verdicts.
+
+Loaded by the "harness.plugin" entry point of an installed perf-harness, or by
+`pytest_plugins = ["harness.plugin"]` in a checkout's conftest.py (the names match, so it is
+never registered twice). The plugin only validates options and wires pytest's hooks to
+`session.PerfSession`, which records, judges, saves and writes baselines.
+
+A regression fails the test that measured it (in its call phase, so it is a failure, not an
+error). A metric without a baseline skips its test with the command that records one, or fails
+it under --perf-strict; it never passes as if it had been checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pynvml
+import pytest
+
+from harness import environment, hardware, report, store
+from harness.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
+from harness.fixture import Perf
+from harness.session import PerfOptions, PerfSession
+from harness.timing import Clock, TimingPolicy, default_clock
+
+OPTIONS_KEY = pytest.StashKey[PerfOptions]()
+SESSION_KEY = pytest.StashKey[PerfSession]()
+
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+DEFAULT_BASELINES_DIR = "baselines"
+
+GPU_MARKER = ("gpu: measures on a CUDA device. Skipped when no CUDA device is visible; "
+              "`pytest -m gpu` without one stops before running anything.")
+DISTRIBUTED_MARKER = ("distributed: reserved for multi-GPU tests (torch.distributed); "
+                      "the harness does not launch them yet.")
+
+
+class PerfWarning(UserWarning):
+    """Something the perf run could not do, that does not invalidate it (e.g. no NVML)."""
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One `--perf-*` option and its `perf_*` ini key."""
+
+    flag: str
+    kind: Literal["path", "flag", "float", "device"]
+    help: str
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("--perf-baselines", "path", "directory of the baselines, one <fingerprint>.json per "
+            "hardware (default: baselines/ in the rootdir)", "DIR"),
+    _Option("--perf-update-baselines", "flag", "record this run's metrics as the baseline of "
+            "this hardware (metrics of tests not run are kept); refused after a failure or an "
+            "unreliable measurement unless --perf-force"),
+    _Option("--perf-force", "flag", "with --perf-update-baselines: write the baseline even when "
+            "tests failed or measurements were unreliable"),
+    _Option("--perf-save", "path", "write this run's results (raw samples, environment) to a "
+            "JSON file", "PATH"),
+    _Option("--perf-compare", "path", "judge against a saved results file instead of the "
+            "stored baseline", "PATH"),
+    _Option("--perf-device", "device", "where measured tests run: cuda, cpu or auto "
+            "(cuda when visible; default)", "DEVICE"),
+    _Option("--perf-strict", "flag", "fail tests whose metrics have no baseline or were "
+            "measured unreliably (for nightly runs)"),
+    _Option("--perf-tolerance", "float", "relative tolerance for every metric, e.g. 0.05 for "
+            "5% (overrides per-metric and default tolerances)", "FLOAT"),
+    _Option("--perf-budget", "float", "sampling time budget of one measurement in seconds "
+            f"(default {TimingPolicy.budget_seconds:g})", "SECONDS"),
+)
+
+
+def _argparse_text(text: str) -> str:
+    """argparse expands %-placeholders in help texts; a literal "5%" must be written "5%%"."""
+    return text.replace("%", "%%")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The `perf` option group: every `--perf-x` flag has a matching `perf_x` ini key."""
+    group = parser.getgroup("perf", "perf-harness: measured tests against stored baselines")
+    for option in OPTIONS:
+        if option.kind == "flag":
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest,
+                            help=_argparse_text(option.help))
+            parser.addini(option.ini, f"default for {option.flag}: {option.help}", type="bool",
+                          default=False)
+        else:
+            group.addoption(option.flag, action="store", default=None, dest=option.dest,
+                            metavar=option.metavar, help=_argparse_text(option.help))
+            # "string", parsed here: the message of a bad value then names the key and file.
+            parser.addini(option.ini, f"default for {option.flag}: {option.help}",
+                          type="string", default="")
+
+
+def _ini_source(config: pytest.Config, name: str) -> str:
+    overrides = config.getoption("override_ini", None) or []
+    if any(entry.split("=", 1)[0].strip() == name for entry in overrides):
+        return f"ini key {name} (from -o/--override-ini)"
+    return f"ini key {name} in {config.inipath}"
+
+
+def _raw_value(config: pytest.Config, option: _Option) -> tuple[Any, str, Path] | None:
+    """(value, where it came from, directory relative paths start at), or None when unset."""
+    value = config.getoption(option.dest)
+    if value is not None:
+        return value, f"{option.flag} (command line)", config.invocation_params.dir
+    source = _ini_source(config, option.ini)
+    try:
+        value = config.getini(option.ini)
+    except (ValueError, TypeError) as exc:
+        hint = ("use true or false" if option.kind == "flag"
+                else f'write it as a string, e.g. {option.ini} = "..."')
+        raise pytest.UsageError(f"{source}: {exc}; {hint}") from None
+    if value in ("", False):
+        return None
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    return value, source, base
+
+
+def _path(config: pytest.Config, option: _Option) -> tuple[Path | None, str]:
+    raw = _raw_value(config, option)
+    if raw is None:
+        return None, ""
+    value, source, base = raw
+    if not str(value).strip():
+        raise pytest.UsageError(f"{source}: an empty path; give a file or directory name")
+    path = Path(str(value).strip()).expanduser()
+    return (path if path.is_absolute() else base / path), source
+
+
+def _positive_float(config: pytest.Config, option: _Option, valid: str,
+                    upper: float = math.inf) -> float | None:
+    raw = _raw_value(config, option)
+    if raw is None:
+        return None
+    value, source, _ = raw
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number < upper):
+        raise pytest.UsageError(f"{source}: {value!r} is not valid; it must be {valid}")
+    return number
+
+
+def _flag(config: pytest.Config, option: _Option) -> tuple[bool, str]:
+    raw = _raw_value(config, option)
+    return (True, raw[1]) if raw is not None else (False, "")
+
+
+def _device(config: pytest.Config, option: _Option) -> tuple[str, str]:
+    """The resolved device ("cuda" or "cpu") and where the choice came from ("" for auto)."""
+    raw = _raw_value(config, option)
+    requested, source = ("auto", "") if raw is None else (str(raw[0]).strip(), raw[1])
+    if requested not in DEVICE_CHOICES:
+        raise pytest.UsageError(f"{source}: {requested!r} is not a device; choose one of "
+                                f"{', '.join(DEVICE_CHOICES)}")
+    available = environment.cuda_available()
+    if requested == "cuda" and not available:
+        raise pytest.UsageError(f"{source}: no CUDA device is visible ({_no_cuda_detail()}); "
+                                f"run on a GPU machine, or drop the option (auto) for the CPU "
+                                f"suite")
+    if requested == "auto":
+        return ("cuda" if available else "cpu"), ""
+    return requested, source
+
+
+def _no_cuda_detail() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f"torch.cuda.is_available() is False, CUDA_VISIBLE_DEVICES="
+            f"{'unset' if visible is None else repr(visible)}")
+
+
+def read_options(config: pytest.Config) -> PerfOptions:
+    """Validate the `--perf-*` options and `perf_*` ini keys; a pytest.UsageError naming the
+    option and where its value came from (command line or ini file) when one is bad."""
+    by_flag = {option.flag: option for option in OPTIONS}
+    baselines, baselines_source = _path(config, by_flag["--perf-baselines"])
+    update, update_source = _flag(config, by_flag["--perf-update-baselines"])
+    force, force_source = _flag(config, by_flag["--perf-force"])
+    save, _ = _path(config, by_flag["--perf-save"])
+    compare, compare_source = _path(config, by_flag["--perf-compare"])
+    strict, _ = _flag(config, by_flag["--perf-strict"])
+    # Metric.tolerance is limited to (0, 10): a relative change beyond 1000% is a typo.
+    tolerance = _positive_float(config, by_flag["--perf-tolerance"],
+                                "a relative change between 0 and 10, such as 0.05 for 5%",
+                                upper=10.0)
+    budget = _positive_float(config, by_flag["--perf-budget"],
+                             "a number of seconds greater than 0, such as 2.5")
+    device, device_source = _device(config, by_flag["--perf-device"])
+
+    if update and compare is not None:
+        raise pytest.UsageError(f"{update_source} and {compare_source} conflict: a baseline "
+                                f"is recorded from this run, a comparison judges it against "
+                                f"{compare}; use one of them")
+    if force and not update:
+        raise pytest.UsageError(f"{force_source} only applies to --perf-update-baselines; add "
+                                f"that option or drop {force_source.split(' ')[0]}")
+    if save is not None and save.is_dir():
+        raise pytest.UsageError(f"--perf-save: {save} is a directory; give a file name such as "
+                                f"{save / 'results.json'}")
+    repeat_flags: list[str] = []
+    if baselines_source.endswith("(command line)"):
+        repeat_flags.append(f"--perf-baselines {baselines}")
+    if device_source.endswith("(command line)"):
+        repeat_flags.append(f"--perf-device {device}")
+    return PerfOptions(
+        baselines_dir=baselines if baselines is not None else config.rootpath / DEFAULT_BASELINES_DIR,
+        device=device, update_baselines=update, force=force, save_path=save,
+        compare_path=compare, strict=strict, tolerance=tolerance, budget_seconds=budget,
+        repeat_flags=tuple(repeat_flags))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Document the markers, validate the options and register the run's hooks."""
+    config.addinivalue_line("markers", GPU_MARKER)
+    config.addinivalue_line("markers", DISTRIBUTED_MARKER)
+    options = read_options(config)
+    config.stash[OPTIONS_KEY] = options
+    config.pluginmanager.register(PerfRun(config, options), PerfRun.PLUGIN_NAME)
+
+
+def _no_cuda_reason(config: pytest.Config) -> str:
+    if environment.cuda_available():
+        return "the perf device is cpu (--perf-device cpu); GPU tests measure on CUDA only"
+    return f"no CUDA device visible: {_no_cuda_detail()}"
+
+
+def _gpu_markexpr(config: pytest.Config) -> str | None:
+    """The -m expression when it names the gpu marker (GPU tests were asked for), else None."""
+    markexpr = config.getoption("markexpr", "") or ""
+    return markexpr if re.search(r"\bgpu\b", markexpr) else None
+
+
+class PerfRun:
+    """The hooks of one pytest run, bound to its config and its `PerfSession`."""
+
+    PLUGIN_NAME = "harness-perf-run"
+
+    def __init__(self, config: pytest.Config, options: PerfOptions) -> None:
+        self.config = config
+        self.options = options
+        self.session: PerfSession | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Record the environment and load the baseline (or --perf-compare file) once; a bad
+        file ends the run here, naming it."""
+        options = self.options
+        run_environment = environment.run_environment(options.device,
+                                                      repo_dir=self.config.rootpath)
+        gpu = hardware.local_spec() if options.device == "cuda" else None
+        perf_session = PerfSession(options, run_environment, gpu=gpu)
+        try:
+            perf_session.load_reference()
+        except store.StoreError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self.session = perf_session
+        self.config.stash[SESSION_KEY] = perf_session
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """GPU tests without CUDA: skipped in a plain run, a usage error when -m asked for them.
+
+        trylast: after -m/-k deselection, so only the tests that would run are considered.
+        """
+        gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+        if not gpu_items or self.options.device == "cuda":
+            return
+        why = _no_cuda_reason(self.config)
+        markexpr = _gpu_markexpr(self.config)
+        if markexpr is not None:
+            raise pytest.UsageError(
+                f"-m {markexpr!r} selected {len(gpu_items)} GPU test(s), but {why}. Nothing was "
+                f"run: a GPU suite that skips everything would look green. Run it on a machine "
+                f"with a CUDA device; for the CPU suite run pytest without -m gpu.")
+        skip = pytest.mark.skip(reason=why)
+        for item in gpu_items:
+            item.add_marker(skip)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        """After the test body: judge what it recorded; a regression fails the test."""
+        result = yield  # the test's own exception propagates; nothing is judged then
+        assert self.session is not None
+        decision = self.session.conclude_test(item.nodeid)
+        if decision.outcome == "failed":
+            pytest.fail(decision.message, pytrace=False)
+        if decision.outcome == "skipped":
+            # _use_item_location: report the skip at the test, not at this line of the plugin
+            # (as pytest's own skip markers do).
+            raise pytest.skip.Exception(decision.message, _use_item_location=True)
+        return result
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Remember failures (they block a baseline refresh) and which test bodies passed."""
+        if self.session is None:
+            return
+        if report.failed:
+            self.session.failed_tests.add(report.nodeid)
+        elif report.when == "call" and report.passed:
+            self.session.passed_tests.add(report.nodeid)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Save the results (--perf-save) and refresh the baseline (--perf-update-baselines);
+        a refused or failed write makes the run fail."""
+        perf_session = self.session
+        if perf_session is None:
+            return
+        notes = perf_session.end_notes
+        if self.options.save_path is not None:
+            try:
+                store.save_results(self.options.save_path, perf_session.results())
+                notes.append(f"saved {len(perf_session.metrics)} metric(s) of this run to "
+                             f"{self.options.save_path}")
+            except store.StoreError as exc:
+                notes.append(f"ERROR: results not saved: {exc}")
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if not self.options.update_baselines:
+            return
+        if not perf_session.metrics:
+            notes.append(f"no metrics were recorded; {perf_session.reference_path} is unchanged")
+            return
+        refusal = perf_session.baseline_refusal(run_ok=exitstatus == pytest.ExitCode.OK)
+        if refusal is not None:
+            notes.append(f"ERROR: {refusal}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        try:
+            old, new, archived = perf_session.write_baseline()
+        except store.StoreError as exc:
+            notes.append(f"ERROR: baseline not written: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        kept = "" if archived is None else f"; the previous one is kept as {archived}"
+        notes.append(f"wrote {perf_session.reference_path} ({len(new.metrics)} metric(s)){kept}")
+        notes.append(report.render_baseline_changes(old, new))
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """The verdict table (regressions first), improvements, and what was saved or written."""
+        perf_session = self.session
+        if perf_session is None or not (perf_session.verdicts or perf_session.end_notes):
+            return
+        terminalreporter.write_sep("=", "perf")
+        if perf_session.verdicts:
+            terminalreporter.write_line(f"against {perf_session.reference_path} "
+                                        f"(hardware fingerprint {perf_session.fingerprint})")
+            terminalreporter.write_line(report.render_summary(perf_session.verdicts))
+        improved = perf_session.improvements()
+        if improved:
+            terminalreporter.write_line(
+                f"{len(improved)} metric(s) improved beyond tolerance; if the change is real, "
+                f"refresh the baseline: pytest -m gpu --perf-update-baselines")
+        for note in perf_session.end_notes:
+            terminalreporter.write_line(note, red=note.startswith("ERROR"))
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Drop the session (pytester runs many configs in one process)."""
+        self.session = None
+
+
+def _perf_session(request: pytest.FixtureRequest) -> PerfSession:
+    perf_session = request.config.stash.get(SESSION_KEY, None)
+    if perf_session is None:
+        raise RuntimeError("the perf session was not started: harness.plugin is loaded but its "
+                           "pytest_sessionstart did not run")
+    return perf_session
+
+
+@pytest.fixture(scope="session")
+def perf_device(request: pytest.FixtureRequest) -> str:
+    """The device measured tests run on: "cuda" or "cpu" (--perf-device, resolved)."""
+    return request.config.stash[OPTIONS_KEY].device
+
+
+@pytest.fixture
+def perf_clock(perf_device: str) -> Clock:
+    """The clock of `perf` measurements; override it in a conftest.py (e.g. a FakeClock)."""
+    return default_clock(perf_device)
+
+
+@pytest.fixture
+def perf_gpu_monitor(perf_device: str) -> GpuStateMonitor:
+    """The GPU monitor of `perf` measurements (NVML on CUDA, none on CPU); overridable."""
+    try:
+        return default_gpu_monitor(perf_device)
+    except (pynvml.NVMLError, ValueError) as exc:
+        warnings.warn(PerfWarning(f"GPU state is not monitored ({exc}): throttling cannot be "
+                                  f"detected in this run"), stacklevel=2)
+        return NullGpuMonitor()
+
+
+@pytest.fixture
+def perf(request: pytest.FixtureRequest, perf_clock: Clock,
+         perf_gpu_monitor: GpuStateMonitor) -> Perf:
+    """Measure in a test: perf.time, perf.train_step, perf.dataloader, perf.metric."""
+    perf_session = _perf_session(request)
+    return Perf(session=perf_session, nodeid=request.node.nodeid, clock=perf_clock,
+                monitor=perf_gpu_monitor, policy=perf_session.policy,
+                user_properties=request.node.user_properties)

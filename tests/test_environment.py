@@ -149,3 +149,9 @@ def test_cpu_run_environment_has_the_cpu_fingerprint_and_the_versions(tmp_path: 
 def test_run_environment_rejects_an_unresolved_device() -> None:
     with pytest.raises(ValueError, match="device must be one of cuda, cpu, got 'auto'"):
         run_environment("auto")
+
+
+def test_snapshot_description_names_clock_heat_power_and_reasons() -> None:
+    text = environment.describe_snapshot(snapshot("HwSlowdown", sm_clock_mhz=1410))
+    assert text == "SM 1410/1980 MHz, 60 C, 500.0 W, throttle: HwSlowdown"
+    assert environment.describe_snapshot({}) == "no GPU state (not monitored)"

@@ -1,0 +1,207 @@
+"""The `perf` fixture's object: a test says what to measure, `Perf` knows how.
+
+Every measurement runs between two GPU snapshots. When the GPU throttled for a reason that
+distorts the numbers (`environment.DISTORTING_THROTTLE_REASONS`) the measurement is taken once
+more; when it throttles again its metrics are kept but marked unreliable, so they are never
+called a regression. Every metric is recorded in the session under `<nodeid>::<name>` and
+attached to the test's JUnit report as the property `perf:<name>` = "<median> <unit>"; on a GPU
+the state after each measurement is the property `perf:<measurement>:gpu`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from harness.config import TransformerConfig
+from harness.environment import GpuStateMonitor, describe_snapshot, throttle_problem
+from harness.measure.dataloader import measure_dataloader
+from harness.measure.train_step import measure_train_step
+from harness.results import BETTER_VALUES, METRIC_KINDS, Measurement, Metric
+from harness.session import PerfSession
+from harness.timing import Clock, TimingPolicy, measure_time
+
+# How often a throttled measurement is taken again before its metrics are marked unreliable:
+# one retry absorbs a passing burst (the previous test heated the GPU) without doubling the
+# run time of a machine that throttles all the time.
+THROTTLE_RETRIES = 1
+
+
+def _positive_number(name: str, value: object) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _prefixed(metrics: dict[str, Metric], prefix: str) -> dict[str, Metric]:
+    if not isinstance(prefix, str):
+        raise ValueError(f"name_prefix must be a string, got {prefix!r}")
+    return {prefix + name: m.with_changes(name=prefix + name) for name, m in metrics.items()}
+
+
+class Perf:
+    """What a measured test uses: `time`, `train_step`, `dataloader` and `metric`.
+
+    `device` is the session's device ("cuda" or "cpu"); `gpu` the GPUSpec of the local GPU on
+    CUDA runs (None on CPU, or for a GPU the spec table does not know).
+    """
+
+    def __init__(self, *, session: PerfSession, nodeid: str, clock: Clock,
+                 monitor: GpuStateMonitor, policy: TimingPolicy,
+                 user_properties: list[tuple[str, object]]) -> None:
+        self._session = session
+        self._nodeid = nodeid
+        self._clock = clock
+        self._monitor = monitor
+        self._policy = policy
+        self._user_properties = user_properties
+        self.device: str = session.options.device
+        self.gpu = session.gpu
+
+    def time(self, fn: Callable[[], object], *, name: str = "time", flops: float | None = None,
+             bytes: float | None = None, tolerance: float | None = None,
+             flush_l2: bool | None = None) -> Measurement:
+        """Seconds per call of `fn` as metric `name`; with `flops` (per call) also
+        `<name>_tflops`, with `bytes` (moved per call) also `<name>_gbps` (1 GB = 1e9 bytes).
+
+        `flush_l2` overrides the session's policy for kernels whose inputs fit in L2.
+        """
+        if not callable(fn):
+            raise ValueError(f"fn must be a callable taking no arguments, got {fn!r}")
+        flops_per_call = None if flops is None else _positive_number("flops", flops)
+        bytes_per_call = None if bytes is None else _positive_number("bytes", bytes)
+        if flush_l2 is not None and not isinstance(flush_l2, bool):
+            raise ValueError(f"flush_l2 must be True, False or None (the session's policy), "
+                             f"got {flush_l2!r}")
+        names = [name]
+        if flops_per_call is not None:
+            names.append(f"{name}_tflops")
+        if bytes_per_call is not None:
+            names.append(f"{name}_gbps")
+        # Metric checks the name too, but only after the measurement: fail before spending it.
+        Metric(name=name, unit="s", better="lower", samples=(1.0,), tolerance=tolerance)
+        self._session.check_names_free(self._nodeid, names)
+        policy = self._policy
+        if flush_l2 is not None:
+            policy = dataclasses.replace(policy, flush_l2=flush_l2)
+
+        def produce() -> dict[str, Metric]:
+            seconds = measure_time(fn, clock=self._clock, policy=policy, device=self.device)
+            metrics = {name: Metric(name=name, unit="s", better="lower", kind="time",
+                                    samples=tuple(seconds), tolerance=tolerance,
+                                    note=f"{self._clock.name} clock")}
+            if flops_per_call is not None:
+                metrics[f"{name}_tflops"] = Metric(
+                    name=f"{name}_tflops", unit="TFLOP/s", better="higher", kind="throughput",
+                    samples=tuple(flops_per_call / s / 1e12 for s in seconds),
+                    tolerance=tolerance, note=f"{flops_per_call:.6g} FLOP per call / time")
+            if bytes_per_call is not None:
+                metrics[f"{name}_gbps"] = Metric(
+                    name=f"{name}_gbps", unit="GB/s", better="higher", kind="throughput",
+                    samples=tuple(bytes_per_call / s / 1e9 for s in seconds),
+                    tolerance=tolerance, note=f"{bytes_per_call:.6g} bytes per call / time")
+            return metrics
+
+        return self._measure(name, produce)
+
+    def train_step(self, model: torch.nn.Module, inputs: tuple[Any, Any],
+                   loss_fn: Callable[[Any, Any], torch.Tensor],
+                   optimizer: torch.optim.Optimizer, *, config: TransformerConfig | None = None,
+                   recompute: str = "none",
+                   autocast_dtype: torch.dtype | None = torch.bfloat16,
+                   precision: str = "bf16-mixed", optimizer_name: str = "adamw",
+                   peak_dtype: str = "bf16", causal: bool = False,
+                   name_prefix: str = "") -> Measurement:
+        """One training step measured by `measure.train_step.measure_train_step` (step_time,
+        tflops, tokens_per_s, mfu/hfu, memory; see there); `name_prefix` is put verbatim in
+        front of every metric name, e.g. "gpt2_" for "gpt2_step_time"."""
+        label = f"{name_prefix}train_step"
+
+        def produce() -> dict[str, Metric]:
+            metrics = measure_train_step(
+                model, inputs, loss_fn, optimizer, clock=self._clock, policy=self._policy,
+                device=self.device, config=config, recompute=recompute,
+                autocast_dtype=autocast_dtype,
+                # MFU/HFU need the analytic FLOPs of a config; without one the spec is unused.
+                gpu=self.gpu if config is not None else None,
+                precision=precision, optimizer_name=optimizer_name, peak_dtype=peak_dtype,
+                causal=causal)
+            return _prefixed(metrics, name_prefix)
+
+        return self._measure(label, produce)
+
+    def dataloader(self, loader: Iterable[Any], *, steps: int,
+                   name_prefix: str = "") -> Measurement:
+        """Batches of `loader` measured by `measure.dataloader.measure_dataloader` (wait_time,
+        batches_per_s, and on CUDA h2d_time and h2d_bandwidth); `name_prefix` as in
+        `train_step`."""
+        label = f"{name_prefix}dataloader"
+
+        def produce() -> dict[str, Metric]:
+            metrics = measure_dataloader(loader, device=self.device, steps=steps)
+            return _prefixed(metrics, name_prefix)
+
+        return self._measure(label, produce)
+
+    def metric(self, name: str, value_or_samples: float | Sequence[float], *, unit: str,
+               better: str = "higher", kind: str = "other", tolerance: float | None = None,
+               theory: float | None = None) -> Metric:
+        """Record anything else the test computed itself: one value or a list of samples."""
+        if isinstance(value_or_samples, (int, float)) and not isinstance(value_or_samples, bool):
+            samples: tuple[float, ...] = (float(value_or_samples),)
+        elif (isinstance(value_or_samples, Sequence) and not isinstance(value_or_samples, str)
+              and value_or_samples
+              and all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                      for s in value_or_samples)):
+            samples = tuple(float(s) for s in value_or_samples)
+        else:
+            raise ValueError(f"value_or_samples must be a number or a non-empty list of numbers, "
+                             f"got {value_or_samples!r}")
+        if not isinstance(unit, str):
+            raise ValueError(f"unit must be a string such as 's' or 'GB/s', got {unit!r}")
+        if better not in BETTER_VALUES:
+            raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
+        if kind not in METRIC_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(METRIC_KINDS)}; got {kind!r}")
+        metric = Metric(name=name, unit=unit, better=better, samples=samples,  # type: ignore[arg-type]
+                        kind=kind, tolerance=tolerance, theory=theory)  # type: ignore[arg-type]
+        self._record(metric)
+        return metric
+
+    def _measure(self, label: str, produce: Callable[[], dict[str, Metric]]) -> Measurement:
+        """Run `produce` between GPU snapshots, retry it when throttled, record its metrics."""
+        throttles: list[str] = []
+        attempts = 0
+        while True:
+            attempts += 1
+            before = self._monitor.snapshot()
+            metrics = produce()
+            after = self._monitor.snapshot()
+            problem = throttle_problem(before, after)
+            if problem is None:
+                break
+            throttles.append(problem)
+            if attempts > THROTTLE_RETRIES:
+                note = f"{problem}, in all {attempts} attempts"
+                metrics = {n: m.with_changes(reliable=False,
+                                             note=f"{m.note}; {note}" if m.note else note)
+                           for n, m in metrics.items()}
+                break
+        gpu_state = {"before": before, "after": after, "attempts": attempts,
+                     "throttled": throttles}
+        self._session.check_names_free(self._nodeid, list(metrics))
+        for metric in metrics.values():
+            self._record(metric)
+        self._session.record_gpu_state(self._nodeid, label, gpu_state)
+        if after:
+            self._user_properties.append((f"perf:{label}:gpu", describe_snapshot(after)))
+        return Measurement(metrics=metrics, gpu_state=gpu_state)
+
+    def _record(self, metric: Metric) -> None:
+        self._session.record(self._nodeid, metric)
+        self._user_properties.append((f"perf:{metric.name}", f"{metric.median:.6g} {metric.unit}"))

@@ -1,0 +1,264 @@
+"""One perf run: its options, environment and reference, the metrics tests record, and what follows.
+
+The pytest plugin is a thin layer over this object: it builds a `PerfSession` from the options,
+lets the `perf` fixture record metrics into it, asks it after every test whether the test passes,
+fails or is skipped (`conclude_test`), and at the end saves the run and refreshes the baseline.
+Nothing here imports pytest, so every decision can be tested directly.
+
+Decisions on one test's metrics, in this order:
+  1. any regression                     -> the test fails with the detail table of each
+  2. --perf-strict and any metric without a baseline, or measured unreliably
+                                        -> the test fails (saying it is not a regression)
+  3. any metric without a baseline, or unreliable
+                                        -> the test is skipped with the reason: not checked
+  4. otherwise (unchanged, improved)    -> the test passes; improvements are listed at the end
+
+Baseline refresh (--perf-update-baselines) merges: the metrics of every test whose body ran and
+passed this time replace that test's old metrics (a metric the test no longer records is dropped);
+metrics of tests that did not run (deselected, skipped) are kept from the old baseline. The
+merged file carries this run's environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from harness import report, store
+from harness.results import Metric, RunResults, metric_id, split_metric_id
+from harness.timing import TimingPolicy
+from harness.verdict import Outcome, Verdict, judge
+
+TestOutcome = Literal["passed", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    """The `--perf-*` options after validation; `device` is resolved to "cuda" or "cpu"."""
+
+    baselines_dir: Path
+    device: str
+    update_baselines: bool = False
+    force: bool = False
+    save_path: Path | None = None
+    compare_path: Path | None = None
+    strict: bool = False
+    tolerance: float | None = None
+    budget_seconds: float | None = None
+    # Options to repeat in the command a skip message suggests, so that the suggested command
+    # records the baseline this run looks for (same directory, same device).
+    repeat_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TestDecision:
+    """What the perf verdicts make of one test: its outcome and the message that explains it."""
+
+    outcome: TestOutcome
+    message: str = ""
+
+
+def timing_policy(options: PerfOptions) -> TimingPolicy:
+    """The session's TimingPolicy: the defaults, with --perf-budget as the sampling budget."""
+    policy = TimingPolicy()
+    if options.budget_seconds is not None:
+        policy = dataclasses.replace(policy, budget_seconds=options.budget_seconds)
+    return policy
+
+
+def utc_now() -> str:
+    """The time stamp stored in results and baselines (ISO 8601, UTC, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class PerfSession:
+    """The state of one run: what was recorded, what it was judged against, what was decided."""
+
+    def __init__(self, options: PerfOptions, environment: dict[str, Any], *,
+                 gpu: Any = None) -> None:
+        fingerprint = environment.get("fingerprint")
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ValueError(f"environment must hold the hardware 'fingerprint' (a non-empty "
+                             f"string), got {fingerprint!r}")
+        self.options = options
+        self.environment = environment
+        self.fingerprint: str = fingerprint
+        self.gpu = gpu
+        self.policy = timing_policy(options)
+        self.reference: RunResults | None = None
+        self.metrics: dict[str, Metric] = {}
+        self.gpu_states: dict[str, dict[str, Any]] = {}
+        self.verdicts: list[Verdict] = []
+        self.failed_tests: set[str] = set()
+        self.passed_tests: set[str] = set()
+        # Lines for the terminal summary about saving results and writing the baseline.
+        self.end_notes: list[str] = []
+
+    # -- the reference ---------------------------------------------------------------------
+
+    @property
+    def reference_path(self) -> Path:
+        """The file metrics are judged against: the --perf-compare file or this hardware's
+        baseline."""
+        if self.options.compare_path is not None:
+            return self.options.compare_path
+        return store.baseline_path(self.options.baselines_dir, self.fingerprint)
+
+    def load_reference(self) -> None:
+        """Load the baseline (or --perf-compare file) once; a `store.StoreError` naming the file
+        when it is bad or was recorded on other hardware."""
+        if self.options.compare_path is None:
+            self.reference = store.load_baseline(self.options.baselines_dir, self.fingerprint)
+            return
+        path = self.options.compare_path
+        reference = store.load_results(path)
+        if reference.fingerprint != self.fingerprint:
+            raise store.StoreError(
+                f"{path}: recorded on hardware {reference.fingerprint!r}, but this run is on "
+                f"{self.fingerprint!r}; numbers of other hardware are never compared. Compare "
+                f"with results saved on this hardware (--perf-save)")
+        self.reference = reference
+
+    # -- recording -------------------------------------------------------------------------
+
+    def check_names_free(self, nodeid: str, names: list[str]) -> None:
+        """ValueError when this test already recorded a metric of one of these names."""
+        for name in names:
+            if metric_id(nodeid, name) in self.metrics:
+                raise ValueError(
+                    f"metric {name!r} was already recorded by {nodeid}; give each measurement "
+                    f"of a test its own name, e.g. perf.time(fn, name='{name}_2') or "
+                    f"name_prefix= for perf.train_step / perf.dataloader")
+
+    def record(self, nodeid: str, metric: Metric) -> str:
+        """Store one metric of test `nodeid`; returns its metric id. A name clash is an error."""
+        if not isinstance(metric, Metric):
+            raise ValueError(f"metric must be a harness.results.Metric, got {metric!r}")
+        self.check_names_free(nodeid, [metric.name])
+        mid = metric_id(nodeid, metric.name)
+        self.metrics[mid] = metric
+        return mid
+
+    def record_gpu_state(self, nodeid: str, label: str, state: dict[str, Any]) -> None:
+        """Keep the GPU state around one measurement of a test, under `<nodeid>::<label>`
+        (in memory, for the terminal and the test; see `results`)."""
+        self.gpu_states[metric_id(nodeid, label)] = state
+
+    def metrics_of(self, nodeid: str) -> dict[str, Metric]:
+        """The metrics recorded by test `nodeid`, by metric id, in recording order."""
+        return {mid: m for mid, m in self.metrics.items() if split_metric_id(mid)[0] == nodeid}
+
+    # -- verdicts --------------------------------------------------------------------------
+
+    def conclude_test(self, nodeid: str) -> TestDecision:
+        """Judge the metrics test `nodeid` recorded and decide its outcome (see module doc)."""
+        metrics = self.metrics_of(nodeid)
+        if not metrics or self.options.update_baselines:
+            return TestDecision("passed")
+        reference_metrics = self.reference.metrics if self.reference is not None else {}
+        reference_environment = self.reference.environment if self.reference is not None else None
+        verdicts = [judge(mid, measured, reference_metrics.get(mid),
+                          tolerance=self.options.tolerance,
+                          baseline_environment=reference_environment,
+                          environment=self.environment)
+                    for mid, measured in metrics.items()]
+        self.verdicts.extend(verdicts)
+        return self.decide(nodeid, verdicts)
+
+    def decide(self, nodeid: str, verdicts: list[Verdict]) -> TestDecision:
+        """The outcome of a test with these verdicts (rules in the module docstring)."""
+        regressions = [v for v in verdicts if v.outcome == Outcome.REGRESSION]
+        if regressions:
+            tables = "\n\n".join(report.render_verdict_detail(v) for v in regressions)
+            return TestDecision("failed", (
+                f"perf regression in {nodeid}: {_names(regressions)} worse than "
+                f"{self.reference_path} beyond tolerance\n\n{tables}"))
+        missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
+        unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
+        reasons = []
+        if missing:
+            reasons.append(self._missing_reason(nodeid, missing))
+        if unreliable:
+            details = "; ".join(f"{_name(v)}: {v.reason}" for v in unreliable)
+            reasons.append(f"unreliable, not judged (not a regression): {details}")
+        if not reasons:
+            return TestDecision("passed")
+        if self.options.strict:
+            return TestDecision("failed", "perf (--perf-strict: every measured metric must be "
+                                          "checked): " + "; ".join(reasons))
+        return TestDecision("skipped", "perf: " + "; ".join(reasons))
+
+    def _missing_reason(self, nodeid: str, missing: list[Verdict]) -> str:
+        path = self.reference_path
+        if self.options.compare_path is not None:
+            return (f"no reference for {_names(missing)}: not in the --perf-compare file {path}")
+        where = "does not exist" if self.reference is None else "has no entry for it"
+        command = " ".join(["pytest", nodeid, "--perf-update-baselines",
+                            *self.options.repeat_flags])
+        return (f"no baseline for {_names(missing)}: {path} {where}; record it with "
+                f"`{command}`")
+
+    def improvements(self) -> list[Verdict]:
+        """The verdicts that improved beyond tolerance: candidates for a baseline refresh."""
+        return [v for v in self.verdicts if v.outcome == Outcome.IMPROVEMENT]
+
+    # -- the end of the run ------------------------------------------------------------------
+
+    def results(self, kind: Literal["baseline", "results"] = "results") -> RunResults:
+        """This run's metrics with its environment.
+
+        The GPU snapshots around each measurement stay out of the file: clocks and temperatures
+        differ between any two runs, and every comparison would list them. What matters from
+        them, a throttled measurement, is in the unreliable metric's note.
+        """
+        return RunResults(kind=kind, fingerprint=self.fingerprint,
+                          environment=dict(self.environment), metrics=dict(self.metrics),
+                          created=utc_now())
+
+    def baseline_refusal(self, run_ok: bool) -> str | None:
+        """Why this run must not become the baseline, or None when it may (or --perf-force)."""
+        if self.options.force:
+            return None
+        problems = []
+        if self.failed_tests:
+            problems.append(f"{len(self.failed_tests)} test(s) failed: "
+                            f"{', '.join(sorted(self.failed_tests))}")
+        elif not run_ok:
+            problems.append("the run did not complete cleanly (interrupted or errors)")
+        unreliable = [mid for mid, m in self.metrics.items() if not m.reliable]
+        if unreliable:
+            problems.append(f"{len(unreliable)} metric(s) were measured unreliably: "
+                            f"{', '.join(unreliable)}")
+        if not problems:
+            return None
+        return (f"baseline {self.reference_path} not written: {'; '.join(problems)}. Fix and "
+                f"re-run, or pass --perf-force to record these numbers anyway")
+
+    def merged_baseline(self) -> RunResults:
+        """The new baseline: this run's metrics over the old baseline's (see module doc)."""
+        kept: dict[str, Metric] = {}
+        if self.reference is not None:
+            measured_now = self.passed_tests | {split_metric_id(mid)[0] for mid in self.metrics}
+            kept = {mid: m for mid, m in self.reference.metrics.items()
+                    if split_metric_id(mid)[0] not in measured_now}
+        new = self.results(kind="baseline")
+        new.metrics = {**kept, **self.metrics}
+        return new
+
+    def write_baseline(self) -> tuple[RunResults | None, RunResults, Path | None]:
+        """Write the merged baseline; returns (old baseline, new baseline, where the old went)."""
+        old = self.reference
+        new = self.merged_baseline()
+        archived = store.write_baseline(self.options.baselines_dir, new)
+        return old, new, archived
+
+
+def _name(verdict: Verdict) -> str:
+    return split_metric_id(verdict.metric_id)[1]
+
+
+def _names(verdicts: list[Verdict]) -> str:
+    return ", ".join(_name(v) for v in verdicts)
