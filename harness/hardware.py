@@ -7,9 +7,9 @@ sparsity" (2:4 structured sparsity, twice the dense rate), and those are halved 
 means a dense fp32 GEMM without TF32: CUDA cores on NVIDIA, matrix cores on AMD.
 
 Memory sizes are the datasheet capacities read as binary units (HBM and GDDR capacities are
-powers of two per stack or chip, so "80 GB" is 80 GiB); the driver reserves a little of it (an
-H100 80GB reports 81559 MiB), so read the exact total from `detect_gpus()`. Bandwidths are the
-datasheet's decimal TB/s.
+powers of two per stack or chip, so "80 GB" is 80 GiB); the driver reserves some of it (an
+H100 80GB reports 79.6 GiB, an L40S with ECC on 44.5 GiB), so read the exact total from
+`detect_gpus()`. Bandwidths are the datasheet's decimal TB/s.
 
 torch and pynvml are imported inside the functions that need them, so the table and the name
 matching work on any machine.
@@ -187,8 +187,8 @@ _BUILTIN_SPECS: tuple[GPUSpec, ...] = (
             ("NVIDIA H20",),
             fp32=44, tf32=74, bf16=148, fp16=148, fp8=296),
     # L40S datasheet (dense | sparse): FP32 91.6, TF32 183 | 366, BF16/FP16 362.05 | 733,
-    # FP8 733 | 1,466; 48 GB GDDR6 at 864 GB/s; 142 SMs; 48 MB L2 (of AD102's 96 MB).
-    _nvidia("L40S", 48, 0.864, 142, 48,
+    # FP8 733 | 1,466; 48 GB GDDR6 at 864 GB/s; 142 SMs; 96 MiB L2 as CUDA reports it.
+    _nvidia("L40S", 48, 0.864, 142, 96,
             ("NVIDIA L40S",),
             fp32=91.6, tf32=183, bf16=362.05, fp16=362.05, fp8=733),
     # L4 datasheet: FP32 30.3; TF32 120, BF16/FP16 242, FP8 485 with sparsity -> halved;
