@@ -99,7 +99,6 @@ def test_axis_scale_shows_step_times_in_ms_and_bytes_in_gib():
 def test_plot_command_writes_a_png(baselines_dir, nightly_results, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     output = tmp_path / "out" / "trend.png"
-    monkeypatch.setattr(cli, "COMMANDS", {"plot": cli.COMMANDS["plot"]})
     argv = ["plot", H100, "step_time", "--dir", str(baselines_dir), "-o", str(output),
             "--results", *map(str, nightly_results)]
     assert cli.main(argv) == 0
