@@ -78,17 +78,33 @@ def test_flop_counter_sees_full_recompute_with_checkpointing(name: str) -> None:
     assert counted > flops.model
 
 
+# Small models of the three attention styles: learned positions, RoPE with GQA, ALiBi (a float
+# mask, which selects the memory-efficient kernel instead of flash).
+CUDA_STYLES: dict[str, TransformerConfig] = {
+    "gpt": TransformerConfig(num_layers=2, hidden_size=256, num_heads=4, vocab_size=1000),
+    "llama-gqa": TransformerConfig(num_layers=2, hidden_size=256, num_heads=4, num_kv_heads=2,
+                                   vocab_size=1000, mlp="swiglu", norm="rmsnorm",
+                                   position="rope", bias=False, tied_embeddings=False),
+    "bloom-alibi": TransformerConfig(num_layers=2, hidden_size=256, num_heads=4,
+                                     vocab_size=1000, position="alibi", embedding_norm=True),
+}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fused SDPA kernels need CUDA")
-def test_flop_counter_counts_fused_attention_backward_as_two_and_a_half_forwards() -> None:
-    cfg = TransformerConfig(num_layers=2, hidden_size=256, num_heads=4, num_kv_heads=2,
-                            vocab_size=1000, mlp="swiglu", norm="rmsnorm", position="rope",
-                            bias=False, tied_embeddings=False)
-    model = build_model(cfg, device="cuda", dtype=torch.bfloat16)
+@pytest.mark.parametrize("style", sorted(CUDA_STYLES))
+@pytest.mark.parametrize("checkpoint_activations", [False, True])
+def test_flop_counter_counts_fused_attention_backward_as_two_and_a_half_forwards(
+        style: str, checkpoint_activations: bool) -> None:
+    cfg = CUDA_STYLES[style]
+    model = build_model(cfg, device="cuda", dtype=torch.bfloat16,
+                        checkpoint_activations=checkpoint_activations)
     inputs, targets = random_batch(cfg, 2, 128, device="cuda")
     counter = FlopCounterMode(display=False)
     with counter:
         lm_loss(model(inputs), targets).backward()
-    assert counter.get_total_flops() == flop_counter_flops(cfg, 2, 128, fused_attention=True)
+    recompute = "full" if checkpoint_activations else "none"
+    assert counter.get_total_flops() == flop_counter_flops(cfg, 2, 128, recompute=recompute,
+                                                           fused_attention=True)
 
 
 def test_fused_attention_convention_adds_one_score_matmul_per_layer() -> None:
