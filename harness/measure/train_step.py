@@ -88,6 +88,10 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
     `memory_vs_estimate` (peak allocated / `training_memory(...).total`, theory 1.0). On CPU
     the memory metrics are omitted: torch tracks no CPU peak. `causal` selects the attention
     FLOP convention of the analytic figures (default: Megatron/PaLM, non-causal).
+
+    FlopCounterMode counts only ops it has a formula for: on CUDA the fused SDPA kernels are
+    counted (their backward as 2.5x the forward core), but SDPA's CPU kernel is not, so on CPU
+    the counted FLOPs miss the attention core and fall below the analytic figure.
     """
     device_type = check_device(device)
     if not isinstance(model, torch.nn.Module):
@@ -194,13 +198,25 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
 
     if device_type == "cuda":
         metrics.update(_memory_metrics(device, config, shape, precision, optimizer_name,
-                                       recompute))
+                                       recompute, dropout=_uses_dropout(model)))
     return metrics
+
+
+# Dropout modules whose masks the memory estimate must count.
+DROPOUT_MODULES: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+    torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
+
+
+def _uses_dropout(model: torch.nn.Module) -> bool:
+    """Whether a training step keeps dropout masks: the model trains and has a dropout p > 0."""
+    return model.training and any(isinstance(m, DROPOUT_MODULES) and m.p > 0
+                                  for m in model.modules())
 
 
 def _memory_metrics(device: str, config: TransformerConfig | None,
                     shape: tuple[int, int] | None, precision: str, optimizer_name: str,
-                    recompute: str) -> dict[str, Metric]:
+                    recompute: str, *, dropout: bool) -> dict[str, Metric]:
     allocated, reserved = peak_memory(device)
     index = torch.device(device).index
     usage = device_memory_usage(torch.cuda.current_device() if index is None else index)
@@ -223,10 +239,12 @@ def _memory_metrics(device: str, config: TransformerConfig | None,
         assert shape is not None
         batch, seq = shape
         estimate = training_memory(config, batch, seq, precision=precision,
-                                   optimizer=optimizer_name, recompute=recompute).total
+                                   optimizer=optimizer_name, recompute=recompute,
+                                   dropout=dropout).total
         metrics["memory_vs_estimate"] = Metric(
             name="memory_vs_estimate", unit="ratio", better="lower", kind="memory",
             samples=(allocated / estimate,), theory=1.0,
             note=f"peak allocated {allocated} B / training_memory estimate {estimate} B "
-                 f"({precision}, {optimizer_name}, recompute={recompute!r})")
+                 f"({precision}, {optimizer_name}, recompute={recompute!r}, "
+                 f"dropout={dropout}, flash attention)")
     return metrics
