@@ -1,0 +1,92 @@
+"""Properties of the parameter counts: the breakdown adds up, tying only removes the output layer,
+the textbook formula is exact where its assumptions hold, GQA only ever removes weights, and the
+tensor/pipeline-parallel share of one rank never exceeds the whole."""
+
+from __future__ import annotations
+
+from hypothesis import given
+
+from harness.config import TransformerConfig
+from harness.formulas.flops import decode_flops, forward_flops, train_flops
+from harness.formulas.memory import kv_cache_bytes, training_memory
+from harness.formulas.params import (
+    approx_params_gpt,
+    attention_params,
+    num_params,
+    param_breakdown,
+)
+from harness.formulas.parallel import params_per_rank
+from perf_tests.strategies import parallel_layouts, transformer_configs, workloads
+
+MODEL_STATE_PARTS = ("weights", "master_weights", "gradients", "optimizer_states")
+
+
+@given(transformer_configs())
+def test_num_params_equals_the_sum_of_its_breakdown(cfg):
+    breakdown = param_breakdown(cfg)
+    assert num_params(cfg) == cfg.num_params() == sum(breakdown.values())
+    assert all(count >= 0 for count in breakdown.values())
+
+
+@given(transformer_configs())
+def test_tying_embeddings_removes_exactly_the_output_layer(cfg):
+    tied = cfg.replace(tied_embeddings=True).num_params()
+    untied = cfg.replace(tied_embeddings=False).num_params()
+    assert untied - tied == cfg.vocab_size * cfg.hidden_size
+
+
+@given(transformer_configs(styles=("gpt",)))
+def test_textbook_gpt_count_is_exact_for_an_untied_gpt_block_without_learned_positions(cfg):
+    # Source 003: l(12h^2 + 13h) + 2Vh counts the blocks and both vocabulary matrices; the only
+    # thing it leaves out is the final LayerNorm (weight and bias, 2h).
+    untied = cfg.replace(tied_embeddings=False, position="rope")
+    assert num_params(untied) == approx_params_gpt(untied) + 2 * cfg.hidden_size
+
+
+@given(transformer_configs(), workloads())
+def test_parameters_and_model_states_do_not_depend_on_the_workload(cfg, workload):
+    small = training_memory(cfg, 1, 1).parts
+    large = training_memory(cfg, *workload).parts
+    assert {part: small[part] for part in MODEL_STATE_PARTS} == \
+        {part: large[part] for part in MODEL_STATE_PARTS}
+
+
+@given(transformer_configs(styles=("llama", "any")))
+def test_kv_heads_equal_to_heads_is_multi_head_attention(cfg):
+    # Multi-head attention: K and V as wide as Q, four h x h matrices, a KV cache of
+    # 2 * L * h per token per byte.
+    mha = cfg.replace(num_kv_heads=cfg.num_heads)
+    h = cfg.hidden_size
+    assert mha.kv_hidden_size == h
+    biases = (3 * h if mha.qkv_bias else 0) + (h if mha.bias else 0)
+    assert attention_params(mha) == 4 * h * h + biases
+    assert kv_cache_bytes(mha, 3, 5, bytes_per_element=2) == 2 * mha.num_layers * h * 3 * 5 * 2
+    assert mha == cfg.replace(num_kv_heads=None)
+
+
+def _with_kv_heads(cfg: TransformerConfig, kv_heads: int) -> TransformerConfig:
+    return cfg.replace(num_kv_heads=kv_heads)
+
+
+@given(transformer_configs(styles=("llama", "any")), workloads(max_batch=8, max_seq=1024))
+def test_fewer_kv_heads_strictly_lower_params_flops_and_kv_cache(cfg, workload):
+    divisors = [g for g in range(1, cfg.num_heads + 1) if cfg.num_heads % g == 0]
+    costs = []
+    for kv_heads in divisors:
+        grouped = _with_kv_heads(cfg, kv_heads)
+        costs.append((num_params(grouped), forward_flops(grouped, *workload),
+                      train_flops(grouped, *workload).model,
+                      decode_flops(grouped, *workload), kv_cache_bytes(grouped, *workload)))
+    for fewer, more in zip(costs, costs[1:]):
+        assert all(a < b for a, b in zip(fewer, more))
+
+
+@given(transformer_configs())
+def test_one_rank_without_parallelism_holds_every_parameter(cfg):
+    assert params_per_rank(cfg, tp=1, pp=1) == num_params(cfg)
+
+
+@given(transformer_configs().flatmap(lambda c: parallel_layouts(c).map(lambda p: (c, p))))
+def test_one_rank_never_holds_more_than_the_whole_model(cfg_and_layout):
+    cfg, (_, tp, pp) = cfg_and_layout
+    assert params_per_rank(cfg, tp, pp) <= params_per_rank(cfg, 1, pp) <= num_params(cfg)
