@@ -12,7 +12,7 @@ Building on the meta device allocates nothing, so even the 70B zoo models can be
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,8 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 from harness.config import TransformerConfig
 
 DeviceLike = Union[str, torch.device]
+# device= and dtype= for every parameter-holding module, so parameters are born where they live.
+FactoryKwargs = dict[str, Any]
 
 # RoPE base frequency of LLaMA-1/2 (Su et al. 2021; LLaMA reference code). TransformerConfig does
 # not carry rope_theta: it changes neither parameters nor FLOPs, only which positions rotate how.
@@ -63,7 +65,7 @@ def _check_seq_len(cfg: TransformerConfig, seq_len: int) -> None:
                          f"table has no rows beyond it")
 
 
-def _make_norm(cfg: TransformerConfig, factory: dict) -> nn.Module:
+def _make_norm(cfg: TransformerConfig, factory: FactoryKwargs) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(cfg.hidden_size, eps=NORM_EPS, **factory)
     return nn.LayerNorm(cfg.hidden_size, eps=NORM_EPS, bias=cfg.bias, **factory)
@@ -124,7 +126,7 @@ class Attention(nn.Module):
     """Causal self-attention with separate Q, K, V projections (K and V narrower under GQA),
     computed by `scaled_dot_product_attention`."""
 
-    def __init__(self, cfg: TransformerConfig, dropout: float, factory: dict) -> None:
+    def __init__(self, cfg: TransformerConfig, dropout: float, factory: FactoryKwargs) -> None:
         super().__init__()
         h, kv = cfg.hidden_size, cfg.kv_hidden_size
         self.num_heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
@@ -161,7 +163,7 @@ class MLP(nn.Module):
     """Feed-forward block: up -> activation -> down, or for SwiGLU/GeGLU
     act(gate) * up -> down."""
 
-    def __init__(self, cfg: TransformerConfig, factory: dict) -> None:
+    def __init__(self, cfg: TransformerConfig, factory: FactoryKwargs) -> None:
         super().__init__()
         h, f = cfg.hidden_size, cfg.ffn_size
         self.kind = cfg.mlp
@@ -182,7 +184,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, cfg: TransformerConfig, dropout: float, factory: dict) -> None:
+    def __init__(self, cfg: TransformerConfig, dropout: float, factory: FactoryKwargs) -> None:
         super().__init__()
         self.attn_norm = _make_norm(cfg, factory)
         self.attn = Attention(cfg, dropout, factory)
@@ -204,7 +206,7 @@ class DecoderLM(nn.Module):
     """
 
     def __init__(self, cfg: TransformerConfig, *, checkpoint_activations: bool, dropout: float,
-                 factory: dict) -> None:
+                 factory: FactoryKwargs) -> None:
         super().__init__()
         self.config = cfg
         self.checkpoint_activations = checkpoint_activations
