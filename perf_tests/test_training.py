@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from harness.fixture import Perf
+from harness.formulas.flops import flop_counter_flops
 from harness.model import build_model, lm_loss, random_batch
 from harness.results import Measurement
 from perf_tests import workloads as w
@@ -69,6 +70,15 @@ def test_training_step_matches_its_flop_and_memory_model(perf: Perf, released_me
         assert hfu == pytest.approx(mfu, rel=1e-9), (
             f"without recomputation hardware and model FLOPs are the same, so HFU ({hfu:.3f}) "
             f"must equal MFU ({mfu:.3f})")
+
+    # FlopCounterMode on the GPU sees the fused attention kernels, whose backward it counts as
+    # 2.5 x their forward; flop_counter_flops predicts exactly that count from the config.
+    counted = measured["flops_per_step"].median
+    predicted = flop_counter_flops(workload.config, workload.batch_size, workload.seq_len,
+                                   recompute=recompute, fused_attention=True)
+    assert counted == pytest.approx(predicted, rel=1e-9), (
+        f"FlopCounterMode counted {counted:.6g} FLOPs in one step, the formula predicts "
+        f"{predicted:.6g}: the model computes something the formulas do not describe")
 
     ratio = measured["memory_vs_estimate"].median
     band = w.MEMORY_ESTIMATE_BAND
