@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
+import torch
+import torch.nn.functional as F
 
 from harness.config import TransformerConfig, get_model
 from harness.formulas.memory import (
@@ -161,6 +165,78 @@ def test_swiglu_saves_gate_and_up_projection_of_width_ffn() -> None:
     parts = layer_activation_bytes(cfg, b, s).parts
     assert parts["activation_input"] == 2 * (2 * s * b * f)
     assert parts["down_projection_input"] == 2 * s * b * f
+
+
+def saved_activation_bytes(layer: Callable[[], torch.Tensor],
+                           parameters: list[torch.Tensor]) -> tuple[int, int]:
+    """(bytes autograd saves for backward, of which norm statistics): each storage counted once,
+    parameters excluded. Norm statistics are the per-token mean/rstd tensors Korthikanti et al.
+    neglect (shape [..., 1])."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in parameters}
+    saved: dict[int, tuple[int, tuple[int, ...]]] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            saved[storage.data_ptr()] = (storage.nbytes(), tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        layer()
+    statistics = sum(n for n, shape in saved.values() if shape[-1] == 1)
+    return sum(n for n, _ in saved.values()), statistics
+
+
+def test_gpt_block_terms_match_what_autograd_saves() -> None:
+    s, b, h, a = 32, 2, 128, 4
+    d, e = h // a, torch.bfloat16
+    parameters = [torch.randn(*shape, dtype=e, requires_grad=True)
+                  for shape in ((h,), (h,), (3 * h, h), (h, h), (4 * h, h), (h, 4 * h))]
+    ln1, ln2, w_qkv, w_out, w_up, w_down = parameters
+    x = torch.randn(s, b, h, dtype=e, requires_grad=True)
+
+    def layer() -> torch.Tensor:  # Megatron's block, unfused attention, no dropout
+        q, k, v = (t.reshape(s, b * a, d).transpose(0, 1)
+                   for t in F.linear(F.layer_norm(x, (h,), ln1), w_qkv).split(h, dim=-1))
+        probs = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * d**-0.5, dim=-1)
+        x2 = x + F.linear(torch.bmm(probs, v).transpose(0, 1).reshape(s, b, h), w_out)
+        return x2 + F.linear(F.gelu(F.linear(F.layer_norm(x2, (h,), ln2), w_up)), w_down)
+
+    total, statistics = saved_activation_bytes(layer, parameters)
+    cfg = gpt(hidden=h, heads=a)
+    expected = layer_activation_bytes(cfg, b, s, flash_attention=False, dropout=False)
+    assert total - statistics == expected.total == 32 * s * b * h + 2 * a * s * s * b
+
+
+def test_gqa_and_eager_swiglu_terms_match_what_autograd_saves() -> None:
+    s, b, h, a, kv_heads, f = 32, 2, 128, 8, 2, 352
+    d, e = h // a, torch.bfloat16
+    parameters = [torch.randn(*shape, dtype=e, requires_grad=True)
+                  for shape in ((h,), (h,), (h, h), (2 * kv_heads * d, h), (h, h), (f, h),
+                                (f, h), (h, f))]
+    ln1, ln2, w_q, w_kv, w_out, w_gate, w_up, w_down = parameters
+    x = torch.randn(s, b, h, dtype=e, requires_grad=True)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.permute(1, 2, 0, 3).reshape(b * a, s, d)
+
+    def layer() -> torch.Tensor:  # unfused attention expands K and V to every query head
+        y = F.layer_norm(x, (h,), ln1)
+        q = F.linear(y, w_q).reshape(s, b, a, d)
+        k, v = (t.repeat_interleave(a // kv_heads, dim=2)
+                for t in F.linear(y, w_kv).reshape(s, b, 2 * kv_heads, d).split(kv_heads, 2))
+        probs = torch.softmax(torch.bmm(heads(q), heads(k).transpose(1, 2)) * d**-0.5, dim=-1)
+        context = torch.bmm(probs, heads(v)).reshape(b, a, s, d).permute(2, 0, 1, 3)
+        x2 = x + F.linear(context.reshape(s, b, h), w_out)
+        z = F.layer_norm(x2, (h,), ln2)
+        return x2 + F.linear(F.silu(F.linear(z, w_gate)) * F.linear(z, w_up), w_down)
+
+    total, statistics = saved_activation_bytes(layer, parameters)
+    cfg = TransformerConfig(num_layers=1, hidden_size=h, num_heads=a, num_kv_heads=kv_heads,
+                            ffn_hidden_size=f, mlp="swiglu", vocab_size=64, bias=False)
+    expected = layer_activation_bytes(cfg, b, s, flash_attention=False, dropout=False)
+    # Eager SwiGLU also saves silu's output, one more f-wide tensor than a fused kernel.
+    assert total - statistics == expected.total + 2 * s * b * f
 
 
 def test_pipeline_first_stage_holds_all_layers_worth_and_no_logits() -> None:
