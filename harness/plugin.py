@@ -188,9 +188,31 @@ def _no_cuda_detail() -> str:
             f"{'unset' if visible is None else repr(visible)}")
 
 
+def _check_path_options_left_the_rootdir_alone(config: pytest.Config) -> None:
+    """A UsageError when a path option's value, given as a separate argument, may have moved
+    pytest's rootdir: pytest picks rootdir and config file before plugins are loaded, so an
+    existing path after `--perf-compare` counts as a test path then. Without a config file the
+    rootdir moves with it, every node id (and so every metric id) changes, and nothing matches
+    the baseline. The `--perf-compare=PATH` form is read correctly in every case."""
+    if config.inipath is not None:  # a config file pins the rootdir
+        return
+    args = list(config.invocation_params.args)
+    for option in OPTIONS:
+        if option.kind != "path" or option.flag not in args[:-1]:
+            continue
+        value = args[args.index(option.flag) + 1]
+        if (config.invocation_params.dir / value).exists():
+            raise pytest.UsageError(
+                f"{option.flag} {value} (command line): write {option.flag}={value}. pytest "
+                f"chose its rootdir ({config.rootpath}) before loading this plugin and took "
+                f"{value} for a test path; without a config file that can move the rootdir, "
+                f"and with it every test id and metric id")
+
+
 def read_options(config: pytest.Config) -> PerfOptions:
     """Validate the `--perf-*` options and `perf_*` ini keys; a pytest.UsageError naming the
     option and where its value came from (command line or ini file) when one is bad."""
+    _check_path_options_left_the_rootdir_alone(config)
     by_flag = {option.flag: option for option in OPTIONS}
     baselines, baselines_source = _path(config, by_flag["--perf-baselines"])
     update, update_source = _flag(config, by_flag["--perf-update-baselines"])

@@ -392,10 +392,19 @@ def test_compare_file_of_other_hardware_is_refused(suite: pytest.Pytester,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     path = suite.path / "gpu-results.json"
     path.write_text(json.dumps(_valid_document("nvidia-h200")))
-    result = run(suite, monkeypatch, "--perf-compare", str(path))
+    result = run(suite, monkeypatch, f"--perf-compare={path}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {path}: recorded on hardware 'nvidia-h200', but this "
                                  f"run is on 'cpu'*"])
+
+
+def test_existing_path_after_a_path_option_asks_for_the_equals_form(
+        suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    (suite.path / "elsewhere").mkdir()
+    result = run(suite, monkeypatch, "--perf-baselines", "elsewhere")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --perf-baselines elsewhere (command line): write "
+                                 "--perf-baselines=elsewhere. pytest chose its rootdir*"])
 
 
 # -- saved results, compare, JUnit --------------------------------------------------------------
@@ -424,7 +433,7 @@ def test_save_writes_the_runs_results_with_raw_samples(suite: pytest.Pytester,
 def test_compare_judges_against_a_saved_results_file(suite: pytest.Pytester,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(suite, monkeypatch, "--perf-save", "main.json").ret == 0
-    result = run(suite, monkeypatch, "--perf-compare", "main.json", seed=2, slowdown=1.1)
+    result = run(suite, monkeypatch, "--perf-compare=main.json", seed=2, slowdown=1.1)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"perf regression in {NODEID}: *worse than "
                                  f"{suite.path / 'main.json'} beyond tolerance"])
