@@ -1,0 +1,186 @@
+"""`python -m harness estimate`: tables for a zoo model or a config.json, JSON that agrees with the
+formulas, a clear verdict when training does not fit, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.cli import main
+from harness.config import get_model
+from harness.estimate import default_seq_len, estimate, render_estimate
+from harness.formulas.flops import decode_flops, forward_flops, six_nd, train_flops
+from harness.formulas.memory import (
+    CUDA_CONTEXT_BYTES_RANGE,
+    DISTRIBUTED_BUFFER_BYTES_RANGE,
+    inference_memory,
+    kv_cache_bytes,
+    training_memory,
+)
+from harness.formulas.params import non_embedding_params
+from harness.hardware import gpu_spec
+
+# A Llama-style config.json as transformers writes it (TinyLlama-1.1B's published shape).
+TINY_LLAMA = {
+    "model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632,
+    "num_attention_heads": 32, "num_hidden_layers": 22, "num_key_value_heads": 4,
+    "vocab_size": 32000, "max_position_embeddings": 2048, "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+
+
+def _run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(["estimate", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_zoo_model_prints_every_section_with_the_exact_parameter_count(capsys):
+    assert main(["estimate", "gpt2"]) == 0
+    out = capsys.readouterr().out
+    for title in ("Parameters", "FLOPs", "Training memory per GPU", "Parallel layout",
+                  "Training speed at the assumed MFU", "Inference on one H100 SXM",
+                  "Sizing rules"):
+        assert title in out
+    assert f"{get_model('gpt2').num_params():,}" in out
+    assert out.startswith("gpt2 on 1 x H100 SXM: micro-batch 1, sequence 1,024")
+
+
+def test_config_file_is_read_and_estimated_like_a_zoo_model(tmp_path: Path, capsys):
+    path = tmp_path / "tinyllama" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(TINY_LLAMA))
+    result = _run_json(capsys, "--config", str(path), "--seq", "2048")
+    assert result["model"]["name"] == "tinyllama"
+    assert result["model"]["num_kv_heads"] == 4
+    # TinyLlama-1.1B: 1,100,048,384 parameters (the published count).
+    assert result["parameters"]["total"] == 1_100_048_384
+
+
+def test_json_agrees_with_the_formulas(capsys):
+    cfg = get_model("llama-2-13b")
+    result = _run_json(capsys, "llama-2-13b", "--gpu", "H200", "--batch", "2", "--seq", "4096",
+                       "--num-gpus", "16", "--tp", "4", "--pp", "2", "--sp", "--zero", "1",
+                       "--grad-accum", "8", "--recompute", "selective", "--mfu", "0.5")
+    dp, gbs = 2, 2 * 2 * 8
+    assert result["parallel"]["dp"] == dp
+    assert result["parallel"]["global_batch_size"] == gbs
+    assert result["parallel"]["tokens_per_step"] == gbs * 4096
+
+    assert result["parameters"]["total"] == cfg.num_params()
+    assert result["parameters"]["non_embedding"] == non_embedding_params(cfg)
+
+    step = train_flops(cfg, gbs, 4096, "selective")
+    assert result["flops"]["model_per_step"] == step.model
+    assert result["flops"]["hardware_per_step"] == step.hardware
+    assert result["flops"]["six_nd_per_step"] == six_nd(cfg.num_params(), gbs * 4096)
+    assert result["flops"]["model_per_micro_batch"] == train_flops(cfg, 2, 4096,
+                                                                   "selective").model
+
+    memory = training_memory(cfg, 2, 4096, "bf16-mixed", "adamw", "selective", tp=4, pp=2,
+                             sp=True, zero_stage=1, dp=dp)
+    assert result["training_memory"]["parts"] == memory.parts
+    reserve = CUDA_CONTEXT_BYTES_RANGE[1] + DISTRIBUTED_BUFFER_BYTES_RANGE[1]
+    assert result["training_memory"]["needed_bytes"] == memory.total + reserve
+
+    spec = gpu_spec("H200")
+    peak = spec.peak_flops("bf16")
+    assert result["time"]["step_seconds"] == pytest.approx(step.model / (16 * peak * 0.5))
+    assert result["time"]["tokens_per_second"] == \
+        pytest.approx(gbs * 4096 * 16 * peak * 0.5 / step.model)
+
+    inference = result["inference"]
+    assert inference["kv_cache_bytes_per_token"] == kv_cache_bytes(cfg, 1, 1)
+    assert inference["kv_cache_bytes_per_request"] == kv_cache_bytes(cfg, 1, 4096)
+    assert inference["prefill_seconds_lower_bound"] == pytest.approx(
+        forward_flops(cfg, 1, 4096) / peak)
+    weights = inference_memory(cfg, 1, 4096).parts["weights"]
+    assert inference["decode_tokens_per_second_bandwidth_bound"] == pytest.approx(
+        spec.memory_bandwidth_bytes_per_s / (weights + kv_cache_bytes(cfg, 1, 4096)))
+    assert inference["decode_tokens_per_second_compute_bound"] == pytest.approx(
+        peak / decode_flops(cfg, 1, 4096))
+
+
+def test_concurrent_requests_are_the_most_that_fit_beside_the_cuda_context():
+    cfg = get_model("llama-3-8b")
+    result = estimate(cfg, seq_len=8192, gpu="A100")
+    requests = result["inference"]["max_concurrent_requests"]
+    capacity = gpu_spec("A100").memory_bytes - CUDA_CONTEXT_BYTES_RANGE[1]
+    assert requests >= 1
+    assert inference_memory(cfg, requests, 8192).total <= capacity
+    assert inference_memory(cfg, requests + 1, 8192).total > capacity
+
+
+def test_model_whose_weights_alone_overflow_the_gpu_serves_no_requests():
+    result = estimate(get_model("llama-2-70b"), seq_len=4096, gpu="H100")
+    assert result["inference"]["max_concurrent_requests"] == 0
+
+
+def test_model_that_does_not_fit_says_so(capsys):
+    assert main(["estimate", "llama-2-70b", "--gpu", "H100", "--optimizer", "adamw"]) == 0
+    out = capsys.readouterr().out
+    assert "does NOT fit: short by" in out
+    assert estimate(get_model("llama-2-70b"), gpu="H100")["training_memory"]["fits"] is False
+
+
+def test_small_model_fits_and_says_how_much_is_spare(capsys):
+    assert main(["estimate", "gpt2", "--gpu", "A100"]) == 0
+    assert "fits, " in capsys.readouterr().out
+    assert estimate(get_model("gpt2"), gpu="A100")["training_memory"]["fits"] is True
+
+
+def test_default_sequence_is_the_model_context_capped_at_2048():
+    assert default_seq_len(get_model("gpt2")) == 1024
+    assert default_seq_len(get_model("mistral-7b")) == 2048
+    assert estimate(get_model("gpt2"))["workload"]["seq_len"] == 1024
+
+
+def test_causal_flag_halves_the_attention_in_every_flops_figure(capsys):
+    cfg = get_model("gpt2")
+    result = _run_json(capsys, "gpt2", "--causal")
+    assert result["flops"]["model_per_step"] == train_flops(cfg, 1, 1024, causal=True).model
+    assert "causal attention halved" in render_estimate(result)
+
+
+def test_render_is_a_pure_function_of_the_result(capsys):
+    result = estimate(get_model("llama-2-7b"), seq_len=4096)
+    assert render_estimate(result) == render_estimate(result)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["no-such-model"], "'no-such-model'"),
+    (["gpt2", "--gpu", "X100"], "'X100'"),
+    (["gpt2", "--batch", "0"], "--batch must be a positive integer, got 0"),
+    (["gpt2", "--seq", "-5"], "--seq must be a positive integer, got -5"),
+    (["gpt2", "--seq", "4096"], "seq_len=4096"),
+    (["gpt2", "--mfu", "1.5"], "--mfu must be a fraction in (0, 1]"),
+    (["llama-2-7b", "--tp", "3", "--num-gpus", "3"], "tp=3 does not divide num_heads=32"),
+    (["gpt2", "--num-gpus", "3", "--tp", "2"], "num_gpus=3"),
+    (["gpt2", "--recompute", "sometimes"], "'sometimes'"),
+    (["gpt2", "--zero", "5"], "--zero must be one of 0, 1, 2, 3; got 5"),
+    (["llama-2-7b", "--gpu", "V100"], "no bf16 peak"),
+    ([], "name a model"),
+])
+def test_bad_input_exits_2_with_one_line_naming_the_value(capsys, argv, named):
+    assert main(["estimate", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ")
+    assert captured.err.count("\n") == 1
+    assert named in captured.err
+
+
+def test_missing_config_file_exits_2_naming_the_file(tmp_path: Path, capsys):
+    missing = tmp_path / "config.json"
+    assert main(["estimate", "--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_non_numeric_flag_is_refused_by_the_parser_with_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", "gpt2", "--batch", "two"])
+    assert exit_info.value.code == 2
+    assert "'two'" in capsys.readouterr().err
