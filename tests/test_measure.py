@@ -207,6 +207,30 @@ def test_train_step_rejects_bad_arguments_with_a_clear_message(changes: dict,
         measure_train_step(**arguments)
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"peak_dtype": "int3"}, "dtype 'int3' is not one of"),
+    ({"precision": "fp12"}, "precision='fp12'.*precision must be one of"),
+    ({"optimizer_name": "lion-9000"}, "optimizer_name='lion-9000'.*must be one of"),
+])
+def test_bad_analytic_settings_fail_before_any_step(changes: dict, message: str) -> None:
+    from harness.hardware import gpu_spec
+    from harness.model import build_model, random_batch
+
+    model = build_model(TINY_GPT, device="cpu")
+    calls: list[int] = []
+
+    def never_called(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        raise AssertionError("a step ran before the settings were checked")
+
+    with pytest.raises(ValueError, match=message):
+        measure_train_step(model, random_batch(TINY_GPT, 2, 16), never_called,
+                           torch.optim.SGD(model.parameters(), lr=0.1), clock=FakeClock(0, 0.01),
+                           policy=POLICY, device="cpu", config=TINY_GPT, gpu=gpu_spec("H100"),
+                           autocast_dtype=None, **changes)
+    assert calls == []
+
+
 def test_train_step_input_on_another_device_names_it() -> None:
     model, inputs, optimizer = tiny_mlp()
     with pytest.raises(ValueError, match="inputs\\[1\\] is on meta"):

@@ -19,9 +19,9 @@ from harness.timing import check_device
 class DeviceMemoryUsage:
     """Device memory in use according to NVML, and whether it is this process's alone."""
 
-    bytes: int
+    used_bytes: int
     # False when NVML could not attribute memory to this process (no process list on MIG or in
-    # some containers, where NVML reports host PIDs): `bytes` is then the whole device's usage.
+    # some containers, where NVML reports host PIDs): `used_bytes` is then the whole device's usage.
     per_process: bool
 
     def describe(self) -> str:
@@ -81,9 +81,9 @@ def device_memory_usage(index: int = 0) -> DeviceMemoryUsage:
         mine = [p.usedGpuMemory for p in processes
                 if p.pid == os.getpid() and p.usedGpuMemory is not None]
         if mine:
-            return DeviceMemoryUsage(bytes=int(sum(mine)), per_process=True)
+            return DeviceMemoryUsage(used_bytes=int(sum(mine)), per_process=True)
         used = pynvml.nvmlDeviceGetMemoryInfo(handle).used
-        return DeviceMemoryUsage(bytes=int(used), per_process=False)
+        return DeviceMemoryUsage(used_bytes=int(used), per_process=False)
     finally:
         pynvml.nvmlShutdown()
 
@@ -91,7 +91,7 @@ def device_memory_usage(index: int = 0) -> DeviceMemoryUsage:
 def device_memory_used_bytes(index: int = 0) -> int:
     """Bytes of device memory this process uses on CUDA device `index` (see
     `device_memory_usage` for the fallback to the whole device)."""
-    return device_memory_usage(index).bytes
+    return device_memory_usage(index).used_bytes
 
 
 def cuda_context_bytes(index: int = 0) -> int | None:
@@ -100,7 +100,7 @@ def cuda_context_bytes(index: int = 0) -> int | None:
     usage = device_memory_usage(index)
     if not usage.per_process:
         return None
-    return usage.bytes - torch.cuda.memory_reserved(index)
+    return usage.used_bytes - torch.cuda.memory_reserved(index)
 
 
 def _check_cuda_device(device: str) -> torch.device:

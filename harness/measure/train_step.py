@@ -10,6 +10,7 @@ hardware FLOPs of `harness.formulas.flops.train_flops` give MFU and HFU, and
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -21,6 +22,7 @@ from harness.results import Metric
 from harness.timing import Clock, TimingPolicy, check_device, measure_time_detailed
 
 if TYPE_CHECKING:
+    from harness.formulas.memory import MemoryBreakdown
     from harness.hardware import GPUSpec
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
@@ -31,11 +33,10 @@ FLOPS_PER_STEP_TOLERANCE = 1e-6
 
 
 def _check_module_device(model: torch.nn.Module, device: str) -> None:
-    wanted = check_device(device)
-    for tensor in list(model.parameters())[:1] + list(model.buffers())[:1]:
-        if tensor.device.type != wanted:
-            raise ValueError(f"model has parameters on {tensor.device}, but device={device!r}; "
-                             f"move the model with model.to({device!r}) first")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is not None and first.device.type != check_device(device):
+        raise ValueError(f"model has parameters on {first.device}, but device={device!r}; "
+                         f"move the model with model.to({device!r}) first")
 
 
 def _check_inputs(inputs: object, device: str) -> tuple[Any, Any]:
@@ -115,7 +116,28 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
                          "config; pass config=TransformerConfig(...) as well")
     _check_module_device(model, device)
     x, target = _check_inputs(inputs, device)
-    shape = _tokens_shape(x) if config is not None else None
+
+    # Everything analytic first: a bad precision, dtype or shape fails before any step runs.
+    analytic = peak = estimate = shape = None
+    dropout = _uses_dropout(model)
+    if config is not None:
+        from harness.formulas.flops import train_flops
+
+        shape = _tokens_shape(x)
+
+        analytic = train_flops(config, *shape, recompute=recompute, causal=causal)
+        if gpu is not None:
+            peak = gpu.peak_flops(peak_dtype)
+        # Estimated on CPU too, where it is not reported, so that bad settings fail everywhere.
+        from harness.formulas.memory import training_memory
+
+        try:
+            estimate = training_memory(config, *shape, precision=precision,
+                                       optimizer=optimizer_name, recompute=recompute,
+                                       dropout=dropout)
+        except ValueError as exc:
+            raise ValueError(f"memory estimate with precision={precision!r}, "
+                             f"optimizer_name={optimizer_name!r}: {exc}") from None
 
     def autocast() -> contextlib.AbstractContextManager[object]:
         if autocast_dtype is None:
@@ -151,21 +173,17 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
     seconds = timed.samples
 
     metrics: dict[str, Metric] = {}
+    step_note = timed.describe()
+    if counted_flops == 0:
+        step_note += "; FlopCounterMode counted no FLOPs, so there is no tflops metric"
     metrics["step_time"] = Metric(name="step_time", unit="s", better="lower", kind="time",
-                                  samples=tuple(seconds), note=timed.describe())
-
-    analytic = None
-    if config is not None:
-        from harness.formulas.flops import train_flops
-
-        assert shape is not None
+                                  samples=tuple(seconds), note=step_note)
+    if shape is not None:
         batch, seq = shape
-        analytic = train_flops(config, batch, seq, recompute=recompute, causal=causal)
         metrics["tokens_per_s"] = Metric(
             name="tokens_per_s", unit="tokens/s", better="higher", kind="throughput",
             samples=tuple(batch * seq / s for s in seconds),
             note=f"batch {batch} x sequence {seq} tokens per step")
-
     if counted_flops > 0:
         metrics["tflops"] = Metric(
             name="tflops", unit="TFLOP/s", better="higher", kind="throughput",
@@ -178,14 +196,9 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
             theory=None if analytic is None else float(analytic.hardware),
             note="FlopCounterMode count of one step; theory: analytic hardware FLOPs "
                  f"(recompute={recompute!r}, causal={causal}); a change means the model changed")
-    else:
-        metrics["step_time"] = metrics["step_time"].with_changes(
-            note=timed.describe() + "; FlopCounterMode counted no FLOPs, so no tflops metric")
-
-    if analytic is not None and gpu is not None:
+    if analytic is not None and peak is not None and gpu is not None:
         from harness.formulas.flops import hfu, mfu
 
-        peak = gpu.peak_flops(peak_dtype)
         where = f"peak {peak / 1e12:.1f} TFLOP/s ({peak_dtype}) of {gpu.name}"
         metrics["mfu"] = Metric(
             name="mfu", unit="ratio", better="higher", kind="throughput",
@@ -195,10 +208,9 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
             name="hfu", unit="ratio", better="higher", kind="throughput",
             samples=tuple(hfu(analytic.hardware, s, 1, peak) for s in seconds),
             note=f"analytic hardware FLOPs (recompute={recompute!r}) / step time / {where}")
-
     if device_type == "cuda":
-        metrics.update(_memory_metrics(device, config, shape, precision, optimizer_name,
-                                       recompute, dropout=_uses_dropout(model)))
+        metrics.update(_memory_metrics(device, estimate, f"{precision}, {optimizer_name}, "
+                                       f"recompute={recompute!r}, dropout={dropout}"))
     return metrics
 
 
@@ -214,9 +226,9 @@ def _uses_dropout(model: torch.nn.Module) -> bool:
                                   for m in model.modules())
 
 
-def _memory_metrics(device: str, config: TransformerConfig | None,
-                    shape: tuple[int, int] | None, precision: str, optimizer_name: str,
-                    recompute: str, *, dropout: bool) -> dict[str, Metric]:
+def _memory_metrics(device: str, estimate: MemoryBreakdown | None,
+                    estimate_settings: str) -> dict[str, Metric]:
+    """Peak allocated/reserved (torch), device memory (NVML), and the peak over the estimate."""
     allocated, reserved = peak_memory(device)
     index = torch.device(device).index
     usage = device_memory_usage(torch.cuda.current_device() if index is None else index)
@@ -231,20 +243,13 @@ def _memory_metrics(device: str, config: TransformerConfig | None,
             note="torch.cuda.max_memory_reserved over warmup and timed steps"),
         "device_memory_bytes": Metric(
             name="device_memory_bytes", unit="B", better="lower", kind="memory",
-            samples=(float(usage.bytes),), note=usage.describe() + ", after the timed steps"),
+            samples=(float(usage.used_bytes),), note=usage.describe() + ", after the timed steps"),
     }
-    if config is not None:
-        from harness.formulas.memory import training_memory
-
-        assert shape is not None
-        batch, seq = shape
-        estimate = training_memory(config, batch, seq, precision=precision,
-                                   optimizer=optimizer_name, recompute=recompute,
-                                   dropout=dropout).total
+    if estimate is not None:
+        total = estimate.total
         metrics["memory_vs_estimate"] = Metric(
             name="memory_vs_estimate", unit="ratio", better="lower", kind="memory",
-            samples=(allocated / estimate,), theory=1.0,
-            note=f"peak allocated {allocated} B / training_memory estimate {estimate} B "
-                 f"({precision}, {optimizer_name}, recompute={recompute!r}, "
-                 f"dropout={dropout}, flash attention)")
+            samples=(allocated / total,), theory=1.0,
+            note=f"peak allocated {allocated} B / training_memory estimate {total} B "
+                 f"({estimate_settings}, flash attention)")
     return metrics
