@@ -239,7 +239,9 @@ class L2Flush:
     """Evicts the GPU's L2 cache by writing a buffer twice its size; call it between samples.
 
     Twice the size, because L2 replacement is not strict LRU and lines are spread over several
-    partitions: writing exactly the cache size leaves some of the old lines in place.
+    partitions: writing exactly the cache size leaves some of the old lines in place. A
+    memory-side cache below L2 (AMD Infinity Cache, `GPUSpec.memory_side_cache_bytes`) is
+    added to the size for GPUs in the spec table.
     """
 
     def __init__(self, device: str = "cuda") -> None:
@@ -252,11 +254,22 @@ class L2Flush:
         properties = torch.cuda.get_device_properties(torch.device(device))
         l2_bytes = int(getattr(properties, "L2_cache_size", 0) or 0)
         self.l2_bytes = l2_bytes if l2_bytes > 0 else FALLBACK_L2_BYTES
-        self.nbytes = 2 * self.l2_bytes
+        self.side_cache_bytes = memory_side_cache_bytes(properties.name)
+        self.nbytes = 2 * (self.l2_bytes + self.side_cache_bytes)
         self.buffer = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
 
     def __call__(self) -> None:
         self.buffer.zero_()
+
+
+def memory_side_cache_bytes(gpu_name: str) -> int:
+    """Bytes of a cache below L2 that a flush must also evict; 0 for GPUs not in the table."""
+    from harness.hardware import gpu_spec
+
+    try:
+        return gpu_spec(gpu_name).memory_side_cache_bytes
+    except ValueError:  # unknown GPU: only what the device itself reports can be flushed
+        return 0
 
 
 def relative_spread(samples: list[float]) -> float:
@@ -276,12 +289,13 @@ class TimedSamples:
     iterations_per_sample: int
     warmup_calls: int
     stopped_because: str  # "target spread reached", "time budget spent" or "max samples reached"
+    clock_name: str = "unknown"
 
     def describe(self) -> str:
-        """One line for a Metric note: samples, calls per sample, why sampling stopped."""
-        return (f"{len(self.samples)} samples of {self.iterations_per_sample} call(s) after "
-                f"{self.warmup_calls} warmup call(s); {self.stopped_because} "
-                f"(spread {relative_spread(self.samples):.2%})")
+        """One line for a Metric note: clock, samples, calls per sample, why sampling stopped."""
+        return (f"{self.clock_name} clock: {len(self.samples)} samples of "
+                f"{self.iterations_per_sample} call(s) after {self.warmup_calls} warmup call(s); "
+                f"{self.stopped_because} (spread {relative_spread(self.samples):.2%})")
 
 
 def measure_time_detailed(fn: Callable[[], object], *, clock: Clock, policy: TimingPolicy,
@@ -345,7 +359,8 @@ def measure_time_detailed(fn: Callable[[], object], *, clock: Clock, policy: Tim
             stopped_because = "time budget spent"
             break
     return TimedSamples(samples=samples, iterations_per_sample=iterations,
-                        warmup_calls=warmup_calls, stopped_because=stopped_because)
+                        warmup_calls=warmup_calls, stopped_because=stopped_because,
+                        clock_name=str(getattr(clock, "name", type(clock).__name__)))
 
 
 def measure_time(fn: Callable[[], object], *, clock: Clock, policy: TimingPolicy, device: str,

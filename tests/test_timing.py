@@ -9,6 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.hardware import gpu_spec
 from harness.results import Metric
 from harness.timing import (
     MIN_WARMUP_CALLS,
@@ -21,6 +22,7 @@ from harness.timing import (
     default_clock,
     measure_time,
     measure_time_detailed,
+    memory_side_cache_bytes,
     relative_spread,
 )
 
@@ -151,6 +153,8 @@ def test_steady_clock_stops_at_min_samples_once_spread_is_reached() -> None:
     assert len(timed.samples) == 12
     assert timed.stopped_because == "target spread reached"
     assert timed.samples == [0.01] * 12
+    assert timed.describe() == ("fake clock: 12 samples of 1 call(s) after 2 warmup call(s); "
+                                "target spread reached (spread 0.00%)")
 
 
 def test_noisy_clock_samples_until_max_samples() -> None:
@@ -318,11 +322,18 @@ def test_cuda_event_clock_scales_with_device_work() -> None:
     assert long == pytest.approx(4 * short, rel=0.1)
 
 
+def test_flush_size_includes_a_memory_side_cache_of_known_gpus() -> None:
+    assert memory_side_cache_bytes("AMD Instinct MI300X") == 256 * 1024 * 1024
+    assert memory_side_cache_bytes("NVIDIA H100 80GB HBM3") == 0
+    assert memory_side_cache_bytes("Some Future GPU") == 0
+
+
 @needs_cuda
 def test_l2_flush_writes_twice_the_l2_size() -> None:
     flush = L2Flush("cuda")
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    assert flush.nbytes == 2 * l2
+    properties = torch.cuda.get_device_properties(0)
+    side_cache = gpu_spec(properties.name).memory_side_cache_bytes
+    assert flush.nbytes == 2 * (properties.L2_cache_size + side_cache)
     flush()
     torch.cuda.synchronize()
 
