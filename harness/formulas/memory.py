@@ -238,7 +238,8 @@ def layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int
       projection input      e*sbh
       dropout mask          sbh
 
-    With MHA, f = 4h, dropout and e = 2 this is 34sbh + 5as^2b. kv is the key/value width
+    With MHA, f = 4h, dropout and e = 2 this is 34sbh + 5as^2b; like the paper it neglects the
+    norms' per-token statistics (mean, rstd: a few bytes per token). kv is the key/value width
     (kv_heads * head_dim) with flash attention; without it, the unfused attention expands K and V
     to all heads (`repeat_interleave` in Megatron-LM's DotProductAttention) and saves those, so
     kv = h. Without dropout there are no masks, and the softmax output is the tensor the value
