@@ -7,8 +7,13 @@ from __future__ import annotations
 from hypothesis import given
 
 from harness.config import TransformerConfig
-from harness.formulas.flops import decode_flops, forward_flops, train_flops
-from harness.formulas.memory import kv_cache_bytes, training_memory
+from harness.formulas.flops import (
+    decode_flops,
+    forward_flops,
+    forward_flops_breakdown,
+    train_flops,
+)
+from harness.formulas.memory import kv_cache_bytes, layer_activation_bytes, training_memory
 from harness.formulas.params import (
     approx_params_gpt,
     attention_params,
@@ -16,7 +21,7 @@ from harness.formulas.params import (
     param_breakdown,
 )
 from harness.formulas.parallel import params_per_rank
-from perf_tests.strategies import parallel_layouts, transformer_configs, workloads
+from perf_tests.strategies import configs_with_layouts, transformer_configs, workloads
 
 MODEL_STATE_PARTS = ("weights", "master_weights", "gradients", "optimizer_states")
 
@@ -51,17 +56,24 @@ def test_parameters_and_model_states_do_not_depend_on_the_workload(cfg, workload
         {part: large[part] for part in MODEL_STATE_PARTS}
 
 
-@given(transformer_configs(styles=("llama", "any")))
-def test_kv_heads_equal_to_heads_is_multi_head_attention(cfg):
-    # Multi-head attention: K and V as wide as Q, four h x h matrices, a KV cache of
-    # 2 * L * h per token per byte.
+@given(transformer_configs(styles=("llama", "any")), workloads(max_batch=8, max_seq=1024))
+def test_kv_heads_equal_to_heads_is_multi_head_attention(cfg, workload):
+    # Multi-head attention: K and V as wide as Q, four h x h matrices, Q/K/V projections of
+    # 6bsh^2 FLOPs per layer, a KV cache of 2 * L * h elements per token, and nothing for flash
+    # attention to save on K and V.
+    batch, seq = workload
     mha = cfg.replace(num_kv_heads=cfg.num_heads)
-    h = cfg.hidden_size
+    h, layers = cfg.hidden_size, cfg.num_layers
+    assert mha == cfg.replace(num_kv_heads=None)
     assert mha.kv_hidden_size == h
     biases = (3 * h if mha.qkv_bias else 0) + (h if mha.bias else 0)
     assert attention_params(mha) == 4 * h * h + biases
-    assert kv_cache_bytes(mha, 3, 5, bytes_per_element=2) == 2 * mha.num_layers * h * 3 * 5 * 2
-    assert mha == cfg.replace(num_kv_heads=None)
+    assert forward_flops_breakdown(mha, batch, seq)["qkv_projection"] == \
+        layers * 6 * batch * seq * h * h
+    assert kv_cache_bytes(mha, batch, seq, bytes_per_element=2) == 2 * layers * h * batch * seq * 2
+    flash = layer_activation_bytes(mha, batch, seq, flash_attention=True).parts
+    unfused = layer_activation_bytes(mha, batch, seq, flash_attention=False).parts
+    assert (flash["key"], flash["value"]) == (unfused["key"], unfused["value"])
 
 
 def _with_kv_heads(cfg: TransformerConfig, kv_heads: int) -> TransformerConfig:
@@ -86,7 +98,14 @@ def test_one_rank_without_parallelism_holds_every_parameter(cfg):
     assert params_per_rank(cfg, tp=1, pp=1) == num_params(cfg)
 
 
-@given(transformer_configs().flatmap(lambda c: parallel_layouts(c).map(lambda p: (c, p))))
+@given(configs_with_layouts())
 def test_one_rank_never_holds_more_than_the_whole_model(cfg_and_layout):
     cfg, (_, tp, pp) = cfg_and_layout
     assert params_per_rank(cfg, tp, pp) <= params_per_rank(cfg, 1, pp) <= num_params(cfg)
+
+
+@given(configs_with_layouts())
+def test_tensor_parallel_ranks_together_hold_at_least_the_whole_model(cfg_and_layout):
+    # Split weights add up to the whole; norms and row-parallel biases are replicated on top.
+    cfg, (_, tp, _) = cfg_and_layout
+    assert tp * params_per_rank(cfg, tp, 1) >= num_params(cfg)
