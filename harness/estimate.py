@@ -126,6 +126,10 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
         raise ValueError(f"seq_len={seq} exceeds the {cfg.max_position_embeddings} learned "
                          f"positions of {cfg.name}; use seq_len <= {cfg.max_position_embeddings}")
     spec: GPUSpec = gpu_spec(gpu)
+    if PEAK_DTYPE[precision] not in spec.dtypes:
+        runnable = [p for p in PRECISIONS if PEAK_DTYPE[p] in spec.dtypes]
+        raise ValueError(f"{spec.name} has no {PEAK_DTYPE[precision]} matrix units for "
+                         f"precision={precision!r}; precisions it runs: {', '.join(runnable)}")
     dp = data_parallel_size(num_gpus, tp, pp)
     check_tensor_parallel(cfg, tp)
     check_pipeline_parallel(cfg, pp)

@@ -161,7 +161,7 @@ def test_render_is_a_pure_function_of_the_result(capsys):
     (["gpt2", "--num-gpus", "3", "--tp", "2"], "num_gpus=3"),
     (["gpt2", "--recompute", "sometimes"], "'sometimes'"),
     (["gpt2", "--zero", "5"], "--zero must be one of 0, 1, 2, 3; got 5"),
-    (["llama-2-7b", "--gpu", "V100"], "no bf16 peak"),
+    (["llama-2-7b", "--gpu", "V100"], "precisions it runs: fp32, fp16-mixed"),
     ([], "name a model"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_the_value(capsys, argv, named):
