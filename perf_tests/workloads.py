@@ -361,15 +361,19 @@ def allocate_kv_cache(cfg: TransformerConfig, batch_size: int, capacity: int, *,
     return KVCache(storage)
 
 
-def _rope_at(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding of x (batch, heads, new, head_dim) at absolute `positions`, with the
-    same channel pairing (i with i + head_dim/2) and precision as harness.model.apply_rope."""
-    head_dim = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=x.device,
-                                             dtype=torch.float32) / head_dim))
+def _rope_tables(positions: torch.Tensor, head_dim: int,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles at absolute `positions`, (n, head_dim) each, with the
+    same frequencies, channel layout and precision as harness.model.apply_rope."""
+    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                                  dtype=torch.float32) / head_dim))
     angles = torch.outer(positions.to(torch.float32), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (batch, heads, n, head_dim): channel i pairs with i + head_dim/2."""
     first, second = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-second, first), dim=-1) * sin
 
@@ -413,6 +417,8 @@ def forward_with_cache(model: DecoderLM, input_ids: torch.Tensor, cache: KVCache
         x = model.embed_norm(x)
     heads, kv_heads, head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
     groups = heads // kv_heads
+    if cfg.position == "rope":
+        cos, sin = _rope_tables(positions, head_dim, x.dtype)
     for layer, block in enumerate(model.blocks):
         attn = block.attn
         h = block.attn_norm(x)
@@ -420,7 +426,7 @@ def forward_with_cache(model: DecoderLM, input_ids: torch.Tensor, cache: KVCache
         k = attn.k_proj(h).view(batch, new, kv_heads, head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(batch, new, kv_heads, head_dim).transpose(1, 2)
         if cfg.position == "rope":
-            q, k = _rope_at(q, positions, ROPE_THETA), _rope_at(k, positions, ROPE_THETA)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         cache.keys(layer)[:, :, start:end] = k
         cache.values(layer)[:, :, start:end] = v
         keys = cache.keys(layer)[:, :, :end]
