@@ -2,7 +2,7 @@
 training step across batch sizes, and a KV cache allocated to the byte.
 
 No timing here: each number is read once from the allocator or from NVML and recorded with
-`perf.metric`, its formula beside it as the metric's theory.
+`perf.metric`, with its formula as the metric's theory where there is one.
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu
 
-# A CUDA context larger than this is not a context but a leak or a misattributed allocation:
-# twice the 2 GB top of the documented range, far above anything an H100 process shows.
-CONTEXT_SANITY_LIMIT = 4 * 2**30
-
 
 @pytest.fixture
 def released_memory() -> Iterator[None]:
@@ -33,21 +29,20 @@ def released_memory() -> Iterator[None]:
     w.release_cuda_memory()
 
 
-def test_cuda_context_is_within_the_documented_range(perf: Perf) -> None:
+def test_cuda_context_fits_the_reserve_the_memory_model_sets_aside(perf: Perf) -> None:
     index = torch.cuda.current_device()
     context = cuda_context_bytes(index)
     if context is None:
         pytest.skip("NVML cannot attribute device memory to this process (MIG, or a container "
                     "that hides host PIDs), so the context size cannot be told apart")
-    low, high = CUDA_CONTEXT_BYTES_RANGE
-    perf.metric("cuda_context_bytes", context, unit="B", better="lower", kind="memory",
-                theory=(low + high) / 2)
-    assert 0 < context < CONTEXT_SANITY_LIMIT, (
-        f"NVML minus torch's reserved memory is {context} B: not a CUDA context size")
-    assert low <= context <= high, (
+    perf.metric("cuda_context_bytes", context, unit="B", better="lower", kind="memory")
+    # formulas.memory.fits() reserves the top of CUDA_CONTEXT_BYTES_RANGE for the context, so a
+    # larger context makes "fits" wrong. The bottom of the range is one measurement on another
+    # GPU and torch version (source 001): a smaller context is no error, only recorded.
+    reserve = CUDA_CONTEXT_BYTES_RANGE[1]
+    assert 0 < context <= reserve, (
         f"this process's CUDA context (NVML device memory minus torch.cuda.memory_reserved) is "
-        f"{context / 2**20:.0f} MiB, outside CUDA_CONTEXT_BYTES_RANGE "
-        f"[{low / 2**20:.0f}, {high / 2**20:.0f}] MiB")
+        f"{context / 2**20:.0f} MiB; formulas.memory reserves {reserve / 2**20:.0f} MiB for it")
 
 
 def _training_peaks(device: str, workload: w.TransformerWorkload,
