@@ -124,7 +124,7 @@ def _raw_value(config: pytest.Config, option: _Option) -> tuple[Any, str, Path] 
     source = _ini_source(config, option.ini)
     try:
         value = config.getini(option.ini)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, pytest.UsageError) as exc:  # UsageError from pytest >= 9.2
         hint = ("use true or false" if option.kind == "flag"
                 else f'write it as a string, e.g. {option.ini} = "..."')
         raise pytest.UsageError(f"{source}: {exc}; {hint}") from None

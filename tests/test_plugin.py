@@ -9,6 +9,7 @@ CUDA is reported absent (`environment.cuda_available`), so these tests mean the 
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -358,6 +359,54 @@ def test_twice(perf):
     result.stdout.fnmatch_lines(["*ValueError: metric 'time' was already recorded by "
                                  "test_kernel.py::test_twice; give each measurement of a test "
                                  "its own name*"])
+
+
+def test_train_step_and_dataloader_record_prefixed_metrics(
+        suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.makepyfile(test_kernel="""
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def test_step_and_loader(perf):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    inputs = (torch.randn(8, 16), torch.randn(8, 4))
+    step = perf.train_step(model, inputs, torch.nn.functional.mse_loss, optimizer,
+                           autocast_dtype=None, name_prefix="linear_")
+    assert {"linear_step_time", "linear_tflops", "linear_flops_per_step"} <= set(step.metrics)
+    # Forward 2*8*16*4 FLOPs and the weight gradient's as many (the input needs no gradient).
+    assert step["linear_flops_per_step"].median == 2 * (2 * 8 * 16 * 4)
+    loader = DataLoader(TensorDataset(torch.randn(64, 8)), batch_size=4)
+    batches = perf.dataloader(loader, steps=8, name_prefix="rows_")
+    assert batches["rows_wait_time"].count == 8
+    assert "rows_batches_per_s" in batches
+""")
+    result = run(suite, monkeypatch, "--perf-update-baselines")
+    assert result.ret == 0, result.stdout.str()
+    recorded = store.load_results(suite.path / "baselines" / "cpu.json").metrics
+    prefix = "test_kernel.py::test_step_and_loader::"
+    assert {f"{prefix}linear_step_time", f"{prefix}rows_wait_time"} <= set(recorded)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("perf.time(lambda: None, flops=-1)", "flops must be a positive finite number, got -1"),
+    ("perf.time(42)", "fn must be a callable taking no arguments, got 42"),
+    ("perf.time(lambda: None, name='a::b')", "metric name must be a non-empty string without "
+                                             "'::', got 'a::b'"),
+    ("perf.metric('x', [], unit='s')", "value_or_samples must be a number or a non-empty list "
+                                       "of numbers, got []"),
+    ("perf.metric('x', 1.0, unit='s', better='faster')", "better must be 'higher' or 'lower', "
+                                                         "got 'faster'"),
+])
+def test_bad_arguments_to_perf_are_value_errors_naming_them(
+        suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, call: str,
+        message: str) -> None:
+    suite.makepyfile(test_kernel=f"def test_bad(perf):\n    {call}\n")
+    result = run(suite, monkeypatch)
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines([rf"E +ValueError: {re.escape(message)}$"])
 
 
 # -- bad reference files end the run --------------------------------------------------------
