@@ -312,6 +312,9 @@ def measure_time_detailed(fn: Callable[[], object], *, clock: Clock, policy: Tim
     device_type = check_device(device)
     if now is None:
         now = getattr(clock, "now", time.perf_counter)
+    if flush is not None and not policy.flush_l2:
+        raise ValueError("a flush was given but policy.flush_l2 is False; use "
+                         "TimingPolicy(flush_l2=True) to flush between samples")
     if policy.flush_l2 and flush is None:
         if device_type != "cuda":
             raise ValueError(f"TimingPolicy(flush_l2=True) flushes the GPU's L2 and needs a "
@@ -378,7 +381,7 @@ def measure_time(fn: Callable[[], object], *, clock: Clock, policy: TimingPolicy
     hardware and power management make them faster than real inputs); use random tensors.
     `now` is the monotonic time source for warmup and budget: by default the clock's own
     `now()` when it has one (FakeClock's synthetic time), else `time.perf_counter`. `flush`
-    replaces the default `L2Flush` of the device.
+    replaces the default `L2Flush` of the device when `policy.flush_l2` is set.
     """
     return measure_time_detailed(fn, clock=clock, policy=policy, device=device, now=now,
                                  flush=flush).samples

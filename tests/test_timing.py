@@ -217,6 +217,12 @@ def test_flush_precedes_every_sample_and_each_sample_is_one_call() -> None:
     assert sampling == ["flush", "call"] * 5
 
 
+def test_a_flush_without_flush_l2_in_the_policy_is_an_error() -> None:
+    with pytest.raises(ValueError, match="policy.flush_l2 is False"):
+        measure_time(noop, clock=FakeClock(0, 0.01), policy=quick_policy(), device="cpu",
+                     flush=noop)
+
+
 def test_flush_l2_without_a_cuda_device_names_the_device() -> None:
     with pytest.raises(ValueError, match="flush_l2=True.*device='cpu'"):
         measure_time(noop, clock=FakeClock(0, 0.01), policy=quick_policy(flush_l2=True),
