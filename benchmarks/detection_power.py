@@ -310,14 +310,19 @@ class HeldAllocation:
         self.tensor = None
 
 
+def _check_positive(name: str, value: object, example: str) -> float:
+    """`value` as a float when it is a positive finite number, else a ValueError naming it."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a positive number such as {example}, got {value!r}")
+    return float(value)
+
+
 def held_allocation_bytes(fraction: float, reference_bytes: float) -> int:
     """Bytes of an allocation that is `fraction` of `reference_bytes`, rounded up to the
     allocator's block granularity."""
-    if not (math.isfinite(fraction) and fraction > 0):
-        raise ValueError(f"fraction must be a positive number such as 0.03, got {fraction!r}")
-    if not (math.isfinite(reference_bytes) and reference_bytes > 0):
-        raise ValueError(f"reference_bytes must be a positive number of bytes, "
-                         f"got {reference_bytes!r}")
+    _check_positive("fraction", fraction, "0.03 for 3%")
+    _check_positive("reference_bytes", reference_bytes, "the baseline's peak in bytes")
     blocks = math.ceil(fraction * reference_bytes / ALLOCATION_GRANULARITY)
     return blocks * ALLOCATION_GRANULARITY
 
@@ -342,10 +347,8 @@ def calibrate_k(target_seconds: float, time_k: Callable[[int], float], *,
                 steps: int = CALIBRATION_STEPS) -> tuple[int, float]:
     """The k (a multiple of `k_multiple`) whose measured time `time_k(k)` is closest to
     `target_seconds`, and that time; each step rescales k by target / measured."""
-    if not (math.isfinite(target_seconds) and target_seconds > 0):
-        raise ValueError(f"target_seconds must be a positive number, got {target_seconds!r}")
-    if not (math.isfinite(seconds_per_k) and seconds_per_k > 0):
-        raise ValueError(f"seconds_per_k must be a positive number, got {seconds_per_k!r}")
+    _check_positive("target_seconds", target_seconds, "0.002")
+    _check_positive("seconds_per_k", seconds_per_k, "1e-8")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     best: tuple[int, float] | None = None
@@ -866,7 +869,9 @@ def check_document(data: Any, where: str) -> None:
         judged = result.get("judged_metric")
         if not isinstance(judged, str):
             raise SchemaError(f"{at}: 'judged_metric' must name a metric, got {judged!r}")
-        records = [("baseline", result.get("baseline"))]
+        if not isinstance(result.get("injections"), dict):
+            raise SchemaError(f"{at}: 'injections' must be an object of condition -> injection")
+        records = [("warmup", result.get("warmup")), ("baseline", result.get("baseline"))]
         repetitions = result.get("repetitions")
         if not isinstance(repetitions, list):
             raise SchemaError(f"{at}: 'repetitions' must be a list")
@@ -1002,10 +1007,10 @@ def render_grid(rows: Sequence[AnalysisRow]) -> str:
         all_met = all(r.met for r in group)
         table.append([phase, label, f"{alpha:g}"] + [cells.get(c, "") for c in conditions]
                      + ["yes" if all_met else "no"])
-        uniform = label.removeprefix("default ") if label.startswith("default") else label
-        key = ("default" if label.startswith("default") else uniform, alpha)
+        # The default tolerance differs by metric kind; its rows count as one setting.
+        setting = "default" if label.startswith("default") else label
         if all_met:
-            passing.setdefault(key, set()).add(phase)
+            passing.setdefault((setting, alpha), set()).add(phase)
     text = tabulate(table, headers=["metric", "tolerance", "alpha"] + conditions
                     + ["meets all targets"])
     winners = [f"tolerance {tol}, alpha {alpha:g}" for (tol, alpha), met in passing.items()
@@ -1044,38 +1049,47 @@ def render_wall_time(data: dict[str, Any]) -> str:
     return line
 
 
-def render_report(data: dict[str, Any], *, grid: bool) -> str:
-    """Everything printed after a run or by --analyse; the main table, fidelity and wall time
-    come last."""
-    parts: list[str] = []
+def render_notes(data: dict[str, Any]) -> str:
+    """What the tables rest on: run status, policy, skipped phases, cold start, injections."""
+    lines: list[str] = []
     if not data.get("complete", False):
-        parts.append("note: this run did not finish; only its completed phases are analysed")
+        lines.append("note: this run did not finish; only its completed phases are analysed")
     if not data["policy_is_fixture_default"]:
-        parts.append(f"note: measured with {data['policy']}, not the fixture's default "
+        lines.append(f"note: measured with {data['policy']}, not the fixture's default "
                      f"TimingPolicy: these counts say nothing about the defaults")
     for phase, result in data["phases"].items():
         if "skipped" in result:
-            parts.append(f"{phase}: skipped, {result['skipped']}")
-    for phase, result in data["phases"].items():
-        if "warmup" in result:
-            name = result["judged_metric"]
-            first = statistics.median(result["warmup"]["metrics"][name]["samples"])
-            base = statistics.median(result["baseline"]["metrics"][name]["samples"])
-            parts.append(f"{phase}: the first (thrown away) measurement in the process was "
-                         f"{_signed(first / base - 1)} against the baseline (cold start)")
-        for name, info in result.get("injections", {}).items():
-            size = (f"k={info['shape']['k']}" if "shape" in info
-                    else f"{info['bytes'] / 2**20:.1f} MiB")
-            parts.append(f"{phase} {name}: injected {info['injected_fraction']:.2%} measured "
-                         f"alone ({info['kind']}, {size})")
+            lines.append(f"{phase}: skipped, {result['skipped']}")
+            continue
+        name = result["judged_metric"]
+        first = statistics.median(result["warmup"]["metrics"][name]["samples"])
+        base = statistics.median(result["baseline"]["metrics"][name]["samples"])
+        lines.append(f"{phase}: the first (thrown away) measurement in the process was "
+                     f"{_signed(first / base - 1)} against the baseline (cold start)")
+        for condition, info in result["injections"].items():
+            if "shape" in info:
+                shape = info["shape"]
+                what = (f"an extra {shape['m']}x{shape['n']}x{shape['k']} GEMM taking "
+                        f"{info['injected_fraction']:.2%} of the baseline time, measured alone")
+            else:
+                what = (f"{info['bytes'] / 2**20:.1f} MiB held through the step, "
+                        f"{info['injected_fraction']:.2%} of the baseline peak")
+            lines.append(f"{phase} {condition}: {what}")
+    return "\n".join(lines)
+
+
+def render_report(data: dict[str, Any], *, grid: bool) -> str:
+    """Everything printed after a run or by --analyse; the main table, fidelity and wall time
+    come last."""
+    blocks = [render_notes(data)]
     if grid:
-        parts.append("re-analysis grid (regressions flagged per condition):\n"
-                     + render_grid(analyse_grid(data)))
-    parts.append(f"with the plugin's default tolerances and alpha {DEFAULT_ALPHA:g}:\n"
-                 + render_table(analyse(data)))
-    parts.append(render_fidelity(data.get("fidelity")))
-    parts.append(render_wall_time(data))
-    return "\n\n".join(parts)
+        blocks.append("re-analysis grid (regressions flagged per condition):\n"
+                      + render_grid(analyse_grid(data)))
+    blocks.append(f"with the plugin's default tolerances and alpha {DEFAULT_ALPHA:g}:\n"
+                  + render_table(analyse(data)))
+    blocks.append(render_fidelity(data.get("fidelity")))
+    blocks.append(render_wall_time(data))
+    return "\n\n".join(block for block in blocks if block)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,430 @@
+"""The detection-power benchmark on CPU: its counting of false alarms and detections on seeded
+synthetic runs, the round-robin order, the JSON round trip, the injections, and a --quick run
+end to end followed by --analyse."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from harness.environment import FakeGpuMonitor
+from harness.results import Metric, SchemaError
+from harness.timing import FakeClock, TimingPolicy, measure_time
+from harness.verdict import DEFAULT_ALPHA, DEFAULT_TOLERANCES
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_power.py"
+
+
+def _load_benchmark() -> ModuleType:
+    """The script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("detection_power", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["detection_power"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+dp = _load_benchmark()
+
+CONDITION = {c.name: c for c in dp.CONDITIONS}
+
+
+def fake_step_times(seed: int, slowdown: float, noise_cv: float = 0.002) -> tuple[float, ...]:
+    """Per-call seconds as the fixture's default policy samples them, from a seeded FakeClock of a
+    10 ms step slowed down by `slowdown`."""
+    clock = FakeClock(seed, base_seconds=0.010, noise_cv=noise_cv, slowdown=slowdown)
+    return tuple(measure_time(lambda: None, clock=clock, policy=TimingPolicy(), device="cpu"))
+
+
+def step_time(samples: tuple[float, ...]) -> Metric:
+    return Metric(name="step_time", unit="s", better="lower", kind="time", samples=samples)
+
+
+def tflops(samples: tuple[float, ...]) -> Metric:
+    return Metric(name="gemm_tflops", unit="TFLOP/s", better="higher", kind="throughput",
+                  samples=samples)
+
+
+def peak_bytes(value: float) -> Metric:
+    return Metric(name="peak_allocated_bytes", unit="B", better="lower", kind="memory",
+                  samples=(value,))
+
+
+def record(metric: Metric, condition: str, index: int = 0, round_index: int = 0
+           ) -> dict[str, Any]:
+    return dp.repetition_record(index=index, round_index=round_index,
+                                condition=CONDITION[condition],
+                                injected_fraction=CONDITION[condition].fraction,
+                                metrics={metric.name: metric}, gpu_state={},
+                                timestamp="2024-01-01T00:00:00.000+00:00", elapsed_seconds=1.0,
+                                measurement_seconds=1.0)
+
+
+def synthetic_document(phases: dict[str, tuple[Metric, dict[str, list[Metric]]]],
+                       repeats: int) -> dict[str, Any]:
+    """A results document whose phases hold the given baseline and repetitions per condition,
+    in round-robin order."""
+    data = dp.new_document(device="cpu", quick=False, repeats=repeats, policy=TimingPolicy(),
+                           conditions=dp.CONDITIONS, sizes=None, environment={}, clock="fake")
+    order = dp.round_robin_order([c.name for c in dp.CONDITIONS], repeats)
+    for phase, (baseline, by_condition) in phases.items():
+        taken = {name: iter(metrics) for name, metrics in by_condition.items()}
+        repetitions = [record(next(taken[name]), name, index, round_index)
+                       for index, (round_index, name) in enumerate(order)]
+        data["phases"][phase] = dp.phase_result(
+            baseline.name, {}, record(baseline, "unchanged"), record(baseline, "unchanged"),
+            {}, order, repetitions, 1.0)
+    data["complete"] = True
+    return data
+
+
+def step_time_phase(slowdowns: dict[str, list[float]]) -> tuple[Metric, dict[str, list[Metric]]]:
+    """A train phase: a 10 ms baseline and, per condition, one repetition per slowdown."""
+    seeds = iter(range(1, 1000))
+    baseline = step_time(fake_step_times(0, 1.0))
+    return baseline, {name: [step_time(fake_step_times(next(seeds), s)) for s in values]
+                      for name, values in slowdowns.items()}
+
+
+def rows_by_condition(rows: list[Any]) -> dict[str, Any]:
+    return {row.condition: row for row in rows}
+
+
+# -- analysis ----------------------------------------------------------------------------------
+
+
+def test_analysis_counts_planted_false_alarms_and_detections() -> None:
+    # 10 repetitions per condition; a 10% slowdown is far beyond 0.2% noise and the 5% default
+    # tolerance (always flagged), no slowdown never is.
+    slow, same = 1.10, 1.0
+    phase = step_time_phase({
+        "unchanged": [slow] + [same] * 9,   # one false alarm
+        "+3%": [slow] * 7 + [same] * 3,     # 7 of 10 detected, the target is 8
+        "+5%": [slow] * 10,
+        "+10%": [slow] * 10,
+    })
+    rows = rows_by_condition(dp.analyse(synthetic_document({"train": phase}, repeats=10)))
+
+    assert [(c, rows[c].flagged, rows[c].repetitions) for c in rows] == [
+        ("unchanged", 1, 10), ("+3%", 7, 10), ("+5%", 10, 10), ("+10%", 10, 10)]
+    assert [rows[c].met for c in rows] == [False, False, True, True]
+    # 19/20 of 10 is 9.5: all 10 must be flagged.
+    assert [rows[c].target for c in rows] == ["0/10", ">=8/10", "10/10", "10/10"]
+
+
+def test_analysis_meets_every_target_when_the_slowdowns_are_clear() -> None:
+    phase = step_time_phase({"unchanged": [1.0] * 20, "+3%": [1.10] * 20, "+5%": [1.10] * 20,
+                             "+10%": [1.10] * 20})
+    rows = dp.analyse(synthetic_document({"train": phase}, repeats=20))
+    assert all(row.met for row in rows)
+    assert [row.target for row in rows] == ["0/20", ">=16/20", ">=19/20", "20/20"]
+
+
+def test_default_tolerance_is_the_plugins_default_for_the_metric_kind() -> None:
+    phase = step_time_phase({"unchanged": [1.0] * 2, "+3%": [1.10] * 2, "+5%": [1.10] * 2,
+                             "+10%": [1.10] * 2})
+    rows = dp.analyse(synthetic_document({"train": phase}, repeats=2),
+                      tolerances=(None, 0.02), alpha=0.05)
+    defaults = [r for r in rows if r.default_tolerance]
+    explicit = [r for r in rows if not r.default_tolerance]
+    assert {r.tolerance for r in defaults} == {DEFAULT_TOLERANCES["time"]}
+    assert defaults[0].tolerance_label == "default 5%"
+    assert {r.tolerance for r in explicit} == {0.02} and explicit[0].tolerance_label == "2%"
+    assert {r.alpha for r in rows} == {0.05}
+
+
+def test_a_slowdown_within_the_tolerance_is_not_flagged() -> None:
+    # 3% slower with 0.2% noise: flagged at a 2% tolerance, never at the 5% default.
+    phase = step_time_phase({"unchanged": [1.0] * 5, "+3%": [1.03] * 5, "+5%": [1.03] * 5,
+                             "+10%": [1.03] * 5})
+    data = synthetic_document({"train": phase}, repeats=5)
+    at_default = rows_by_condition(dp.analyse(data))
+    at_two_percent = rows_by_condition(dp.analyse(data, tolerances=(0.02,)))
+    assert at_default["+3%"].flagged == 0
+    assert at_two_percent["+3%"].flagged == 5
+    assert at_two_percent["+3%"].median_change == pytest.approx(0.03, abs=0.005)
+
+
+def test_lower_throughput_is_a_regression_and_higher_is_not() -> None:
+    seeds = iter(range(100, 1000))
+
+    def gemm(speed: float) -> Metric:
+        # TFLOP/s is flops / time: a slowdown s divides it by s.
+        return tflops(tuple(1e3 / t for t in fake_step_times(next(seeds), 1.0 / speed)))
+
+    baseline = tflops(tuple(1e3 / t for t in fake_step_times(0, 1.0)))
+    phase = (baseline, {"unchanged": [gemm(1.10), gemm(1.10)],   # faster: an improvement
+                        "+3%": [gemm(0.90), gemm(0.90)],
+                        "+5%": [gemm(0.90), gemm(1.0)],
+                        "+10%": [gemm(0.90), gemm(0.90)]})
+    rows = rows_by_condition(dp.analyse(synthetic_document({"gemm": phase}, repeats=2)))
+    assert {c: rows[c].flagged for c in rows} == {"unchanged": 0, "+3%": 2, "+5%": 1, "+10%": 2}
+    assert rows["unchanged"].met and rows["+10%"].met and not rows["+5%"].met
+
+
+def test_memory_regressions_follow_the_two_percent_memory_tolerance() -> None:
+    peak = 20e9
+    phase = (peak_bytes(peak), {"unchanged": [peak_bytes(peak)] * 3,
+                                "+3%": [peak_bytes(peak * 1.03)] * 3,
+                                "+5%": [peak_bytes(peak * 1.05)] * 3,
+                                "+10%": [peak_bytes(peak * 1.10)] * 3})
+    data = synthetic_document({"memory": phase}, repeats=3)
+    at_default = rows_by_condition(dp.analyse(data))
+    assert {c: r.flagged for c, r in at_default.items()} == {
+        "unchanged": 0, "+3%": 3, "+5%": 3, "+10%": 3}
+    assert at_default["+3%"].tolerance == DEFAULT_TOLERANCES["memory"]
+    assert rows_by_condition(dp.analyse(data, tolerances=(0.04,)))["+3%"].flagged == 0
+
+
+def test_a_throttled_measurement_is_unreliable_never_a_detection() -> None:
+    monitor = FakeGpuMonitor(throttle_reasons=["SwThermalSlowdown"])  # throttled every time
+    calls = []
+
+    def produce() -> dict[str, Metric]:
+        calls.append(1)
+        return {"step_time": step_time(fake_step_times(len(calls), 1.10))}
+
+    metrics, gpu_state = dp.measure_with_gpu_state(produce, monitor)
+    assert gpu_state["attempts"] == 2 and len(calls) == 2
+    assert not metrics["step_time"].reliable
+    baseline = step_time(fake_step_times(0, 1.0))
+    phase = (baseline, {"unchanged": [baseline], "+3%": [metrics["step_time"]],
+                        "+5%": [baseline], "+10%": [baseline]})
+    rows = rows_by_condition(dp.analyse(synthetic_document({"train": phase}, repeats=1)))
+    assert rows["+3%"].flagged == 0 and rows["+3%"].unreliable == 1
+
+
+def test_grid_names_the_settings_that_meet_every_target() -> None:
+    # Exactly the injected slowdowns: a 2% tolerance sees 3%, the 5% default does not.
+    phase = step_time_phase({"unchanged": [1.0] * 4, "+3%": [1.03] * 4, "+5%": [1.05] * 4,
+                             "+10%": [1.10] * 4})
+    rows = dp.analyse_grid(synthetic_document({"train": phase}, repeats=4),
+                           tolerances=(None, 0.02), alphas=(DEFAULT_ALPHA,))
+    text = dp.render_grid(rows)
+    summary = text.splitlines()[-1]
+    assert "tolerance 2%, alpha 0.01" in summary
+    assert "default" not in summary
+
+
+def test_analysis_rejects_a_bad_alpha_naming_it() -> None:
+    phase = step_time_phase({"unchanged": [1.0], "+3%": [1.0], "+5%": [1.0], "+10%": [1.0]})
+    data = synthetic_document({"train": phase}, repeats=1)
+    with pytest.raises(ValueError, match="alpha must be a probability.*got 1.5"):
+        dp.analyse(data, alpha=1.5)
+    with pytest.raises(ValueError, match="tolerances must be a sequence"):
+        dp.analyse(data, tolerances=0.02)
+
+
+# -- order, targets, injections ----------------------------------------------------------------
+
+
+def test_round_robin_interleaves_every_condition_in_every_round() -> None:
+    names = ["unchanged", "+3%", "+5%", "+10%"]
+    order = dp.round_robin_order(names, 6)
+    assert len(order) == 24
+    for round_index in range(6):
+        block = order[4 * round_index:4 * round_index + 4]
+        assert {r for r, _ in block} == {round_index}
+        assert sorted(name for _, name in block) == sorted(names)
+    # Each round starts one condition later: no condition always runs first (or after another).
+    assert [order[4 * r][1] for r in range(4)] == names
+    assert [name for _, name in order[:8]] != ["unchanged"] * 4 + ["+3%"] * 4
+
+
+def test_round_robin_rejects_empty_or_repeated_conditions() -> None:
+    with pytest.raises(ValueError, match="repeats must be a positive integer, got 0"):
+        dp.round_robin_order(["a"], 0)
+    with pytest.raises(ValueError, match="distinct names"):
+        dp.round_robin_order(["a", "a"], 2)
+
+
+def test_targets_are_the_issues_counts_out_of_twenty() -> None:
+    assert [c.target(20) for c in dp.CONDITIONS] == ["0/20", ">=16/20", ">=19/20", "20/20"]
+    assert [c.required(20) for c in dp.CONDITIONS] == [(0, 0), (16, 20), (19, 20), (20, 20)]
+
+
+def test_calibration_finds_the_k_whose_time_is_the_target() -> None:
+    # A GEMM costing 20 us of fixed overhead plus 10 ns per unit of k; the probe's estimate of
+    # seconds per k (which ignores the overhead) is off by 50%.
+    measured: list[int] = []
+
+    def time_k(k: int) -> float:
+        measured.append(k)
+        return 20e-6 + 10e-9 * k
+
+    k, seconds = dp.calibrate_k(1e-3, time_k, seconds_per_k=15e-9)
+    assert k % dp.K_MULTIPLE == 0
+    assert seconds == pytest.approx(1e-3, rel=0.01)
+    assert len(measured) <= dp.CALIBRATION_STEPS
+
+
+def test_calibration_rejects_a_target_that_is_not_a_positive_time() -> None:
+    with pytest.raises(ValueError, match="target_seconds must be a positive number.*got 0"):
+        dp.calibrate_k(0, lambda k: 1.0, seconds_per_k=1e-9)
+
+
+def test_held_allocation_is_the_fraction_rounded_up_to_allocator_blocks() -> None:
+    nbytes = dp.held_allocation_bytes(0.03, 1_000_001)
+    assert nbytes % dp.ALLOCATION_GRANULARITY == 0
+    assert 30_000.03 <= nbytes < 30_000.03 + dp.ALLOCATION_GRANULARITY
+    with pytest.raises(ValueError, match="reference_bytes must be a positive number.*got 0"):
+        dp.held_allocation_bytes(0.03, 0)
+    with pytest.raises(ValueError, match="fraction must be a positive number.*got '3%'"):
+        dp.held_allocation_bytes("3%", 1e9)  # type: ignore[arg-type]
+
+
+def test_injected_model_runs_the_extra_work_in_every_forward_and_holds_the_buffer() -> None:
+    model = dp.InjectedModel(torch.nn.Linear(4, 4))
+    held = dp.HeldAllocation(4096, "cpu")
+    model.injection = held
+    model(torch.randn(2, 4))
+    assert held.tensor is not None and held.tensor.numel() == 4096
+    assert int(held.tensor.sum()) == 4096  # written, not just reserved
+    held.release()
+    assert held.tensor is None
+    assert sum(p.numel() for p in model.parameters()) == 4 * 4 + 4
+
+
+def test_extra_gemm_computes_the_product_of_its_operands() -> None:
+    extra = dp.ExtraGemm(8, 16, 64, torch.float32, "cpu")
+    extra.run()
+    assert torch.allclose(extra.out, extra.a @ extra.b)
+    assert extra.shape.flops == 2 * 8 * 16 * 64
+
+
+# -- the document ------------------------------------------------------------------------------
+
+
+def test_document_round_trips_through_json(tmp_path: Path) -> None:
+    phase = step_time_phase({"unchanged": [1.0] * 2, "+3%": [1.1] * 2, "+5%": [1.1] * 2,
+                             "+10%": [1.1] * 2})
+    data = synthetic_document({"train": phase}, repeats=2)
+    path = tmp_path / "results" / "dp.json"
+    dp.save_document(path, data)
+    loaded = dp.load_document(path)
+    assert loaded == json.loads(json.dumps(data))
+    assert dp.analyse(loaded) == dp.analyse(data)
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_unknown_format_version_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "dp.json"
+    phase = step_time_phase({"unchanged": [1.0], "+3%": [1.1], "+5%": [1.1], "+10%": [1.1]})
+    data = dict(synthetic_document({"train": phase}, repeats=1), format_version=99)
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchemaError, match=f"{path}: format_version 99 is not supported"):
+        dp.load_document(path)
+
+
+def test_missing_results_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"{tmp_path / 'absent.json'}: cannot read"):
+        dp.load_document(tmp_path / "absent.json")
+
+
+def test_repetition_without_the_judged_metric_is_a_schema_error() -> None:
+    phase = step_time_phase({"unchanged": [1.0], "+3%": [1.1], "+5%": [1.1], "+10%": [1.1]})
+    data = synthetic_document({"train": phase}, repeats=1)
+    data["phases"]["train"]["repetitions"][2]["metrics"] = {}
+    with pytest.raises(SchemaError, match="repetitions\\[2\\] has no 'step_time' metric"):
+        dp.analyse(data)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, str]:
+    """One `--device cpu --quick` run: its JSON, wall seconds and printed report."""
+    path = tmp_path_factory.mktemp("detection") / "dp.json"
+    out = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = dp.main(["--out", str(path), "--device", "cpu", "--quick"])
+    assert code == 0
+    return path, time.perf_counter() - start, out.getvalue()
+
+
+def test_quick_cpu_run_writes_every_raw_sample(quick_run: tuple[Path, float, str]) -> None:
+    path, seconds, _ = quick_run
+    assert seconds < 30
+    data = dp.load_document(path)
+    assert data["complete"] and data["quick"] and not data["policy_is_fixture_default"]
+    assert data["phases"]["memory"] == {"skipped": dp.MEMORY_NEEDS_CUDA}
+    for phase in ("gemm", "train"):
+        result = data["phases"][phase]
+        repetitions = result["repetitions"]
+        assert len(repetitions) == dp.QUICK_REPEATS * len(dp.CONDITIONS)
+        expected = dp.round_robin_order([c.name for c in dp.CONDITIONS], dp.QUICK_REPEATS)
+        assert [(r["round"], r["condition"]) for r in repetitions] == expected
+        assert [tuple(pair) for pair in result["order"]] == expected
+        assert set(result["injections"]) == {"+3%", "+5%", "+10%"}
+        for rep in repetitions:
+            samples = rep["metrics"][result["judged_metric"]]["samples"]
+            assert len(samples) >= TimingPolicy().min_samples
+            assert rep["timestamp"] and rep["elapsed_s"] > 0
+    assert "skipped" in data["fidelity"]
+
+
+def test_injected_gemm_reports_the_base_flops(quick_run: tuple[Path, float, str]) -> None:
+    data = dp.load_document(quick_run[0])
+    flops = dp.CPU_SIZES.gemm.flops
+    rep = next(r for r in data["phases"]["gemm"]["repetitions"] if r["condition"] == "+10%")
+    seconds = rep["metrics"]["gemm"]["samples"]
+    assert rep["metrics"]["gemm_tflops"]["samples"] == pytest.approx(
+        [flops / s / 1e12 for s in seconds])
+
+
+def test_quick_run_prints_the_main_table_then_fidelity_then_wall_time(
+        quick_run: tuple[Path, float, str]) -> None:
+    report = quick_run[2].rstrip().splitlines()
+    assert report[-1].startswith("wall time: ")
+    assert any(line.startswith("timing fidelity: skipped") for line in report[-4:])
+    header = next(i for i, line in enumerate(report) if line.startswith("metric ")
+                  and "regressions flagged" in line)
+    assert "re-analysis grid" in "\n".join(report[:header])
+
+
+def test_analyse_prints_the_tolerance_grid(quick_run: tuple[Path, float, str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert dp.main(["--analyse", str(quick_run[0]), "--tolerance-grid"]) == 0
+    text = capsys.readouterr().out
+    assert "re-analysis grid" in text
+    for label in ("default 5%", "1%", "2%", "3%", "5%"):
+        assert f" {label} " in text
+    for alpha in ("0.01", "0.05", "0.001"):
+        assert f" {alpha} " in text
+    assert "Settings meeting every target for every metric:" in text
+
+
+def test_unknown_metric_names_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        dp.main(["--metrics", "gemm,latency", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "subset of gemm,train,memory, got 'gemm,latency'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only machine")
+def test_cuda_without_a_gpu_stops_with_a_clear_message(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        dp.main(["--device", "cuda", "--out", "unused.json"])
+    assert exit_info.value.code == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_analyse_of_a_missing_file_names_it(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        dp.main(["--analyse", str(tmp_path / "absent.json")])
+    assert f"{tmp_path / 'absent.json'}: cannot read" in capsys.readouterr().err
