@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -455,11 +456,11 @@ def forward_with_cache(model: DecoderLM, input_ids: torch.Tensor, cache: KVCache
 IMAGE_SHAPE: tuple[int, int, int] = (3, 224, 224)
 NUM_CLASSES = 1000
 # ImageNet channel statistics (torchvision's Normalize defaults), used by the transform.
-IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
-IMAGE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+IMAGE_MEAN = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+IMAGE_STD = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)
 
-# 32 images per batch (19 MB as float32) at ~1-2 ms of transform each: ~30-60 ms per batch in
-# one process, so workers visibly help, and 16 batches per measurement take well under 1 s.
+# 32 images per batch (19 MB as float32) at ~1 ms of CPU work each: ~30 ms per batch in one
+# process, so workers visibly help, and 16 batches per measurement take well under 1 s.
 LOADER_BATCH_SIZE = 32
 LOADER_STEPS = 16
 # measure_dataloader needs steps + 1 batches (one warm-up batch starts the workers).
@@ -469,11 +470,27 @@ LOADER_WORKER_COUNTS: tuple[int, ...] = (0, 2, 4)
 LOADER_PREFETCH = 2
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops on one thread inside the block, as DataLoader workers always do (they call
+    torch.set_num_threads(1)); the previous thread count is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class SyntheticImages(torch.utils.data.Dataset):
-    """Map-style dataset of deterministic images: item i is the same array on every call and in
-    every worker, and costs a fixed amount of single-threaded CPU work (numpy), like the JPEG
-    decode and normalisation of a real pipeline, so worker scaling is honest (torch ops would
-    use all cores in the main process and flatter num_workers=0)."""
+    """Map-style dataset of deterministic images: item i is the same tensor on every call and in
+    every worker, and costs a fixed amount of single-threaded CPU work (~1 ms at 224 x 224),
+    like the decode and normalisation of a real pipeline.
+
+    The "decode" is SHAKE-128 of the index (single-threaded C), the transform torch ops on one
+    thread: the work per item is then the same in the main process (num_workers=0) as in a
+    worker, so more workers measure real parallelism, not a change of thread count.
+    """
 
     def __init__(self, length: int, shape: tuple[int, int, int] = IMAGE_SHAPE) -> None:
         if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
@@ -490,12 +507,13 @@ class SyntheticImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} images")
-        rng = np.random.default_rng(index)
-        # "Decode": 8-bit pixels, then the usual transform: scale, normalise, horizontal flip.
-        pixels = rng.integers(0, 256, size=self.shape, dtype=np.uint8)
-        image = (pixels.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-        image = np.ascontiguousarray(image[:, :, ::-1])
-        return torch.from_numpy(image), index % NUM_CLASSES
+        # "Decode": 8-bit pixels, a deterministic pseudo-random stream seeded by the index.
+        raw = hashlib.shake_128(index.to_bytes(8, "little")).digest(math.prod(self.shape))
+        with _one_thread():
+            pixels = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(self.shape)
+            # The usual transform: scale to [0, 1], normalise per channel, horizontal flip.
+            image = ((pixels.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD).flip(-1)
+        return image, index % NUM_CLASSES
 
 
 def image_loader(num_workers: int, *, length: int = LOADER_LENGTH,

@@ -340,9 +340,14 @@ def test_synthetic_images_are_deterministic_normalised_and_labelled() -> None:
     assert not torch.equal(image, dataset[6][0])
     assert label == 5 and dataset[1000][1] == 1000 % w.NUM_CLASSES
     # Uniform 8-bit pixels normalised by ImageNet statistics: mean (0.5 - mu) / sigma per channel.
-    expected = (0.5 - w.IMAGE_MEAN.reshape(3)) / w.IMAGE_STD.reshape(3)
-    channel_means = image.mean(dim=(1, 2)).numpy()
-    assert channel_means == pytest.approx(expected, abs=0.05)
+    expected = ((0.5 - w.IMAGE_MEAN) / w.IMAGE_STD).reshape(3)
+    torch.testing.assert_close(image.mean(dim=(1, 2)), expected, rtol=0, atol=0.05)
+
+
+def test_synthetic_images_leave_the_thread_count_as_they_found_it() -> None:
+    before = torch.get_num_threads()
+    w.SyntheticImages(length=2, shape=SMALL_IMAGE)[1]
+    assert torch.get_num_threads() == before
 
 
 def test_synthetic_images_reject_out_of_range_indices_and_bad_sizes() -> None:
