@@ -6,8 +6,13 @@ never registered twice). The plugin only validates options and wires pytest's ho
 `session.PerfSession`, which records, judges, saves and writes baselines.
 
 A regression fails the test that measured it (in its call phase, so it is a failure, not an
-error). A metric without a baseline skips its test with the command that records one, or fails
-it under --perf-strict; it never passes as if it had been checked.
+error). A metric without a baseline, or measured unreliably (a throttled GPU, too much noise to
+decide), skips its test with the reason, or fails it under --perf-strict; it never passes as if
+it had been checked, and it is never called a regression.
+
+Give path options with "=" (`--perf-compare=main.json`): pytest picks its rootdir before
+plugins load, and an existing path given as a separate argument counts as a test path then
+(see `_check_path_options_left_the_rootdir_alone`).
 """
 
 from __future__ import annotations
@@ -341,9 +346,10 @@ class PerfRun:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Save the results (--perf-save) and refresh the baseline (--perf-update-baselines);
-        a refused or failed write makes the run fail."""
+        a refused or failed write makes the run fail. A run stopped by a usage error (such as
+        `-m gpu` without CUDA) measured nothing and writes nothing."""
         perf_session = self.session
-        if perf_session is None:
+        if perf_session is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
             return
         notes = perf_session.end_notes
         if self.options.save_path is not None:

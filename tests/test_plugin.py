@@ -132,8 +132,9 @@ def test_gpu_tests_are_skipped_without_cuda_with_the_reason(pytester: pytest.Pyt
 def test_dash_m_gpu_without_cuda_stops_before_running_anything(
         pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_gpu=GPU_TEST)
-    result = pytester.runpytest("-p", "harness.plugin", "-m", "gpu")
+    result = pytester.runpytest("-p", "harness.plugin", "-m", "gpu", "--perf-save=out.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert not (pytester.path / "out.json").exists(), "an aborted run must not save results"
     result.stderr.fnmatch_lines(["ERROR: -m 'gpu' selected 1 GPU test(s), but no CUDA device "
                                  "visible*Nothing was run*without -m gpu*"])
     assert not list(pytester.path.parent.rglob("gpu-test-ran"))
