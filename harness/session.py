@@ -32,7 +32,7 @@ from harness.results import Metric, RunResults, metric_id, split_metric_id
 from harness.timing import TimingPolicy
 from harness.verdict import Outcome, Verdict, judge
 
-TestOutcome = Literal["passed", "failed", "skipped"]
+DecisionOutcome = Literal["passed", "failed", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,10 @@ class PerfOptions:
 
 
 @dataclass(frozen=True)
-class TestDecision:
+class Decision:
     """What the perf verdicts make of one test: its outcome and the message that explains it."""
 
-    outcome: TestOutcome
+    outcome: DecisionOutcome
     message: str = ""
 
 
@@ -153,11 +153,11 @@ class PerfSession:
 
     # -- verdicts --------------------------------------------------------------------------
 
-    def conclude_test(self, nodeid: str) -> TestDecision:
+    def conclude_test(self, nodeid: str) -> Decision:
         """Judge the metrics test `nodeid` recorded and decide its outcome (see module doc)."""
         metrics = self.metrics_of(nodeid)
         if not metrics or self.options.update_baselines:
-            return TestDecision("passed")
+            return Decision("passed")
         reference_metrics = self.reference.metrics if self.reference is not None else {}
         reference_environment = self.reference.environment if self.reference is not None else None
         verdicts = [judge(mid, measured, reference_metrics.get(mid),
@@ -168,12 +168,12 @@ class PerfSession:
         self.verdicts.extend(verdicts)
         return self.decide(nodeid, verdicts)
 
-    def decide(self, nodeid: str, verdicts: list[Verdict]) -> TestDecision:
+    def decide(self, nodeid: str, verdicts: list[Verdict]) -> Decision:
         """The outcome of a test with these verdicts (rules in the module docstring)."""
         regressions = [v for v in verdicts if v.outcome == Outcome.REGRESSION]
         if regressions:
             tables = "\n\n".join(report.render_verdict_detail(v) for v in regressions)
-            return TestDecision("failed", (
+            return Decision("failed", (
                 f"perf regression in {nodeid}: {_names(regressions)} worse than "
                 f"{self.reference_path} beyond tolerance\n\n{tables}"))
         missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
@@ -185,11 +185,11 @@ class PerfSession:
             details = "; ".join(f"{_name(v)}: {v.reason}" for v in unreliable)
             reasons.append(f"unreliable, not judged (not a regression): {details}")
         if not reasons:
-            return TestDecision("passed")
+            return Decision("passed")
         if self.options.strict:
-            return TestDecision("failed", "perf (--perf-strict: every measured metric must be "
+            return Decision("failed", "perf (--perf-strict: every measured metric must be "
                                           "checked): " + "; ".join(reasons))
-        return TestDecision("skipped", "perf: " + "; ".join(reasons))
+        return Decision("skipped", "perf: " + "; ".join(reasons))
 
     def _missing_reason(self, nodeid: str, missing: list[Verdict]) -> str:
         path = self.reference_path
