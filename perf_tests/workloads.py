@@ -58,7 +58,8 @@ class GemmShape:
 # resolution, yet three 128-256 MiB operands fit any 80 GB GPU.
 SQUARE_GEMM = GemmShape("square_8192", 8192, 8192, 8192)
 # fp32 without tensor cores runs at ~67 TFLOP/s on an H100 SXM: 8192^3 would take ~20 ms per
-# call, so 4096^3 (~2.5 ms, still 256 waves of 128x128 tiles over 132 SMs) keeps the suite fast.
+# call, so 4096^3 (~2.5 ms, still 1024 output tiles of 128x128, ~8 waves over 132 SMs) keeps
+# the suite fast.
 FP32_SQUARE_GEMM = GemmShape("square_4096", 4096, 4096, 4096)
 
 # Llama-2-7B layer GEMMs for 4096 tokens (e.g. batch 1 x its 4096-token context): the shapes a
@@ -216,9 +217,11 @@ class TransformerWorkload:
 
     @property
     def tokens(self) -> int:
+        """Tokens per step: batch_size * seq_len."""
         return self.batch_size * self.seq_len
 
     def with_batch(self, batch_size: int) -> "TransformerWorkload":
+        """The same model and sequence length at another batch size."""
         return TransformerWorkload(self.config, batch_size, self.seq_len)
 
 
@@ -255,7 +258,7 @@ TRAINING_LR = 1e-4
 # weights (they are the master copy), fp32 gradients and two fp32 AdamW moments: 16 bytes per
 # parameter, plus the bf16 weight casts the matmuls save for backward (2 more, alive at the
 # backward peak). training_memory has no precision for exactly this setup; "bf16-mixed"
-# (2 weights + 4 master + 2 + 4 gradients + 8 = 20 bytes) is the nearest, 2 bytes high.
+# (2 weights + 4 master weights + 2 + 4 gradients + 8 AdamW = 20 bytes) is the nearest, 2 high.
 TRAINING_PRECISION = "bf16-mixed"
 
 # The memory estimate must match the measured peak within 15%: the formula ignores allocator
@@ -333,16 +336,20 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
+        """Tokens per sequence the cache can hold."""
         return int(self.storage.shape[4])
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the whole cache."""
         return self.storage.numel() * self.storage.element_size()
 
     def keys(self, layer: int) -> torch.Tensor:
+        """Keys of one layer, (batch, kv_heads, capacity, head_dim), a view."""
         return self.storage[layer, 0]
 
     def values(self, layer: int) -> torch.Tensor:
+        """Values of one layer, (batch, kv_heads, capacity, head_dim), a view."""
         return self.storage[layer, 1]
 
 
