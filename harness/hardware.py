@@ -177,8 +177,9 @@ _BUILTIN_SPECS: tuple[GPUSpec, ...] = (
             ("NVIDIA H800 PCIe",),
             fp32=51.2, tf32=378.2, bf16=756.4, fp16=756.4, fp8=1512.8),
     # H200 datasheet: the H100 SXM's GH100 compute (TF32 989, BF16 1,979, FP8 3,958 sparse, the
-    # whitepaper's dense figures used here) with 141 GB HBM3e at 4.8 TB/s.
-    _nvidia("H200 SXM", 141, 4.8, 132, 50,
+    # whitepaper's dense figures used here) with 141 GB HBM3e at 4.8 TB/s. CUDA reports 132 SMs
+    # and a 60 MiB L2 on an H200 (measured), 10 MiB more than the H100's.
+    _nvidia("H200 SXM", 141, 4.8, 132, 60,
             ("NVIDIA H200", "H200", "H200 SXM", "H200 141GB"),
             fp32=66.9, tf32=494.7, bf16=989.4, fp16=989.4, fp8=1978.9),
     # H20 (HGX H20 specification, figures without sparsity): FP32 44, TF32 74, BF16/FP16 148,
@@ -332,7 +333,8 @@ def fingerprint(gpu_name: str, count: int) -> str:
 
 @dataclass(frozen=True)
 class DetectedGPU:
-    """A GPU visible to this process."""
+    """A GPU visible to this process. `uuid` is as the source reports it: torch without and
+    NVML with nvidia-smi's "GPU-" prefix; `num_sms` is known only through torch."""
 
     index: int
     name: str
