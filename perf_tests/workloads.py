@@ -612,12 +612,20 @@ def data_wait_fractions(model: nn.Module, loader: torch.utils.data.DataLoader,
 H2D_BYTES = 256 * 2**20
 
 
+# Random bytes are drawn for one 1 MiB block and tiled: drawing all 256 MiB with torch's serial
+# CPU generator takes seconds, copying the block takes milliseconds, and every page is touched
+# either way.
+RANDOM_BLOCK_BYTES = 2**20
+
+
 def host_buffer(nbytes: int, *, pinned: bool, seed: int = 0) -> torch.Tensor:
-    """A host byte buffer filled with random bytes, pinned (page-locked) or pageable. Random
+    """A host byte buffer filled with random bytes, pinned (page-locked) or pageable. Real
     content makes every page resident: untouched pages of a fresh allocation are all mapped to
     the kernel's shared zero page and would not measure a real copy."""
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
         raise ValueError(f"nbytes must be a positive integer, got {nbytes!r}")
     generator = torch.Generator().manual_seed(seed)
-    buffer = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=generator)
+    block = torch.randint(0, 256, (min(nbytes, RANDOM_BLOCK_BYTES),), dtype=torch.uint8,
+                          generator=generator)
+    buffer = block.repeat(math.ceil(nbytes / block.numel()))[:nbytes].clone()
     return buffer.pin_memory() if pinned else buffer

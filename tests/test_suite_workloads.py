@@ -411,13 +411,19 @@ def test_small_conv_net_classifies_any_image_size_it_is_given() -> None:
 
 
 def test_host_buffer_is_random_bytes_of_the_requested_size() -> None:
-    buffer = w.host_buffer(1 << 20, pinned=False, seed=1)
-    assert buffer.dtype == torch.uint8 and buffer.numel() == 1 << 20
+    buffer = w.host_buffer(4 << 20, pinned=False, seed=1)
+    assert buffer.dtype == torch.uint8 and buffer.numel() == 4 << 20
     assert buffer.is_pinned() is False
     # Every page touched: no 4 KiB page of the buffer is all zeros.
     pages = buffer.view(-1, 4096)
     assert bool((pages != 0).any(dim=1).all())
-    assert torch.equal(buffer, w.host_buffer(1 << 20, pinned=False, seed=1))
+    assert torch.equal(buffer, w.host_buffer(4 << 20, pinned=False, seed=1))
+
+
+def test_host_buffer_of_an_odd_size_has_exactly_that_size() -> None:
+    buffer = w.host_buffer(w.RANDOM_BLOCK_BYTES + 3, pinned=False)
+    assert buffer.numel() == w.RANDOM_BLOCK_BYTES + 3 and buffer.is_contiguous()
+    assert buffer.untyped_storage().nbytes() == w.RANDOM_BLOCK_BYTES + 3
 
 
 def test_host_buffer_rejects_a_non_positive_size() -> None:
