@@ -1,5 +1,5 @@
-"""Properties of the parallelism arithmetic: DP x TP x PP = GPUs and GBS = MBS x DP x GAS round-trip,
-and tensor/pipeline parallelism accept exactly the sizes that split the model evenly."""
+"""Properties of the parallelism arithmetic: DP x TP x PP = GPUs and GBS = MBS x DP x GAS
+round-trip, and tensor/pipeline parallelism accept exactly the sizes that split the model evenly."""
 
 from __future__ import annotations
 
