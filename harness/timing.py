@@ -8,12 +8,14 @@ GPU.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Callable, Iterator, Literal, Protocol
 
 import torch
 
@@ -33,15 +35,18 @@ FALLBACK_L2_BYTES = 50 * 1024 * 1024
 class TimingPolicy:
     """How long and how often to measure; the defaults suit one train step or kernel on a GPU."""
 
-    # 0.1 s of warmup lets cuBLAS pick its algorithms, the caching allocator reach its steady
+    # 0.5 s of warmup lets cuBLAS pick its algorithms, the caching allocator reach its steady
     # state and the GPU leave its idle clocks; at least MIN_WARMUP_CALLS calls run regardless.
-    warmup_seconds: float = 0.1
+    # 0.1 s was too short on an H100 (2026-11-21): a 0.5 ms GEMM kept getting faster for another
+    # ~0.1 s of samples (0.60 -> 0.51 ms) and a 90 ms train step's first samples ran 5-50% slow.
+    warmup_seconds: float = 0.5
     # About 1 s of sampling per measurement: a nightly suite of a hundred measurements then
     # samples for under two minutes. min_samples wins over the budget when one call is slower.
     budget_seconds: float = 1.0
-    # With 10 samples per side a rank test (Mann-Whitney U) can reach p = 2/C(20,10) ~ 1e-5
-    # for fully separated runs; the quartiles (IQR) of fewer samples say little about noise.
-    min_samples: int = 10
+    # With 20 samples per side a rank test (Mann-Whitney U) detects a shift of about one
+    # standard deviation at alpha = 0.01 most of the time (10 a side needs about 1.5); the
+    # quartiles (IQR) of fewer samples say little about noise.
+    min_samples: int = 20
     # Beyond ~200 samples the median's confidence interval barely narrows (it shrinks as
     # 1/sqrt(n)) while the baseline files, which keep every sample, keep growing.
     max_samples: int = 200
@@ -328,6 +333,31 @@ def measure_time_detailed(fn: Callable[[], object], *, clock: Clock, policy: Tim
                              f"{iterations} call(s); a duration must be positive and finite")
         return float(seconds)
 
+    with _garbage_collection_paused():
+        return _warm_up_and_sample(timed, now, policy, flush, clock)
+
+
+@contextlib.contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Collect once, then keep Python's cyclic garbage collector out of the timed calls.
+
+    A collection in the middle of a train step stalls the host for milliseconds and shows up as
+    a slow outlier sample (source 001, "garbage collection"); reference counting still frees
+    tensors as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _warm_up_and_sample(timed: Callable[[int], float], now: Callable[[], float],
+                        policy: TimingPolicy,
+                        flush: Callable[[], None] | None, clock: Clock) -> TimedSamples:
     # Warmup by time; the batch grows until it lasts min_sample_seconds, which calibrates it.
     iterations = 1
     warmup_calls = 0
