@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.config import TransformerConfig
-from harness.measure.dataloader import batch_tensors, measure_dataloader
+from harness.measure.dataloader import batch_tensors, measure_dataloader, window_size
 from harness.measure.memory import (
     cuda_context_bytes,
     device_memory_usage,
@@ -260,6 +260,16 @@ def test_dataloader_wait_time_comes_from_the_given_clock() -> None:
     metrics = measure_dataloader(loader_of(8), device="cpu", steps=4,
                                  clock=FakeClock(0, 0.003, noise_cv=0.0))
     assert metrics["wait_time"].samples == (0.003,) * 4
+
+
+def test_dataloader_samples_are_means_over_windows_of_whole_worker_cycles() -> None:
+    # 32 steps without workers: windows of 4 batches, 8 samples, each the mean of its window.
+    assert window_size(32, 0) == 4
+    assert window_size(16, 2) == 2 and window_size(16, 4) == 4 and window_size(3, 8) == 8
+    metrics = measure_dataloader(loader_of(40), device="cpu", steps=32,
+                                 clock=FakeClock(0, 0.002, noise_cv=0.0))
+    assert metrics["wait_time"].samples == pytest.approx((0.002,) * 8)
+    assert metrics["batches_per_s"].count == 8
 
 
 def test_dataloader_takes_one_warmup_batch_then_steps_batches() -> None:

@@ -50,8 +50,10 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
     """Iterate `steps` batches after one warm-up batch (which starts the workers) and measure.
 
     Metrics: `wait_time` (s per batch blocked in `next()`, timed by `clock`, by default the host
-    clock without CUDA synchronisation) and `batches_per_s` (steps / wall time of the loop, one
-    sample). On CUDA also `h2d_time` (s per batch for `.to(device, non_blocking=True)` of every
+    clock without CUDA synchronisation) and `batches_per_s`, each with one sample per window of
+    consecutive batches (see `window_size`): a worker pool delivers in bursts, so single waits
+    are bimodal (near 0 when a batch was prefetched, long when not) and their median says little,
+    while the mean over whole worker cycles is stable. On CUDA also `h2d_time` (s per batch for `.to(device, non_blocking=True)` of every
     tensor in it, CUDA events, synchronised) and `h2d_bandwidth` (GB/s, 1e9 bytes); their note
     says whether the batches were pinned. On CPU there is no copy, so no copy metrics; neither
     are there for a loader that yields tensors already on the device.
@@ -79,6 +81,7 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
                          f"its first batch is a {type(first).__name__}")
 
     waits: list[float] = []
+    batch_ends: list[float] = []
     copy_seconds: list[float] = []
     copy_bytes: list[int] = []
     pinned = 0
@@ -99,16 +102,23 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
             seconds, nbytes = _copy_to_device(host_tensors, device)
             copy_seconds.append(seconds)
             copy_bytes.append(nbytes)
-    loop_seconds = time.perf_counter() - loop_start
+        batch_ends.append(time.perf_counter())
     del iterator  # shuts down the loader's worker processes
 
     note = _pinned_note(pinned, total) if total else "the batches were already on the device"
+    window = window_size(steps, getattr(loader, "num_workers", 0))
+    starts = [loop_start, *batch_ends[:-1]]
+    batch_seconds = [end - start for start, end in zip(starts, batch_ends)]
     metrics = {
         "wait_time": Metric(name="wait_time", unit="s", better="lower", kind="dataloader",
-                            samples=tuple(waits), note=f"time blocked in next(); {note}"),
+                            samples=tuple(_window_means(waits, window)),
+                            note=f"time blocked in next(), mean per batch over windows of "
+                                 f"{window} batch(es); {note}"),
         "batches_per_s": Metric(name="batches_per_s", unit="batches/s", better="higher",
-                                kind="dataloader", samples=(steps / loop_seconds,),
-                                note=f"{steps} batches over the wall time of the loop"),
+                                kind="dataloader",
+                                samples=tuple(1 / m for m in _window_means(batch_seconds, window)),
+                                note=f"batches per second of loop wall time, over windows of "
+                                     f"{window} batch(es)"),
     }
     if copy_seconds:
         metrics["h2d_time"] = Metric(
@@ -121,6 +131,27 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
             samples=tuple(b / s / 1e9 for b, s in zip(copy_bytes, copy_seconds)),
             note=f"batch bytes / copy time (1 GB = 1e9 B); {note}")
     return metrics
+
+
+# Samples per dataloader metric the window aims for: enough for quartiles and a rank test of
+# the verdict, few enough that each window still spans whole worker cycles at 16-32 steps.
+TARGET_WINDOWS = 8
+
+
+def window_size(steps: int, num_workers: int) -> int:
+    """Batches per sample: a whole number of worker cycles (each worker delivers one batch in
+    turn), as many as still leave TARGET_WINDOWS samples, and at least one cycle."""
+    cycle = max(1, num_workers)
+    return cycle * max(1, steps // (TARGET_WINDOWS * cycle))
+
+
+def _window_means(values: list[float], window: int) -> list[float]:
+    """Means of consecutive full windows (a trailing partial window is dropped); the plain
+    mean when there are fewer values than one window."""
+    full = len(values) // window
+    if full == 0:
+        return [sum(values) / len(values)]
+    return [sum(values[i * window:(i + 1) * window]) / window for i in range(full)]
 
 
 def _copy_to_device(tensors: list[torch.Tensor], device: str) -> tuple[float, int]:
