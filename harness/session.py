@@ -6,7 +6,8 @@ fails or is skipped (`conclude_test`), and at the end saves the run and refreshe
 Nothing here imports pytest, so every decision can be tested directly.
 
 Decisions on one test's metrics, in this order:
-  1. any regression                     -> the test fails with the detail table of each
+  1. any regression                     -> the test fails with the detail table of each (the
+                                           plugin first re-measures once: see `plugin`)
   2. --perf-strict and any metric without a baseline, or measured unreliably
                                         -> the test fails (saying it is not a regression)
   3. any metric without a baseline, or unreliable
@@ -59,6 +60,8 @@ class Decision:
 
     outcome: DecisionOutcome
     message: str = ""
+    # True when the failure is a regression (the plugin then re-measures once to confirm it).
+    regression: bool = False
 
 
 def timing_policy(options: PerfOptions) -> TimingPolicy:
@@ -175,7 +178,7 @@ class PerfSession:
             tables = "\n\n".join(report.render_verdict_detail(v) for v in regressions)
             return Decision("failed", (
                 f"perf regression in {nodeid}: {_names(regressions)} worse than "
-                f"{self.reference_path} beyond tolerance\n\n{tables}"))
+                f"{self.reference_path} beyond tolerance\n\n{tables}"), regression=True)
         missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
         unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
         reasons = []
@@ -200,6 +203,14 @@ class PerfSession:
                             *self.options.repeat_flags])
         return (f"no baseline for {_names(missing)}: {path} {where}; record it with "
                 f"`{command}`")
+
+    def discard_test(self, nodeid: str) -> None:
+        """Forget what test `nodeid` recorded and how it was judged, before it is re-measured."""
+        self.metrics = {mid: m for mid, m in self.metrics.items()
+                        if split_metric_id(mid)[0] != nodeid}
+        self.gpu_states = {key: state for key, state in self.gpu_states.items()
+                           if split_metric_id(key)[0] != nodeid}
+        self.verdicts = [v for v in self.verdicts if split_metric_id(v.metric_id)[0] != nodeid]
 
     def improvements(self) -> list[Verdict]:
         """The verdicts that improved beyond tolerance: candidates for a baseline refresh."""

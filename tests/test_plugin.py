@@ -249,6 +249,53 @@ def test_ten_percent_slower_fails_that_test_with_the_detail_table(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
+COUNTING_TEST = """
+def test_kernel(perf, perf_clock):
+    perf_clock.runs = getattr(perf_clock, "runs", 0) + 1
+    print("run", perf_clock.runs)
+    perf.time(lambda: None)
+"""
+
+SLOW_FIRST_RUN_CONFTEST = """
+import pytest
+
+from harness.timing import FakeClock
+
+
+class SlowFirstRun(FakeClock):
+    \"\"\"10% slow while the test body runs for the first time, normal afterwards.\"\"\"
+
+    def time(self, fn, iterations):
+        self.slowdown = 1.1 if getattr(self, "runs", 1) == 1 else 1.0
+        return super().time(fn, iterations)
+
+
+@pytest.fixture
+def perf_clock():
+    return SlowFirstRun(seed=3, base_seconds=1e-3)
+"""
+
+
+def test_a_regression_is_confirmed_by_measuring_the_test_twice(
+        suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.makepyfile(test_kernel=COUNTING_TEST)
+    record_baseline(suite, monkeypatch)
+    result = run(suite, monkeypatch, "-s", seed=2, slowdown=1.1)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*run 1*", "*run 2*", "*measured twice and regressed both times*"])
+
+
+def test_a_transient_regression_that_a_second_measurement_clears_passes_with_a_note(
+        suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.makepyfile(test_kernel=COUNTING_TEST)
+    record_baseline(suite, monkeypatch)
+    suite.makeconftest(SLOW_FIRST_RUN_CONFTEST)
+    result = run(suite, monkeypatch, "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*run 1*", "*run 2*",
+                                 "*a first measurement regressed but a second did not*"])
+
+
 def test_noise_without_a_slowdown_is_not_a_regression(suite: pytest.Pytester,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # A noisy machine: 30% noise and the 10 samples a tiny budget allows, for the baseline and
