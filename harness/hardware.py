@@ -41,6 +41,7 @@ _DTYPE_ALIASES: dict[str, str] = {
 GIB = 2**30
 MIB = 2**20
 TB_PER_S = 1e12
+GB_PER_S = 1e9
 
 # The slug of a CPU-only run: `fingerprint("cpu", 1)`.
 CPU_NAME = "cpu"
@@ -53,6 +54,11 @@ class GPUSpec:
     `peak_tflops` maps dtype keys ("fp32", "tf32", "bf16", "fp16", "fp8") to dense TFLOP/s;
     a dtype the GPU cannot run on its matrix units is absent. `memory_side_cache_bytes` is a
     cache below L2 that an L2 flush must also evict (AMD Infinity Cache), 0 where L2 is last.
+    `interconnect_bandwidth_bytes_per_s` is the GPU-to-GPU bandwidth in ONE direction: all of
+    the GPU's NVLink (or Infinity Fabric) links together, or its PCIe x16 link for parts without
+    them. Datasheets print NVLink bidirectionally ("900 GB/s" on an H100 SXM is 450 GB/s each
+    way); a ring collective sends and receives at once, so its bus bandwidth is bounded by the
+    one-way figure (`harness.formulas.comm`).
     """
 
     name: str
@@ -64,6 +70,8 @@ class GPUSpec:
     l2_cache_bytes: int
     aliases: tuple[str, ...] = ()
     memory_side_cache_bytes: int = 0
+    # Bytes/s one GPU can send to its peers at once, per direction (None: not in the table).
+    interconnect_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -78,6 +86,12 @@ class GPUSpec:
         if isinstance(side_cache, bool) or not isinstance(side_cache, int) or side_cache < 0:
             raise ValueError(f"GPUSpec.memory_side_cache_bytes must be a non-negative integer, "
                              f"got {side_cache!r}")
+        link = self.interconnect_bandwidth_bytes_per_s
+        if link is not None and (isinstance(link, bool) or not isinstance(link, (int, float))
+                                 or not 0 < link < float("inf")):
+            raise ValueError(f"GPUSpec.interconnect_bandwidth_bytes_per_s must be a positive "
+                             f"number of bytes/s per direction, or None when unknown; got "
+                             f"{link!r}")
         bandwidth = self.memory_bandwidth_bytes_per_s
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) \
                 or not bandwidth > 0:
@@ -122,103 +136,111 @@ class GPUSpec:
 
 
 def _nvidia(name: str, memory_gib: float, bandwidth_tb_s: float, num_sms: int, l2_mib: float,
-            aliases: tuple[str, ...], **peaks: float) -> GPUSpec:
+            aliases: tuple[str, ...], *, link_gb_s: float, **peaks: float) -> GPUSpec:
     return GPUSpec(name=name, vendor="NVIDIA", memory_bytes=int(memory_gib * GIB),
                    memory_bandwidth_bytes_per_s=bandwidth_tb_s * TB_PER_S, num_sms=num_sms,
-                   peak_tflops=peaks, l2_cache_bytes=int(l2_mib * MIB), aliases=aliases)
+                   peak_tflops=peaks, l2_cache_bytes=int(l2_mib * MIB), aliases=aliases,
+                   interconnect_bandwidth_bytes_per_s=link_gb_s * GB_PER_S)
 
 
 # Dense peaks in TFLOP/s. Sources: NVIDIA datasheets and architecture whitepapers, AMD Instinct
 # datasheets and the ROCm "GPU hardware specifications" table (CU counts, caches).
+#
+# link_gb_s: GPU-to-GPU bandwidth per direction, GB/s, half the datasheets' bidirectional
+# figure. NVLink per GPU (datasheets): V100 SXM2 300 (NVLink 2), A100 SXM4 600 (NVLink 3),
+# A800 and H800 400 (the export parts' reduced NVLink), H100/H200 SXM and H20 900 (NVLink 4),
+# B200/GB200 1,800 (NVLink 5); H100 NVL 600 over the bridge of its pair. PCIe x16 per
+# direction: Gen4 32, Gen5 64 (datasheets: "64 GB/s" and "128 GB/s" bidirectional) for the
+# PCIe cards, whose optional NVLink bridges join two cards only.
 _BUILTIN_SPECS: tuple[GPUSpec, ...] = (
     # A100 datasheet: FP32 19.5, TF32 156 (312 sparse), BF16/FP16 312 (624 sparse); the PCIe
     # cards list the same peaks. 108 SMs, 40 MB L2 (Ampere whitepaper). No FP8.
     _nvidia("A100 SXM4 80GB", 80, 2.039, 108, 40,
             ("NVIDIA A100-SXM4-80GB", "A100", "A100 80GB", "A100 SXM", "A100 SXM4"),
-            fp32=19.5, tf32=156, bf16=312, fp16=312),
+            link_gb_s=300, fp32=19.5, tf32=156, bf16=312, fp16=312),
     _nvidia("A100 SXM4 40GB", 40, 1.555, 108, 40,
             ("NVIDIA A100-SXM4-40GB", "A100 40GB", "A100 SXM4 40GB"),
-            fp32=19.5, tf32=156, bf16=312, fp16=312),
+            link_gb_s=300, fp32=19.5, tf32=156, bf16=312, fp16=312),
     _nvidia("A100 PCIe 80GB", 80, 1.935, 108, 40,
             ("NVIDIA A100 80GB PCIe", "A100 PCIe", "A100 PCIe 80GB"),
-            fp32=19.5, tf32=156, bf16=312, fp16=312),
+            link_gb_s=32, fp32=19.5, tf32=156, bf16=312, fp16=312),
     _nvidia("A100 PCIe 40GB", 40, 1.555, 108, 40,
             ("NVIDIA A100-PCIE-40GB", "A100 PCIe 40GB"),
-            fp32=19.5, tf32=156, bf16=312, fp16=312),
+            link_gb_s=32, fp32=19.5, tf32=156, bf16=312, fp16=312),
     # A800: the A100 for the Chinese market, NVLink cut to 400 GB/s; compute and memory as A100.
     _nvidia("A800 SXM4 80GB", 80, 2.039, 108, 40,
             ("NVIDIA A800-SXM4-80GB", "A800", "A800 SXM", "A800 SXM4"),
-            fp32=19.5, tf32=156, bf16=312, fp16=312),
+            link_gb_s=200, fp32=19.5, tf32=156, bf16=312, fp16=312),
     _nvidia("A800 PCIe 80GB", 80, 1.935, 108, 40,
             ("NVIDIA A800 80GB PCIe", "A800 PCIe"),
-            fp32=19.5, tf32=156, bf16=312, fp16=312),
+            link_gb_s=32, fp32=19.5, tf32=156, bf16=312, fp16=312),
     # H100 SXM5, Hopper whitepaper (dense/sparse): FP32 66.9, TF32 494.7/989.4,
     # BF16/FP16 989.4/1978.9, FP8 1978.9/3957.8; 132 SMs, 50 MB L2; 80 GB HBM3 at 3.35 TB/s.
     # "H100" alone means this SXM part, the one in HGX/DGX training nodes.
     _nvidia("H100 SXM", 80, 3.35, 132, 50,
             ("NVIDIA H100 80GB HBM3", "H100", "H100 SXM5", "H100 80GB HBM3"),
-            fp32=66.9, tf32=494.7, bf16=989.4, fp16=989.4, fp8=1978.9),
+            link_gb_s=450, fp32=66.9, tf32=494.7, bf16=989.4, fp16=989.4, fp8=1978.9),
     # H100 PCIe, Hopper whitepaper: 114 SMs, FP32 51.2, TF32 378.2, BF16/FP16 756.4, FP8 1512.8
     # (dense; datasheet 756/1,513/3,026 with sparsity); 80 GB HBM2e at 2.0 TB/s.
     _nvidia("H100 PCIe", 80, 2.0, 114, 50,
             ("NVIDIA H100 PCIe",),
-            fp32=51.2, tf32=378.2, bf16=756.4, fp16=756.4, fp8=1512.8),
+            link_gb_s=64, fp32=51.2, tf32=378.2, bf16=756.4, fp16=756.4, fp8=1512.8),
     # H100 NVL datasheet (per GPU): FP32 60, TF32 835, BF16/FP16 1,671, FP8 3,341 with sparsity
     # -> halved; 94 GB HBM3 at 3.9 TB/s; full 132-SM GH100 configuration.
     _nvidia("H100 NVL", 94, 3.9, 132, 50,
             ("NVIDIA H100 NVL",),
-            fp32=60, tf32=417.5, bf16=835.5, fp16=835.5, fp8=1670.5),
+            link_gb_s=300, fp32=60, tf32=417.5, bf16=835.5, fp16=835.5, fp8=1670.5),
     # H800: the H100 for the Chinese market (NVLink 400 GB/s, FP64 cut); Tensor Core peaks,
     # memory and SM counts as the H100 SXM / PCIe.
     _nvidia("H800 SXM", 80, 3.35, 132, 50,
             ("NVIDIA H800", "H800", "H800 SXM5", "NVIDIA H800 80GB HBM3"),
-            fp32=66.9, tf32=494.7, bf16=989.4, fp16=989.4, fp8=1978.9),
+            link_gb_s=200, fp32=66.9, tf32=494.7, bf16=989.4, fp16=989.4, fp8=1978.9),
     _nvidia("H800 PCIe", 80, 2.0, 114, 50,
             ("NVIDIA H800 PCIe",),
-            fp32=51.2, tf32=378.2, bf16=756.4, fp16=756.4, fp8=1512.8),
+            link_gb_s=64, fp32=51.2, tf32=378.2, bf16=756.4, fp16=756.4, fp8=1512.8),
     # H200 datasheet: the H100 SXM's GH100 compute (TF32 989, BF16 1,979, FP8 3,958 sparse, the
     # whitepaper's dense figures used here) with 141 GB HBM3e at 4.8 TB/s. CUDA reports 132 SMs
     # and a 60 MiB L2 on an H200 (measured), 10 MiB more than the H100's.
     _nvidia("H200 SXM", 141, 4.8, 132, 60,
             ("NVIDIA H200", "H200", "H200 SXM", "H200 141GB"),
-            fp32=66.9, tf32=494.7, bf16=989.4, fp16=989.4, fp8=1978.9),
+            link_gb_s=450, fp32=66.9, tf32=494.7, bf16=989.4, fp16=989.4, fp8=1978.9),
     # H20 (HGX H20 specification, figures without sparsity): FP32 44, TF32 74, BF16/FP16 148,
     # FP8 296; 96 GB HBM3 at 4.0 TB/s, 60 MB L2; 78 SMs enabled.
     _nvidia("H20", 96, 4.0, 78, 60,
             ("NVIDIA H20",),
-            fp32=44, tf32=74, bf16=148, fp16=148, fp8=296),
+            link_gb_s=450, fp32=44, tf32=74, bf16=148, fp16=148, fp8=296),
     # L40S datasheet (dense | sparse): FP32 91.6, TF32 183 | 366, BF16/FP16 362.05 | 733,
     # FP8 733 | 1,466; 48 GB GDDR6 at 864 GB/s; 142 SMs; 96 MiB L2 as CUDA reports it.
     _nvidia("L40S", 48, 0.864, 142, 96,
             ("NVIDIA L40S",),
-            fp32=91.6, tf32=183, bf16=362.05, fp16=362.05, fp8=733),
+            link_gb_s=32, fp32=91.6, tf32=183, bf16=362.05, fp16=362.05, fp8=733),
     # L4 datasheet: FP32 30.3; TF32 120, BF16/FP16 242, FP8 485 with sparsity -> halved;
     # 24 GB GDDR6 at 300 GB/s; 58 SMs, 48 MB L2.
     _nvidia("L4", 24, 0.3, 58, 48,
             ("NVIDIA L4",),
-            fp32=30.3, tf32=60, bf16=121, fp16=121, fp8=242.5),
+            link_gb_s=32, fp32=30.3, tf32=60, bf16=121, fp16=121, fp8=242.5),
     # A10 datasheet (dense | sparse): FP32 31.2, TF32 62.5 | 125, BF16/FP16 125 | 250;
     # 24 GB GDDR6 at 600 GB/s; 72 SMs, 6 MB L2.
     _nvidia("A10", 24, 0.6, 72, 6,
             ("NVIDIA A10",),
-            fp32=31.2, tf32=62.5, bf16=125, fp16=125),
+            link_gb_s=32, fp32=31.2, tf32=62.5, bf16=125, fp16=125),
     # V100 SXM2 32GB datasheet: FP32 15.7, Tensor (FP16) 125; no BF16, TF32 or FP8.
     # 900 GB/s HBM2, 80 SMs, 6 MB L2.
     _nvidia("V100 SXM2 32GB", 32, 0.9, 80, 6,
             ("Tesla V100-SXM2-32GB", "V100", "V100 SXM2", "V100 32GB"),
-            fp32=15.7, fp16=125),
+            link_gb_s=150, fp32=15.7, fp16=125),
     # HGX B200 datasheet, per GPU: FP32 75; TF32 2.2, BF16/FP16 4.5, FP8 9 PFLOPS with sparsity
     # -> halved; 180 GB HBM3e at 7.7 TB/s. 148 SMs and a 126.5 MiB L2 as CUDA reports them.
     _nvidia("B200", 180, 7.7, 148, 126.5,
             ("NVIDIA B200",),
-            fp32=75, tf32=1100, bf16=2250, fp16=2250, fp8=4500),
+            link_gb_s=900, fp32=75, tf32=1100, bf16=2250, fp16=2250, fp8=4500),
     # GB200 NVL72 datasheet, per GPU (rack figures / 72): FP32 80; TF32 2.5, BF16/FP16 5,
     # FP8 10 PFLOPS with sparsity -> halved; 186 GB HBM3e at 8 TB/s. The datasheet gives no SM
     # count; 152 is what CUDA reports on GB200 systems (local_spec checks it against the
     # device). L2 taken as the B200's, the same Blackwell die.
     _nvidia("GB200", 186, 8.0, 152, 126.5,
             ("NVIDIA GB200",),
-            fp32=80, tf32=1250, bf16=2500, fp16=2500, fp8=5000),
+            link_gb_s=900, fp32=80, tf32=1250, bf16=2500, fp16=2500, fp8=5000),
     # MI300X datasheet: FP32 163.4 (vector and matrix), TF32 653.7, BF16/FP16 1307.4, FP8 2614.9
     # (dense; twice that with sparsity); 192 GB HBM3 at 5.3 TB/s. ROCm spec table: 304 CUs,
     # 32 MiB L2 (4 per XCD), 256 MiB Infinity Cache behind it.
@@ -227,12 +249,17 @@ _BUILTIN_SPECS: tuple[GPUSpec, ...] = (
             peak_tflops={"fp32": 163.4, "tf32": 653.7, "bf16": 1307.4, "fp16": 1307.4,
                          "fp8": 2614.9},
             l2_cache_bytes=32 * MIB, memory_side_cache_bytes=256 * MIB,
-            aliases=("AMD Instinct MI300X",)),
+            aliases=("AMD Instinct MI300X",),
+            # MI300X datasheet: 7 Infinity Fabric links of 128 GB/s bidirectional to the other
+            # GPUs of the platform, 896 GB/s in all: 448 GB/s each way.
+            interconnect_bandwidth_bytes_per_s=448 * GB_PER_S),
     # MI250X, one GCD: the OAM module carries two graphics compute dies that software sees as
     # two devices (ROCm names each "AMD Instinct MI250X/MI250"), so this is half the datasheet's
     # module figures: FP32 matrix 95.7 -> 47.85, BF16/FP16 383 -> 191.5, 128 GB HBM2e at
     # 3.2768 TB/s -> 64 GiB at 1.6384 TB/s; ROCm table: 110 CUs and 8 MiB L2 per GCD. No TF32 or
     # FP8. An MI250 GCD (104 CUs) reports the same name; local_spec tells them apart by CU count.
+    # No interconnect figure: a GCD reaches its sibling die and the other GCDs of the node over
+    # different numbers of Infinity Fabric links, so no single per-GPU bandwidth holds.
     GPUSpec(name="MI250X GCD", vendor="AMD", memory_bytes=64 * GIB,
             memory_bandwidth_bytes_per_s=1.6384 * TB_PER_S, num_sms=110,
             peak_tflops={"fp32": 47.85, "bf16": 191.5, "fp16": 191.5},

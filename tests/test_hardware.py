@@ -262,3 +262,26 @@ def test_local_spec_without_a_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(hardware, "detect_gpus", lambda: [])
     with pytest.raises(ValueError, match="no GPU detected"):
         local_spec()
+
+
+@pytest.mark.parametrize(("name", "gb_per_s"), [
+    ("H100", 450), ("H200", 450), ("A100", 300), ("A800", 200), ("H800", 200),
+    ("H100 PCIe", 64), ("A100 PCIe", 32), ("L40S", 32), ("B200", 900), ("MI300X", 448),
+])
+def test_interconnect_bandwidth_is_the_one_way_half_of_the_datasheet_figure(
+        name: str, gb_per_s: float) -> None:
+    assert gpu_spec(name).interconnect_bandwidth_bytes_per_s == gb_per_s * 1e9
+
+
+def test_interconnect_bandwidth_is_optional_and_unknown_where_no_single_figure_holds() -> None:
+    assert custom_spec().interconnect_bandwidth_bytes_per_s is None
+    assert gpu_spec("MI250X").interconnect_bandwidth_bytes_per_s is None
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), True, "450e9"])
+def test_gpu_spec_refuses_a_bad_interconnect_bandwidth(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"interconnect_bandwidth_bytes_per_s must be a positive "
+                                         r"number of bytes/s per direction.*got"):
+        GPUSpec(name="x", vendor="y", memory_bytes=1, memory_bandwidth_bytes_per_s=1.0,
+                num_sms=1, peak_tflops={"bf16": 1.0}, l2_cache_bytes=1,
+                interconnect_bandwidth_bytes_per_s=bad)  # type: ignore[arg-type]
