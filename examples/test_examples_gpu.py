@@ -101,7 +101,8 @@ def test_small_gpt_training_step(perf: Perf) -> None:
     inputs = random_batch(SMALL_GPT, batch_size, SEQ_LEN, device=perf.device,
                           generator=generator)
     measured = perf.train_step(model, inputs, lm_loss, optimizer, config=SMALL_GPT,
-                               autocast_dtype=torch.bfloat16, name_prefix="gpt_small_")
+                               autocast_dtype=torch.bfloat16, precision="bf16-autocast",
+                               name_prefix="gpt_small_")
 
     mfu, hfu = measured["gpt_small_mfu"].median, measured["gpt_small_hfu"].median
     # Without recomputation model and hardware FLOPs are equal, and neither exceeds the peak.

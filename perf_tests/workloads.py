@@ -254,12 +254,12 @@ RECOMPUTE_CASES: tuple[str, ...] = ("none", "full")
 # small rate keeps the weights (and so the numerics) close to their initial values.
 TRAINING_LR = 1e-4
 
-# The memory model's precision for these runs. torch.autocast over fp32 parameters keeps fp32
-# weights (they are the master copy), fp32 gradients and two fp32 AdamW moments: 16 bytes per
-# parameter, plus the bf16 weight casts the matmuls save for backward (2 more, alive at the
-# backward peak). training_memory has no precision for exactly this setup; "bf16-mixed"
-# (2 weights + 4 master weights + 2 + 4 gradients + 8 AdamW = 20 bytes) is the nearest, 2 high.
-TRAINING_PRECISION = "bf16-mixed"
+# The memory model's precision for these runs: torch.autocast over fp32 parameters with eager
+# activations (fp32 weights as the master copy, fp32 gradients, two fp32 AdamW moments: 16 bytes
+# per parameter, plus the bf16 weight copies the matmuls save for backward), whose estimate is
+# the peak over the phases of a step - for these workloads the loss, where the fp32 logits
+# buffers meet every saved activation (end of forward or start of backward).
+TRAINING_PRECISION = "bf16-autocast"
 
 # The memory estimate must match the measured peak within 15%: the formula ignores allocator
 # rounding, the cuBLAS workspace and a few small transients (norm statistics, RoPE tables),

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from harness.config import TransformerConfig, get_model
 from harness.formulas.memory import (
+    AUTOCAST_PHASES,
+    AUTOCAST_PRECISIONS,
     CUDA_CONTEXT_BYTES_RANGE,
     DISTRIBUTED_BUFFER_BYTES_RANGE,
     GIB,
+    PRECISIONS,
+    TRAINING_PRECISIONS,
     MemoryBreakdown,
     activation_bytes,
+    autocast_layer_activation_bytes,
+    autocast_step_phases,
     bytes_per_param,
     fits,
     inference_memory,
@@ -24,6 +36,15 @@ from harness.formulas.memory import (
     training_memory,
 )
 from harness.formulas.parallel import params_per_rank
+from harness.model import build_model, lm_loss, random_batch
+from perf_tests import workloads as w
+from perf_tests.strategies import (
+    optimizers,
+    parallel_layouts,
+    recompute_modes,
+    transformer_configs,
+    zero_stages,
+)
 
 
 def gpt(layers: int = 4, hidden: int = 1024, heads: int = 16,
@@ -378,3 +399,426 @@ def test_memory_breakdown_totals_and_serialises_its_parts() -> None:
     assert breakdown.to_dict() == {"total_bytes": 3, "parts": {"a": 1, "b": 2}}
     with pytest.raises(ValueError, match="part 'b' must be a non-negative integer"):
         MemoryBreakdown({"a": 1, "b": -2})
+
+
+# --- eager PyTorch under torch.autocast -----------------------------------------------------
+
+# Tiny configs of the families the suite trains, small enough to run a step in milliseconds on
+# the CPU: GPT-style (LayerNorm with bias, GELU, learned positions, tied output layer),
+# Llama-style (RMSNorm, SwiGLU, RoPE, grouped-query attention, untied, no biases), BLOOM-style
+# (ALiBi, embedding norm; ReLU here to cover it) and a multi-query GeGLU model with Q/K/V biases.
+TINY_GPT = TransformerConfig(num_layers=2, hidden_size=64, num_heads=4, vocab_size=96,
+                             max_position_embeddings=64, name="tiny-gpt")
+TINY_LLAMA = TransformerConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
+                               vocab_size=96, mlp="swiglu", ffn_hidden_size=160,
+                               tied_embeddings=False, bias=False, norm="rmsnorm",
+                               position="rope", max_position_embeddings=64, name="tiny-llama")
+TINY_BLOOM = TransformerConfig(num_layers=2, hidden_size=64, num_heads=4, vocab_size=96,
+                               mlp="relu", position="alibi", embedding_norm=True,
+                               max_position_embeddings=64, name="tiny-bloom")
+TINY_MQA_GEGLU = TransformerConfig(num_layers=2, hidden_size=64, num_heads=8, num_kv_heads=1,
+                                   vocab_size=96, mlp="geglu", ffn_hidden_size=96, bias=False,
+                                   qkv_bias=True, norm="rmsnorm", position="rope",
+                                   max_position_embeddings=64, name="tiny-mqa-geglu")
+TINY_CONFIGS = [TINY_GPT, TINY_LLAMA, TINY_BLOOM, TINY_MQA_GEGLU]
+MODEL_STATES = ("weights", "master_weights", "gradients", "optimizer_states")
+
+
+@pytest.mark.parametrize("precision", AUTOCAST_PRECISIONS)
+def test_autocast_adamw_costs_16_bytes_per_parameter_plus_a_2_byte_weight_copy(
+        precision: str) -> None:
+    # fp32 weights are the master copy, fp32 gradients, two fp32 AdamW moments; the 16-bit copy
+    # autocast makes of each matmul weight is not a state and stays out of the total.
+    per_param = bytes_per_param(precision, "adamw")
+    assert (per_param.weights, per_param.master_weights, per_param.gradients,
+            per_param.optimizer_states, per_param.weight_copies) == (4, 0, 4, 8, 2)
+    assert per_param.total == 16
+    assert bytes_per_param(precision, "sgd").total == 8
+    assert bytes_per_param(precision, "adamw-8bit").total == 4 + 4 + 2
+
+
+def test_megatron_precisions_make_no_weight_copies() -> None:
+    assert all(bytes_per_param(p, "adamw").weight_copies == 0 for p in PRECISIONS)
+    assert TRAINING_PRECISIONS == PRECISIONS + AUTOCAST_PRECISIONS
+
+
+def test_unknown_training_precision_lists_the_autocast_ones_too() -> None:
+    with pytest.raises(ValueError, match=r"precision must be one of 'fp32'.*'bf16-autocast', "
+                                         r"'fp16-autocast'; got 'bf16-amp'"):
+        training_memory(gpt(), 1, 128, precision="bf16-amp")
+    with pytest.raises(ValueError, match=r"precision must be one of 'bf16-autocast', "
+                                         r"'fp16-autocast'; got 'bf16-mixed'"):
+        autocast_step_phases(gpt(), 1, 128, precision="bf16-mixed")
+
+
+def test_autocast_training_memory_is_its_largest_phase_and_names_it() -> None:
+    cfg = get_model("gpt2-medium")
+    phases = autocast_step_phases(cfg, 8, 1024, recompute="none", dropout=False)
+    assert list(phases) == list(AUTOCAST_PHASES)
+    memory = training_memory(cfg, 8, 1024, precision="bf16-autocast", dropout=False)
+    assert memory == max(phases.values(), key=lambda phase: phase.total)
+    assert memory.phase == "loss_backward"
+    assert memory.to_dict()["phase"] == "loss_backward"
+    assert all(set(p.parts) == set(memory.parts) for p in phases.values())
+
+
+def test_with_one_token_the_end_of_backward_peaks_at_16_bytes_per_parameter() -> None:
+    cfg = get_model("llama-2-7b")  # untied: no second embedding gradient
+    memory = training_memory(cfg, 1, 1, precision="bf16-autocast")
+    assert memory.phase == "backward_end"
+    assert memory.total == 16 * cfg.num_params()
+
+
+def test_start_of_backward_holds_states_without_gradients_copies_activations_and_logits() -> None:
+    cfg = get_model("llama-2-7b")
+    s, b, v, n = 4096, 1, 32000, cfg.num_params()
+    phases = autocast_step_phases(cfg, b, s, dropout=False)
+    loss = phases["loss_backward"].parts
+    assert (loss["weights"], loss["gradients"], loss["optimizer_states"]) == (4 * n, 0, 8 * n)
+    # Every matmul weight is copied to bf16: all parameters but the norms and the untied input
+    # embedding table.
+    norms = (2 * cfg.num_layers + 1) * cfg.hidden_size
+    assert loss["weight_copies"] == 2 * (n - norms - v * cfg.hidden_size)
+    assert loss["logits"] == 0
+    assert loss["logits_fp32"] == 4 * s * b * v
+    assert loss["logits_grad_fp32"] == 8 * s * b * v
+    forward = phases["forward_end"].parts
+    assert forward["logits"] == 2 * s * b * v and forward["logits_fp32"] == 8 * s * b * v
+    assert forward["layer_activations"] == loss["layer_activations"] == \
+        32 * autocast_layer_activation_bytes(cfg, b, s, dropout=False).total
+
+
+def test_full_recompute_keeps_fp32_block_inputs_and_one_rebuilt_layer() -> None:
+    cfg = get_model("llama-2-7b")
+    s, b = 4096, 1
+    sbh = s * b * cfg.hidden_size
+    none = autocast_layer_activation_bytes(cfg, b, s, dropout=False)
+    full = autocast_layer_activation_bytes(cfg, b, s, recompute="full", dropout=False)
+    assert full.total == full.parts["checkpoint_input"] == 4 * sbh
+    phases = autocast_step_phases(cfg, b, s, recompute="full", dropout=False)
+    assert phases["loss_backward"].parts["layer_activations"] == 32 * 4 * sbh
+    assert phases["loss_backward"].parts["weight_copies"] == 2 * 32000 * cfg.hidden_size
+    assert phases["layer_backward"].parts["recompute_working_set"] == none.total - 4 * sbh
+    assert phases["loss_backward"].parts["position_tables"] == 2 * 4 * s * cfg.head_dim
+
+
+def test_eager_llama_layer_terms_per_token() -> None:
+    # LLaMA-style block under autocast, in bytes per token and hidden unit (e = 2): fp32 norm
+    # inputs 4 + 4, Q/K/V and gate/up input copies 3e + 2e, Q, K, V expanded and the attention
+    # output 4e, SwiGLU's four f-wide tensors 4e*f/h; plus the statistics, log-sum-exp and RoPE
+    # copies that do not scale with h.
+    cfg = get_model("llama-2-7b")
+    s, b, h, a, f, d = 4096, 1, 4096, 32, 11008, 128
+    layer = autocast_layer_activation_bytes(cfg, b, s, dropout=False)
+    assert layer.total == (8 + 10 + 8) * s * b * h + 8 * s * b * f + 2 * 4 * s * b \
+        + 4 * a * s * b + 4 * 2 * s * d
+
+
+def test_gqa_saves_keys_and_values_expanded_to_every_head() -> None:
+    gqa = get_model("llama-2-70b")
+    mha = gqa.replace(num_kv_heads=gqa.num_heads)
+    assert autocast_layer_activation_bytes(gqa, 1, 1024) == \
+        autocast_layer_activation_bytes(mha, 1, 1024)
+
+
+def test_math_attention_keeps_fp32_queries_keys_values_and_probabilities() -> None:
+    cfg = gpt(hidden=1024, heads=16)
+    s, b, a = 1024, 2, 16
+    sbh, scores = s * b * 1024, a * s * s * b
+    flash = autocast_layer_activation_bytes(cfg, b, s, dropout=False).parts
+    math_kernel = autocast_layer_activation_bytes(cfg, b, s, flash_attention=False,
+                                                  dropout=True).parts
+    assert flash["query"] == 2 * sbh and math_kernel["query"] == 4 * sbh
+    assert math_kernel["softmax_output"] == math_kernel["softmax_dropout_output"] == 4 * scores
+    assert math_kernel["softmax_dropout_mask"] == scores
+    assert flash["softmax_stats"] == 4 * a * s * b and math_kernel["softmax_stats"] == 0
+
+
+def _saved_activation_storages(cfg: TransformerConfig, batch: int, seq: int, recompute: str,
+                                flash_attention: bool) -> int:
+    """Bytes autograd saves in one forward and loss of `harness.model` under CPU bf16 autocast:
+    floating-point storages with at least one dimension, each counted once (views and shared
+    tensors share a data pointer), the fp32 parameters excluded (they are model states, not
+    activations; their bf16 copies are counted). Token ids, targets and the loss's scalar
+    weight are not activations."""
+    torch.manual_seed(0)
+    model = build_model(cfg, device="cpu", checkpoint_activations=recompute == "full")
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    tokens, targets = random_batch(cfg, batch, seq)
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if (storage.data_ptr() not in parameters and tensor.is_floating_point()
+                and tensor.dim() > 0 and storage.nbytes() > 0):
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    backend = SDPBackend.FLASH_ATTENTION if flash_attention else SDPBackend.MATH
+    with sdpa_kernel(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lm_loss(model(tokens), targets)
+    return sum(saved.values())
+
+
+def _cpu_rms_norm_extra(cfg: TransformerConfig, batch: int, seq: int, norms: int) -> int:
+    """CPU difference: torch's CPU rms_norm is a composite that also saves its fp32 normalised
+    output (4sbh per norm); CUDA's fused kernel saves only input and rstd (checked by
+    test_cuda_kernels_save_what_the_eager_model_assumes)."""
+    return norms * 4 * seq * batch * cfg.hidden_size if cfg.norm == "rmsnorm" else 0
+
+
+@pytest.mark.parametrize("flash_attention", [True, False], ids=["flash", "math"])
+@pytest.mark.parametrize("recompute", ["none", "full"])
+@pytest.mark.parametrize("cfg", TINY_CONFIGS, ids=lambda cfg: cfg.name)
+def test_autocast_terms_match_what_autograd_saves_for_harness_models(
+        cfg: TransformerConfig, recompute: str, flash_attention: bool) -> None:
+    batch, seq = 2, 16
+    one_layer = _saved_activation_storages(cfg.replace(num_layers=1), batch, seq, recompute,
+                                           flash_attention)
+    two_layers = _saved_activation_storages(cfg, batch, seq, recompute, flash_attention)
+
+    # One layer: its activations plus, without full recomputation, the bf16 copies of its
+    # weight matrices (a matmul's backward needs no bias, so their copies are not saved).
+    block = build_model(cfg, device="meta").blocks[0]
+    matrices = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    layer = autocast_layer_activation_bytes(cfg, batch, seq, recompute=recompute,
+                                            flash_attention=flash_attention, dropout=False)
+    copies = 0 if recompute == "full" else 2 * matrices
+    norms_per_layer = 0 if recompute == "full" else 2
+    assert two_layers - one_layer == layer.total + copies + _cpu_rms_norm_extra(
+        cfg, batch, seq, norms_per_layer)
+
+    # The whole step at the start of backward, less what is not a saved tensor: model states,
+    # the gradients of the log-probabilities, and the fp32 RoPE tables that checkpoints hold as
+    # plain arguments (ALiBi's bias is a tensor argument, saved).
+    phase = autocast_step_phases(cfg, batch, seq, recompute=recompute,
+                                 flash_attention=flash_attention, dropout=False)["loss_backward"]
+    not_saved = {*MODEL_STATES, "logits_grad_fp32"}
+    expected = sum(v for k, v in phase.parts.items() if k not in not_saved)
+    if cfg.position == "rope":
+        expected -= phase.parts["position_tables"]
+    norms = 2 * cfg.num_layers * (recompute != "full") + 1 + cfg.embedding_norm
+    assert two_layers == expected + _cpu_rms_norm_extra(cfg, batch, seq, norms)
+
+
+def _saved_tensor_names(node_class: str) -> set[str]:
+    """The `_saved_*` attributes of one of torch's generated autograd nodes."""
+    node = getattr(torch._C._functions, node_class)
+    return {name.removeprefix("_saved_") for name in dir(node) if name.startswith("_saved_")}
+
+
+def test_cuda_kernels_save_what_the_eager_model_assumes() -> None:
+    # The CPU verification above runs CPU kernels; these are the CUDA ones autograd would run,
+    # read from torch's generated nodes (derivatives.yaml). Flash attention: Q, K, V, output,
+    # log-sum-exp and a random-number state, like the CPU flash kernel (cumulative sequence
+    # lengths exist only for variable-length batches); no s x s tensor.
+    cpu_flash = _saved_tensor_names("ScaledDotProductFlashAttentionForCpuBackward0")
+    cuda_flash = _saved_tensor_names("ScaledDotProductFlashAttentionBackward0")
+    tensors = {"query", "key", "value", "output", "logsumexp"}
+    assert tensors <= cpu_flash and tensors <= cuda_flash
+    assert cuda_flash - cpu_flash <= {"rng_state", "unused", "cum_seq_q", "cum_seq_k", "max_q",
+                                      "max_k"}
+    # The memory-efficient kernel (CUDA's choice with an ALiBi attn_mask) saves the bias too.
+    assert {"query", "key", "value", "output", "attn_bias"} <= _saved_tensor_names(
+        "ScaledDotProductEfficientAttentionBackward0")
+    # CUDA's fused RMSNorm keeps input, rstd (result1) and weight, not the normalised output.
+    assert _saved_tensor_names("FusedRmsNormBackward0") == {"input", "normalized_shape",
+                                                            "result1", "weight"}
+
+
+def test_cpu_flash_attention_saves_query_key_value_output_and_log_sum_exp() -> None:
+    b, a, s, d = 2, 4, 16, 8
+    q, k, v = (torch.randn(b, a, s, d, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        node = F.scaled_dot_product_attention(q, k, v, is_causal=True).grad_fn
+    assert node.name() == "ScaledDotProductFlashAttentionForCpuBackward0"
+    for name in ("query", "key", "value", "output"):
+        assert getattr(node, f"_saved_{name}").shape == (b, a, s, d)
+    lse = node._saved_logsumexp
+    assert (lse.shape, lse.dtype) == ((b, a, s), torch.float32)
+
+
+class LiveStorages(TorchDispatchMode):
+    """Bytes of floating-point tensor storages alive after each op, a CPU stand-in for
+    torch.cuda.memory_allocated: every op output is followed until its storage dies, and
+    tensors that existed before (parameters, gradients, optimizer states) are added with
+    `hold`. 0-dim and integer tensors (step counters, token ids) are left out.
+
+    Following tensors through Python holds extra references, which makes autograd accumulate
+    some gradients out of place; transient peaks inside backward can therefore exceed a real
+    run's. The moments compared exactly below come before any accumulation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._storages: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.timeline: list[tuple[str, int]] = []
+
+    def hold(self, tensor: torch.Tensor) -> None:
+        """Follow `tensor`'s storage until it dies (once per storage)."""
+        if tensor.dim() == 0 or not tensor.is_floating_point():
+            return
+        storage = tensor.untyped_storage()
+        known = self._storages.get(storage.data_ptr())
+        if storage.nbytes() and (known is None or known[0].expired()):
+            self._storages[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
+
+    def live_bytes(self) -> int:
+        """Bytes of the followed storages still alive."""
+        return sum(n for ref, n in self._storages.values() if not ref.expired())
+
+    def after(self, op: str) -> int:
+        """Live bytes right after the first call of `op` (e.g. "aten._log_softmax.default")."""
+        return next(live for name, live in self.timeline if name == op)
+
+    @property
+    def peak(self) -> int:
+        """The most bytes alive after any op."""
+        return max(live for _, live in self.timeline)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self.hold(value)
+        self.timeline.append((str(func), self.live_bytes()))
+        return out
+
+
+def _follow_a_training_step(cfg: TransformerConfig, batch: int, seq: int,
+                            recompute: str) -> LiveStorages:
+    """One steady-state step as the suite takes it (zero_grad(set_to_none=True), forward and
+    loss under autocast, backward, fused AdamW), followed by `LiveStorages` on the CPU."""
+    torch.manual_seed(0)
+    model = build_model(cfg, device="cpu", checkpoint_activations=recompute == "full")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    tokens, targets = random_batch(cfg, batch, seq)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = lm_loss(model(tokens), targets)
+        loss.backward()
+        optimizer.step()
+
+    step()  # the first step creates AdamW's states, as on the GPU
+    live = LiveStorages()
+    for parameter in model.parameters():
+        live.hold(parameter)
+        assert parameter.grad is not None
+        live.hold(parameter.grad)
+        for state in optimizer.state[parameter].values():
+            live.hold(state)
+    with live:
+        step()
+    return live
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+@pytest.mark.parametrize("cfg", [TINY_GPT.replace(vocab_size=512),
+                                 TINY_LLAMA.replace(vocab_size=512)], ids=["gpt", "llama"])
+def test_autocast_phases_match_live_memory_of_a_training_step(cfg: TransformerConfig,
+                                                              recompute: str) -> None:
+    batch, seq = 4, 64
+    live = _follow_a_training_step(cfg, batch, seq, recompute)
+    phases = autocast_step_phases(cfg, batch, seq, recompute=recompute, dropout=False)
+    norms = 2 * cfg.num_layers * (recompute != "full") + 1
+    cpu_extra = _cpu_rms_norm_extra(cfg, batch, seq, norms)
+    assert live.after("aten._log_softmax.default") == phases["forward_end"].total + cpu_extra
+    assert live.after("aten._log_softmax_backward_data.default") == \
+        phases["loss_backward"].total + cpu_extra
+    # At the optimizer step every gradient exists and a tied embedding's second gradient is
+    # gone again.
+    end = phases["backward_end"]
+    assert live.after("aten._fused_adamw_.default") == \
+        end.total - end.parts["backward_working_set"]
+    if cfg.norm == "layernorm":  # CPU rms_norm's composite backward adds transients of its own
+        memory = training_memory(cfg, batch, seq, precision="bf16-autocast",
+                                 recompute=recompute, dropout=False)
+        assert memory.phase == "loss_backward"
+        assert live.peak == memory.total
+
+
+def test_layer_backward_phase_estimates_the_peak_when_logits_are_small() -> None:
+    # A vocabulary smaller than the hidden size: the logits no longer dominate, the peak moves
+    # into the last layer's backward, whose working set is an estimate (within 1% here).
+    cfg = TINY_GPT.replace(hidden_size=128, vocab_size=64)
+    batch, seq = 2, 64
+    memory = training_memory(cfg, batch, seq, precision="bf16-autocast", dropout=False)
+    assert memory.phase == "layer_backward"
+    assert _follow_a_training_step(cfg, batch, seq, "none").peak == pytest.approx(
+        memory.total, rel=0.01)
+
+
+# Peak allocated memory of one steady-state training step on an H100 80GB (torch 2.11, bf16
+# autocast, fused AdamW, flash attention, no dropout), perf_tests/test_memory.py's sweep of the
+# Llama-style model at sequence length 2048, by batch size, in GiB.
+H100_SWEEP_PEAK_GIB = {1: 7.499, 2: 10.47, 4: 16.4, 8: 28.38}
+# perf_tests/test_training.py on the same H100: measured peak / the "bf16-mixed" estimate
+# (dropout=False) it was compared with, whose Megatron-LM model this module keeps unchanged.
+H100_TRAINING_PEAK_OVER_BF16_MIXED = {"gpt-none": 1.022, "gpt-full": 0.859,
+                                      "llama-none": 1.156, "llama-full": 0.822}
+# The theory should describe these within 5%; the suite's band (perf_tests.workloads
+# .MEMORY_ESTIMATE_BAND, 15%) leaves room for GPUs and torch versions not measured here.
+H100_AGREEMENT = 0.05
+
+
+def test_autocast_estimate_reproduces_the_h100_memory_sweep() -> None:
+    for batch, measured in H100_SWEEP_PEAK_GIB.items():
+        estimate = training_memory(w.LLAMA_STYLE, batch, 2048, precision="bf16-autocast",
+                                   dropout=False).total
+        assert measured * GIB / estimate == pytest.approx(1, abs=H100_AGREEMENT), batch
+
+
+@pytest.mark.parametrize("case", list(H100_TRAINING_PEAK_OVER_BF16_MIXED))
+def test_autocast_estimate_reproduces_the_h100_training_peaks(case: str) -> None:
+    name, recompute = case.split("-")
+    workload = w.TRAINING_WORKLOADS[name]
+    shape = (workload.config, workload.batch_size, workload.seq_len)
+    measured = H100_TRAINING_PEAK_OVER_BF16_MIXED[case] * training_memory(
+        *shape, precision="bf16-mixed", recompute=recompute, dropout=False).total
+    estimate = training_memory(*shape, precision="bf16-autocast", recompute=recompute,
+                               dropout=False).total
+    assert measured / estimate == pytest.approx(1, abs=H100_AGREEMENT)
+
+
+# --- properties of the autocast model -------------------------------------------------------
+
+@given(transformer_configs(), st.data(), st.integers(1, 16), st.sampled_from(AUTOCAST_PRECISIONS),
+       optimizers(), recompute_modes(), zero_stages(), st.booleans(), st.booleans())
+def test_autocast_memory_never_decreases_with_batch_or_sequence(
+        cfg: TransformerConfig, data: st.DataObject, batch: int, precision: str, optimizer: str,
+        recompute: str, zero: int, flash: bool, dropout: bool) -> None:
+    num_gpus, tp, pp = data.draw(parallel_layouts(cfg), label="num_gpus, tp, pp")
+    sp = data.draw(st.booleans(), label="sp")
+    seq = tp * data.draw(st.integers(1, max(1, 4096 // tp)), label="seq_len / tp")
+
+    def total(b: int, s: int) -> int:
+        return training_memory(cfg, b, s, precision, optimizer, recompute, tp, pp, sp, flash,
+                               zero, num_gpus // (tp * pp), dropout).total
+
+    base = total(batch, seq)
+    assert base <= total(batch + 1, seq)
+    assert base <= total(batch, seq + (tp if sp else 1))
+
+
+@given(transformer_configs(), st.data(), st.integers(1, 8), st.booleans(), st.booleans())
+def test_autocast_recomputation_and_parallelism_never_raise_memory(
+        cfg: TransformerConfig, data: st.DataObject, batch: int, flash: bool,
+        dropout: bool) -> None:
+    _, tp, pp = data.draw(parallel_layouts(cfg), label="num_gpus, tp, pp")
+    seq = tp * data.draw(st.integers(1, max(1, 4096 // tp)), label="seq_len / tp")
+
+    def total(recompute: str = "none", t: int = tp, sp: bool = False) -> int:
+        return training_memory(cfg, batch, seq, "bf16-autocast", "adamw", recompute, t, pp, sp,
+                               flash, dropout=dropout).total
+
+    assert total(t=tp, sp=True) <= total(t=tp) <= total(t=1)
+    # Checkpoints keep fp32 position tables shared by all layers (RoPE's cos/sin, ALiBi's
+    # s x s bias) that no recomputation frees: with one layer, or ALiBi's quadratic bias
+    # against short rows, full recomputation can cost more than none, as it does in torch.
+    if cfg.num_layers >= 2 and cfg.position != "alibi":
+        assert total("full") <= total("selective") <= total("none")
