@@ -21,8 +21,8 @@ from harness.formulas.memory import (
     CUDA_CONTEXT_BYTES_RANGE,
     DISTRIBUTED_BUFFER_BYTES_RANGE,
     OPTIMIZERS,
-    PRECISIONS,
     RECOMPUTE_CHOICES,
+    TRAINING_PRECISIONS,
     ZERO_STAGES,
     inference_memory,
     kv_cache_bytes,
@@ -52,9 +52,10 @@ DEFAULT_MAX_SEQ = 2048
 # is a true fp32 GEMM: PyTorch leaves TF32 off for matmuls by default
 # (torch.backends.cuda.matmul.allow_tf32 = False since 1.12).
 PEAK_DTYPE: dict[str, str] = {"fp32": "fp32", "bf16-mixed": "bf16", "fp16-mixed": "fp16",
-                              "bf16": "bf16"}
+                              "bf16": "bf16", "bf16-autocast": "bf16", "fp16-autocast": "fp16"}
 # Bytes of each weight and KV-cache element when serving: 16-bit unless training is in fp32.
-SERVING_BYTES: dict[str, int] = {"fp32": 4, "bf16-mixed": 2, "fp16-mixed": 2, "bf16": 2}
+SERVING_BYTES: dict[str, int] = {"fp32": 4, "bf16-mixed": 2, "fp16-mixed": 2, "bf16": 2,
+                                 "bf16-autocast": 2, "fp16-autocast": 2}
 
 
 def _require_positive_int(name: str, value: object) -> int:
@@ -117,7 +118,7 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     seq = default_seq_len(cfg) if seq_len is None else _require_positive_int("seq_len", seq_len)
     _require_positive_int("batch_size", batch_size)
     _require_positive_int("grad_accum_steps", grad_accum_steps)
-    _require_choice("precision", precision, PRECISIONS)
+    _require_choice("precision", precision, TRAINING_PRECISIONS)
     _require_choice("optimizer", optimizer, OPTIMIZERS)
     _require_choice("recompute", recompute, RECOMPUTE_CHOICES)
     _require_choice("zero_stage", zero_stage, ZERO_STAGES)
@@ -127,7 +128,7 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
                          f"positions of {cfg.name}; use seq_len <= {cfg.max_position_embeddings}")
     spec: GPUSpec = gpu_spec(gpu)
     if PEAK_DTYPE[precision] not in spec.dtypes:
-        runnable = [p for p in PRECISIONS if PEAK_DTYPE[p] in spec.dtypes]
+        runnable = [p for p in TRAINING_PRECISIONS if PEAK_DTYPE[p] in spec.dtypes]
         raise ValueError(f"{spec.name} has no {PEAK_DTYPE[precision]} matrix units for "
                          f"precision={precision!r}; precisions it runs: {', '.join(runnable)}")
     dp = data_parallel_size(num_gpus, tp, pp)
@@ -433,7 +434,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompute", default="none",
                         help=f"activation recomputation: {', '.join(RECOMPUTE_CHOICES)}")
     parser.add_argument("--precision", default="bf16-mixed",
-                        help=f"training precision: {', '.join(PRECISIONS)} (default bf16-mixed)")
+                        help=f"training precision: {', '.join(TRAINING_PRECISIONS)} "
+                             f"(default bf16-mixed)")
     parser.add_argument("--optimizer", default="adamw",
                         help=f"optimizer: {', '.join(OPTIMIZERS)} (default adamw)")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU,
@@ -478,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seq is not None:
         _require_positive_int(_FLAGS["seq_len"], args.seq)
     _require_fraction(_FLAGS["assumed_mfu"], args.mfu)
-    for name, choices in (("recompute", RECOMPUTE_CHOICES), ("precision", PRECISIONS),
+    for name, choices in (("recompute", RECOMPUTE_CHOICES), ("precision", TRAINING_PRECISIONS),
                           ("optimizer", OPTIMIZERS), ("zero_stage", ZERO_STAGES)):
         _require_choice(_FLAGS[name], workload[name], choices)
     result = estimate(cfg, gpu=args.gpu, sp=args.sp, causal=args.causal, **workload)
