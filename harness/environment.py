@@ -265,12 +265,21 @@ def _driver_version() -> str | None:
         return None
 
 
-def run_environment(device: str, *, repo_dir: Path | None = None) -> dict[str, Any]:
+def run_environment(device: str, *, repo_dir: Path | None = None,
+                    world_size: int | None = None) -> dict[str, Any]:
     """The environment of a run on `device` ("cuda" or "cpu"): GPU name and count, driver, CUDA,
     torch, python, hostname, git commit and dirty flag, and the hardware fingerprint its
-    baselines are stored under ("cpu" for CPU runs, so CPU and GPU baselines never mix)."""
+    baselines are stored under ("cpu" for CPU runs, so CPU and GPU baselines never mix).
+
+    `world_size` is the number of ranks of a distributed run (one device each): the fingerprint
+    then counts those devices, "nvidia-h200-x2" or "cpu-x2", not the GPUs the host has.
+    """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int)
+                                   or world_size < 1):
+        raise ValueError(f"world_size must be a positive integer number of ranks or None, "
+                         f"got {world_size!r}")
     import torch
 
     from harness import hardware
@@ -281,9 +290,10 @@ def run_environment(device: str, *, repo_dir: Path | None = None) -> dict[str, A
             raise ValueError("device is 'cuda' but no GPU is detected (torch.cuda and NVML see "
                              "none); run on a GPU machine or use device 'cpu'")
         # Baselines are per GPU model and count: 8 GPUs of a node share power and cooling.
-        fingerprint = hardware.fingerprint(gpus[0].name, len(gpus))
+        count = len(gpus) if world_size is None else world_size
+        fingerprint = hardware.fingerprint(gpus[0].name, count)
     else:
-        fingerprint = hardware.fingerprint(hardware.CPU_NAME, 1)
+        fingerprint = hardware.fingerprint(hardware.CPU_NAME, world_size or 1)
     commit, dirty = git_state(repo_dir if repo_dir is not None else Path.cwd())
     return {
         "device": device,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from harness.config import TransformerConfig
+from harness.distributed import DistributedRun, collective_call, collective_metrics, format_size
 from harness.environment import GpuStateMonitor, describe_snapshot, throttle_problem
 from harness.measure.dataloader import measure_dataloader
 from harness.measure.train_step import measure_train_step
@@ -45,10 +46,13 @@ def _prefixed(metrics: dict[str, Metric], prefix: str) -> dict[str, Metric]:
 
 
 class Perf:
-    """What a measured test uses: `time`, `train_step`, `dataloader` and `metric`.
+    """What a measured test uses: `time`, `train_step`, `dataloader`, `metric`, and in a
+    distributed run `collective`.
 
     `device` is the session's device ("cuda" or "cpu"); `gpu` the GPUSpec of the local GPU on
-    CUDA runs (None on CPU, or for a GPU the spec table does not know).
+    CUDA runs (None on CPU, or for a GPU the spec table does not know); `distributed` the
+    process group of a run launched by torchrun (None otherwise), whose clock is then a
+    `harness.distributed.LockstepClock`: every rank gets the slowest rank's times.
     """
 
     def __init__(self, *, session: PerfSession, nodeid: str, clock: Clock,
@@ -62,6 +66,7 @@ class Perf:
         self._user_properties = user_properties
         self.device: str = session.options.device
         self.gpu = session.gpu
+        self.distributed: DistributedRun | None = session.distributed
 
     def time(self, fn: Callable[[], object], *, name: str = "time", flops: float | None = None,
              bytes: float | None = None, tolerance: float | None = None,
@@ -148,6 +153,35 @@ class Perf:
 
         return self._measure(label, produce)
 
+    def collective(self, op: str, nbytes: int, *, name: str | None = None,
+                   dtype: torch.dtype = torch.float32,
+                   tolerance: float | None = None) -> Measurement:
+        """One collective of the process group timed per call: "all_reduce", "all_gather" or
+        "reduce_scatter" of nccl-tests size `nbytes` (the whole buffer). Metrics `name`
+        (default "<op>_<size>", seconds) and `<name>_busbw` (GB/s, theory: the GPU's one-way
+        link bandwidth). Needs a run launched by torchrun."""
+        run = self.distributed
+        if run is None:
+            raise ValueError("perf.collective needs a process group: run pytest under torchrun, "
+                             "e.g. `torchrun --nproc-per-node 2 -m pytest -m distributed`")
+        call = collective_call(op, nbytes, world_size=run.world_size, device=self.device,
+                               dtype=dtype)
+        label = name if name is not None else f"{op}_{format_size(nbytes)}"
+        # Metric checks the name too, but only after the measurement: fail before spending it.
+        Metric(name=label, unit="s", better="lower", samples=(1.0,), tolerance=tolerance)
+        self._session.check_names_free(self._nodeid, [label, f"{label}_busbw"])
+        link = None if self.gpu is None else self.gpu.interconnect_bandwidth_bytes_per_s
+
+        def produce() -> dict[str, Metric]:
+            seconds = measure_time(call, clock=self._clock, policy=self._policy,
+                                   device=self.device)
+            return collective_metrics(label, op, nbytes, run.world_size, seconds,
+                                      link_bandwidth_bytes_per_s=link,
+                                      clock_name=str(getattr(self._clock, "name", "")),
+                                      tolerance=tolerance)
+
+        return self._measure(label, produce)
+
     def metric(self, name: str, value_or_samples: float | Sequence[float], *, unit: str,
                better: str = "higher", kind: str = "other", tolerance: float | None = None,
                theory: float | None = None) -> Metric:
@@ -183,6 +217,8 @@ class Perf:
             metrics = produce()
             after = self._monitor.snapshot()
             problem = throttle_problem(before, after)
+            if self.distributed is not None:  # every rank retries, or keeps, together
+                problem = self.distributed.agree_on_problem(problem)
             if problem is None:
                 break
             throttles.append(problem)

@@ -13,6 +13,11 @@ it had been checked, and it is never called a regression.
 Give path options with "=" (`--perf-compare=main.json`): pytest picks its rootdir before
 plugins load, and an existing path given as a separate argument counts as a test path then
 (see `_check_path_options_left_the_rootdir_alone`).
+
+Under torchrun (`torchrun --nproc-per-node 2 -m pytest -m distributed`) every rank runs pytest:
+the plugin joins the process group, rank 0 alone prints, judges, saves and writes baselines, and
+all ranks reach the same verdict for every test (see `harness.distributed`). `distributed` tests
+are skipped, or refused under `-m distributed`, without such a launch.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -31,10 +37,11 @@ from typing import Any, Literal
 import pynvml
 import pytest
 
-from harness import environment, hardware, report, store
+from harness import distributed, environment, hardware, report, store
+from harness.distributed import DistributedRun, Launch, LockstepClock, RankOutcome
 from harness.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
 from harness.fixture import Perf
-from harness.session import PerfOptions, PerfSession
+from harness.session import Decision, PerfOptions, PerfSession
 from harness.timing import Clock, TimingPolicy, default_clock
 
 OPTIONS_KEY = pytest.StashKey[PerfOptions]()
@@ -45,8 +52,11 @@ DEFAULT_BASELINES_DIR = "baselines"
 
 GPU_MARKER = ("gpu: measures on a CUDA device. Skipped when no CUDA device is visible; "
               "`pytest -m gpu` without one stops before running anything.")
-DISTRIBUTED_MARKER = ("distributed: reserved for multi-GPU tests (torch.distributed); "
-                      "the harness does not launch them yet.")
+DISTRIBUTED_MARKER = ("distributed: reserved for multi-GPU tests (torch.distributed), run on "
+                      "every rank of a launch: `torchrun --nproc-per-node N -m pytest -m "
+                      "distributed`. distributed(nprocs=N) needs at least N ranks (default 2). "
+                      "Skipped without a launch; `-m distributed` without one stops before "
+                      "running anything.")
 
 
 class PerfWarning(UserWarning):
@@ -91,6 +101,9 @@ OPTIONS: tuple[_Option, ...] = (
             "5% (overrides per-metric and default tolerances)", "FLOAT"),
     _Option("--perf-budget", "float", "sampling time budget of one measurement in seconds "
             f"(default {TimingPolicy.budget_seconds:g})", "SECONDS"),
+    _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
+            "the other ranks before the run fails instead of hanging (default "
+            f"{distributed.DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
 )
 
 
@@ -233,6 +246,8 @@ def read_options(config: pytest.Config) -> PerfOptions:
                                 upper=10.0)
     budget = _positive_float(config, by_flag["--perf-budget"],
                              "a number of seconds greater than 0, such as 2.5")
+    dist_timeout = _positive_float(config, by_flag["--perf-dist-timeout"],
+                                   "a number of seconds greater than 0, such as 300")
     device, device_source = _device(config, by_flag["--perf-device"])
 
     if update and compare is not None:
@@ -254,16 +269,38 @@ def read_options(config: pytest.Config) -> PerfOptions:
         baselines_dir=baselines if baselines is not None else config.rootpath / DEFAULT_BASELINES_DIR,
         device=device, update_baselines=update, force=force, save_path=save,
         compare_path=compare, strict=strict, tolerance=tolerance, budget_seconds=budget,
-        repeat_flags=tuple(repeat_flags))
+        dist_timeout_seconds=dist_timeout, repeat_flags=tuple(repeat_flags))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Document the markers, validate the options and register the run's hooks."""
+    """Document the markers, validate the options and register the run's hooks.
+
+    trylast: after the terminal reporter exists, so that ranks other than 0 of a torchrun
+    launch can silence it (they print only their own errors, on stderr).
+    """
     config.addinivalue_line("markers", GPU_MARKER)
     config.addinivalue_line("markers", DISTRIBUTED_MARKER)
     options = read_options(config)
+    try:
+        launch = distributed.launch_from_environment(os.environ)
+    except ValueError as exc:
+        raise pytest.UsageError(f"torch.distributed launch: {exc}") from None
+    if launch is not None and launch.rank != 0:
+        _silence_terminal(config)
     config.stash[OPTIONS_KEY] = options
-    config.pluginmanager.register(PerfRun(config, options), PerfRun.PLUGIN_NAME)
+    config.pluginmanager.register(PerfRun(config, options, launch), PerfRun.PLUGIN_NAME)
+
+
+def _silence_terminal(config: pytest.Config) -> None:
+    """Swap the terminal reporter for one that writes to os.devnull: a rank other than 0 runs
+    the same tests and would print the same report. The reporter stays registered because
+    pytest asks it for its terminal writer (assertion messages, for one)."""
+    for name in ("terminalreporter", "terminalprogress-plugin"):
+        if config.pluginmanager.has_plugin(name):
+            config.pluginmanager.unregister(name=name)
+    quiet = pytest.TerminalReporter(config, open(os.devnull, "w", encoding="utf-8"))
+    config.pluginmanager.register(quiet, "terminalreporter")
 
 
 def _no_cuda_reason(config: pytest.Config) -> str:
@@ -274,8 +311,30 @@ def _no_cuda_reason(config: pytest.Config) -> str:
 
 def _gpu_markexpr(config: pytest.Config) -> str | None:
     """The -m expression when it names the gpu marker (GPU tests were asked for), else None."""
+    return _markexpr_naming(config, "gpu")
+
+
+def _markexpr_naming(config: pytest.Config, marker: str) -> str | None:
+    """The -m expression when it names `marker`, else None."""
     markexpr = config.getoption("markexpr", "") or ""
-    return markexpr if re.search(r"\bgpu\b", markexpr) else None
+    return markexpr if re.search(rf"\b{marker}\b", markexpr) else None
+
+
+def _required_ranks(item: pytest.Item) -> int | None:
+    """Ranks a test's `distributed` marker asks for; None for a test without the marker."""
+    marker = item.get_closest_marker("distributed")
+    if marker is None:
+        return None
+    try:
+        return distributed.required_ranks(marker.args, marker.kwargs)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+
+
+def _agrees(exc: BaseException) -> bool:
+    """Whether the ranks exchange this exception of a test body: everything but the ways a
+    whole run ends (Ctrl-C, sys.exit, pytest.exit), after which no rank runs another test."""
+    return not isinstance(exc, (KeyboardInterrupt, SystemExit, pytest.exit.Exception))
 
 
 class PerfRun:
@@ -283,19 +342,39 @@ class PerfRun:
 
     PLUGIN_NAME = "harness-perf-run"
 
-    def __init__(self, config: pytest.Config, options: PerfOptions) -> None:
+    def __init__(self, config: pytest.Config, options: PerfOptions,
+                 launch: Launch | None = None) -> None:
         self.config = config
         self.options = options
+        self.launch = launch
         self.session: PerfSession | None = None
+        # The process group of a torchrun launch, joined at the start of the session.
+        self.distributed: DistributedRun | None = None
+        # Tests whose body raised on this rank (their failure is this rank's to report).
+        self.raised_here: set[str] = set()
+
+    def _start_distributed(self) -> DistributedRun | None:
+        if self.launch is None:
+            return None
+        timeout = self.options.dist_timeout_seconds or distributed.DEFAULT_TIMEOUT_SECONDS
+        try:
+            return distributed.start(self.launch, self.options.device, timeout_seconds=timeout)
+        except (ValueError, RuntimeError) as exc:
+            raise pytest.UsageError(f"rank {self.launch.rank} could not join the process "
+                                    f"group ({self.options.device}): {exc}") from None
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """Record the environment and load the baseline (or --perf-compare file) once; a bad
-        file ends the run here, naming it."""
+        """Join the process group of a torchrun launch, record the environment and load the
+        baseline (or --perf-compare file) once; a bad file ends the run here, naming it."""
         options = self.options
-        run_environment = environment.run_environment(options.device,
-                                                      repo_dir=self.config.rootpath)
+        run = self.distributed = self._start_distributed()
+        run_environment = environment.run_environment(
+            options.device, repo_dir=self.config.rootpath,
+            world_size=None if run is None else run.world_size)
+        if run is not None:
+            run_environment["distributed"] = run.describe()
         gpu = hardware.local_spec() if options.device == "cuda" else None
-        perf_session = PerfSession(options, run_environment, gpu=gpu)
+        perf_session = PerfSession(options, run_environment, gpu=gpu, distributed=run)
         try:
             perf_session.load_reference()
         except store.StoreError as exc:
@@ -309,6 +388,12 @@ class PerfRun:
 
         trylast: after -m/-k deselection, so only the tests that would run are considered.
         """
+        self._check_distributed_items(items)
+        if self.distributed is not None:
+            try:
+                self.distributed.check_same_tests([item.nodeid for item in items])
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
         gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
         if not gpu_items or self.options.device == "cuda":
             return
@@ -323,6 +408,36 @@ class PerfRun:
         for item in gpu_items:
             item.add_marker(skip)
 
+    def _check_distributed_items(self, items: list[pytest.Item]) -> None:
+        """`distributed` tests: without a launch, skipped (a usage error under -m naming
+        the marker); with one, skipped when they need more ranks than it has."""
+        needs = {item.nodeid: ranks for item in items
+                 if (ranks := _required_ranks(item)) is not None}
+        if not needs:
+            return
+        launch = self.launch
+        if launch is None:
+            most = max(needs.values())
+            command = f"torchrun --nproc-per-node {most} -m pytest -m distributed"
+            markexpr = _markexpr_naming(self.config, "distributed")
+            if markexpr is not None:
+                raise pytest.UsageError(
+                    f"-m {markexpr!r} selected {len(needs)} distributed test(s), but this "
+                    f"pytest was not started by a launcher (WORLD_SIZE is not set). Nothing "
+                    f"was run. Run them under torchrun: {command}")
+            skip = pytest.mark.skip(reason=f"distributed test: run under torchrun, e.g. "
+                                           f"`{command}`")
+            for item in items:
+                if item.nodeid in needs:
+                    item.add_marker(skip)
+            return
+        for item in items:
+            ranks = needs.get(item.nodeid)
+            if ranks is not None and ranks > launch.world_size:
+                item.add_marker(pytest.mark.skip(reason=(
+                    f"needs {ranks} ranks (distributed(nprocs={ranks})), this launch has "
+                    f"{launch.world_size}: run under `{launch.relaunch_command(ranks)}`")))
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         """After the test body: judge what it recorded; a regression fails the test.
@@ -332,14 +447,22 @@ class PerfRun:
         moment at lower clocks, or a neighbour's burst on a shared host, then costs one re-run
         instead of a red nightly; a real regression regresses twice.
         """
-        result = yield  # the test's own exception propagates; nothing is judged then
+        try:
+            result = yield  # the test's own exception propagates; nothing is judged then
+        except BaseException as exc:
+            self._report_raised(item, exc)
+            raise
         assert self.session is not None
-        decision = self.session.conclude_test(item.nodeid)
+        decision = self._conclude(item)
         if decision.regression and isinstance(item, pytest.Function):
             first = decision
             self.session.discard_test(item.nodeid)
-            item.runtest()
-            decision = self.session.conclude_test(item.nodeid)
+            try:
+                item.runtest()
+            except BaseException as exc:
+                self._report_raised(item, exc)
+                raise
+            decision = self._conclude(item)
             if decision.regression:
                 decision = dataclasses.replace(
                     decision, message=f"{decision.message}\n\n(confirmed: the test was "
@@ -356,8 +479,35 @@ class PerfRun:
             raise pytest.skip.Exception(decision.message, _use_item_location=True)
         return result
 
+    def _conclude(self, item: pytest.Item) -> Decision:
+        """This test's decision: the session's own, or in a distributed run the one every rank
+        agreed on (rank 0's, or a failure when another rank's body raised)."""
+        assert self.session is not None
+        decision = self.session.conclude_test(item.nodeid)
+        if self.distributed is None:
+            return decision
+        return self.distributed.agree_on_outcome(
+            RankOutcome(rank=self.distributed.rank, decision=decision))
+
+    def _report_raised(self, item: pytest.Item, exc: BaseException) -> None:
+        """In a distributed run, tell the other ranks that this rank's test body raised (they
+        are waiting for its outcome); the exception itself then propagates here."""
+        if self.distributed is None or not _agrees(exc):
+            return
+        self.raised_here.add(item.nodeid)
+        self.distributed.agree_on_outcome(RankOutcome(rank=self.distributed.rank,
+                                                      error=distributed.describe_error(exc)))
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Remember failures (they block a baseline refresh) and which test bodies passed."""
+        """Remember failures (they block a baseline refresh) and which test bodies passed; on
+        ranks other than 0, write this rank's own errors to stderr (nothing else is printed)."""
+        run = self.distributed
+        if run is not None and not run.reports and report.failed and (
+                report.when != "call" or report.nodeid in self.raised_here):
+            prefix = f"[rank {run.rank}] "
+            text = f"{report.nodeid} failed in {report.when} on this rank:\n{report.longreprtext}"
+            sys.stderr.write("".join(prefix + line + "\n" for line in text.splitlines()))
+            sys.stderr.flush()
         if self.session is None:
             return
         if report.failed:
@@ -370,6 +520,8 @@ class PerfRun:
         a refused or failed write makes the run fail. A run stopped by a usage error (such as
         `-m gpu` without CUDA) measured nothing and writes nothing."""
         perf_session = self.session
+        if self.distributed is not None and not self.distributed.reports:
+            return  # rank 0 saves and writes for the whole launch
         if perf_session is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
             return
         notes = perf_session.end_notes
@@ -420,8 +572,25 @@ class PerfRun:
             terminalreporter.write_line(note, red=note.startswith("ERROR"))
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """Drop the session (pytester runs many configs in one process)."""
+        """Leave the process group of a distributed run, and drop the session (pytester runs
+        many configs in one process)."""
+        if self.distributed is not None:
+            self._leave_process_group(self.distributed)
         self.session = None
+
+    def _leave_process_group(self, run: DistributedRun) -> None:
+        """Wait until every rank is done, rank 0's files and summary included, then leave the
+        process group. torchrun stops every worker as soon as one exits with an error (a failed
+        test), so no rank may exit before rank 0 has written and printed everything."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            run.barrier()
+        except RuntimeError as exc:  # a rank is gone; leave anyway, torchrun reports it
+            sys.stderr.write(f"[rank {run.rank}] the final barrier failed: {exc}\n")
+        finally:
+            run.shutdown()
+            self.distributed = None
 
 
 def _perf_session(request: pytest.FixtureRequest) -> PerfSession:
@@ -458,8 +627,12 @@ def perf_gpu_monitor(perf_device: str) -> GpuStateMonitor:
 @pytest.fixture
 def perf(request: pytest.FixtureRequest, perf_clock: Clock,
          perf_gpu_monitor: GpuStateMonitor) -> Perf:
-    """Measure in a test: perf.time, perf.train_step, perf.dataloader, perf.metric."""
+    """Measure in a test: perf.time, perf.train_step, perf.dataloader, perf.metric (and
+    perf.collective under torchrun, where every clock reads the slowest rank's time)."""
     perf_session = _perf_session(request)
-    return Perf(session=perf_session, nodeid=request.node.nodeid, clock=perf_clock,
+    clock = perf_clock
+    if perf_session.distributed is not None:
+        clock = LockstepClock(perf_clock, perf_session.distributed)
+    return Perf(session=perf_session, nodeid=request.node.nodeid, clock=clock,
                 monitor=perf_gpu_monitor, policy=perf_session.policy,
                 user_properties=request.node.user_properties)

@@ -49,6 +49,9 @@ class PerfOptions:
     strict: bool = False
     tolerance: float | None = None
     budget_seconds: float | None = None
+    # Seconds a collective of a distributed run waits for the other ranks (None: the default of
+    # harness.distributed).
+    dist_timeout_seconds: float | None = None
     # Options to repeat in the command a skip message suggests, so that the suggested command
     # records the baseline this run looks for (same directory, same device).
     repeat_flags: tuple[str, ...] = ()
@@ -81,7 +84,7 @@ class PerfSession:
     """The state of one run: what was recorded, what it was judged against, what was decided."""
 
     def __init__(self, options: PerfOptions, environment: dict[str, Any], *,
-                 gpu: Any = None) -> None:
+                 gpu: Any = None, distributed: Any = None) -> None:
         fingerprint = environment.get("fingerprint")
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ValueError(f"environment must hold the hardware 'fingerprint' (a non-empty "
@@ -90,6 +93,8 @@ class PerfSession:
         self.environment = environment
         self.fingerprint: str = fingerprint
         self.gpu = gpu
+        # The harness.distributed.DistributedRun of a run launched by torchrun, else None.
+        self.distributed = distributed
         self.policy = timing_policy(options)
         self.reference: RunResults | None = None
         self.metrics: dict[str, Metric] = {}
@@ -199,7 +204,9 @@ class PerfSession:
         if self.options.compare_path is not None:
             return (f"no reference for {_names(missing)}: not in the --perf-compare file {path}")
         where = "does not exist" if self.reference is None else "has no entry for it"
-        command = " ".join(["pytest", nodeid, "--perf-update-baselines",
+        launcher = ("pytest" if self.distributed is None
+                    else self.distributed.launch.relaunch_command())
+        command = " ".join([launcher, nodeid, "--perf-update-baselines",
                             *self.options.repeat_flags])
         return (f"no baseline for {_names(missing)}: {path} {where}; record it with "
                 f"`{command}`")

@@ -28,18 +28,22 @@ import math
 from dataclasses import dataclass
 
 from harness.config import TransformerConfig
-from harness.formulas.memory import PRECISIONS, RECOMPUTE_CHOICES, ZERO_STAGES
+from harness.formulas.memory import RECOMPUTE_CHOICES, TRAINING_PRECISIONS, ZERO_STAGES
 
 COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter")
 
 # Bytes per element of what data parallelism communicates, by training precision.
-# Gradients are reduced in fp32 under mixed precision: torch DDP over fp32 parameters with
-# autocast reduces the fp32 .grad, FSDP2 is run with MixedPrecisionPolicy(reduce_dtype=fp32)
-# (torchtitan's default), Megatron-LM with --accumulate-allreduce-grads-in-fp32.
-GRADIENT_REDUCE_BYTES: dict[str, int] = {"fp32": 4, "bf16-mixed": 4, "fp16-mixed": 4, "bf16": 2}
+# Gradients are reduced in fp32 under mixed precision: FSDP2 is run with
+# MixedPrecisionPolicy(reduce_dtype=fp32) (torchtitan's default), Megatron-LM with
+# --accumulate-allreduce-grads-in-fp32; torch.autocast over fp32 parameters ("-autocast") has
+# fp32 gradients, which DDP reduces as they are.
+GRADIENT_REDUCE_BYTES: dict[str, int] = {"fp32": 4, "bf16-mixed": 4, "fp16-mixed": 4, "bf16": 2,
+                                         "bf16-autocast": 4, "fp16-autocast": 4}
 # Parameters are gathered in the 16-bit working dtype under mixed precision (FSDP2's param_dtype,
-# DeepSpeed ZeRO's fp16/bf16 partitions), in fp32 for fp32 training.
-PARAM_GATHER_BYTES: dict[str, int] = {"fp32": 4, "bf16-mixed": 2, "fp16-mixed": 2, "bf16": 2}
+# DeepSpeed ZeRO's fp16/bf16 partitions), and as stored otherwise: fp32 for fp32 training and for
+# autocast, whose parameters are fp32 (it casts them after the gather).
+PARAM_GATHER_BYTES: dict[str, int] = {"fp32": 4, "bf16-mixed": 2, "fp16-mixed": 2, "bf16": 2,
+                                      "bf16-autocast": 4, "fp16-autocast": 4}
 
 # Megatron-LM's tensor parallelism all-reduces the b*s*h activations of a layer twice in forward
 # (after the attention and the MLP output projections, the "g" operators) and twice in backward
@@ -188,7 +192,7 @@ def data_parallel_traffic(num_params: int, *, zero_stage: int = 0, grad_accum_st
     params = _require_positive_int("num_params", num_params)
     _require_choice("zero_stage", zero_stage, ZERO_STAGES)
     gas = _require_positive_int("grad_accum_steps", grad_accum_steps)
-    _require_choice("precision", precision, PRECISIONS)
+    _require_choice("precision", precision, TRAINING_PRECISIONS)
     gradients = params * GRADIENT_REDUCE_BYTES[precision]
     weights = params * PARAM_GATHER_BYTES[precision]
     if zero_stage == 0:

@@ -1,0 +1,293 @@
+"""Several GPUs through torch.distributed and NCCL: collective bandwidth and latency, data-parallel
+training (DDP, FSDP2) against one GPU, the gradient traffic DDP moves, and the device memory the
+process group takes.
+
+Run under torchrun, one process per GPU, with NVLink SHARP off so that the ring bound holds:
+
+    NCCL_NVLS_ENABLE=0 torchrun --nproc-per-node 2 -m pytest -m distributed perf_tests/
+
+Every rank measures; times are the slowest rank's (`harness.distributed.LockstepClock`); rank 0
+judges and writes the baseline of this GPU count ("nvidia-h200-x2"). The training tests also run
+on one GPU (`--nproc-per-node 1`), the first point of the scaling series.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from harness.distributed import (
+    AllReduceByteCounter,
+    DistributedRun,
+    accumulate_gradients,
+    format_size,
+    fsdp2,
+    shard_with_fsdp2,
+)
+from harness.fixture import Perf
+from harness.formulas.comm import (
+    COLLECTIVES,
+    communication_share,
+    data_parallel_traffic,
+    ddp_gradient_bytes_per_micro_step,
+)
+from harness.formulas.memory import DISTRIBUTED_BUFFER_BYTES_RANGE
+from harness.model import build_model, lm_loss, random_batch
+from perf_tests import workloads as w
+
+pytestmark = pytest.mark.gpu
+
+MIB = 2**20
+KIB = 2**10
+# nccl-tests style sweep, 1 MiB to 1 GiB in steps of 16x: small messages still pay latency,
+# 256 MiB and up run at full bandwidth on NVLink (nccl-tests curves flatten from ~64 MiB).
+BANDWIDTH_SIZES: tuple[int, ...] = (1 * MIB, 16 * MIB, 256 * MIB, 1024 * MIB)
+# Messages this large must reach a good share of the link; smaller ones are not judged so.
+FULL_BANDWIDTH_FROM = 256 * MIB
+# nccl-tests on NVLink systems (DGX A100/H100) report 75-90% of the one-way NVLink bandwidth
+# as bus bandwidth for large messages. Half of it separates "NVLink works" from "traffic fell
+# back to PCIe" (7x slower on an H100) with room for a busy 2-GPU runner.
+MIN_LINK_FRACTION = 0.5
+# A ring cannot beat the link: busbw above it means in-switch reduction (NVLS) is on or the
+# spec table's bandwidth is wrong. 2% covers the CUDA-event resolution (0.5 us) over samples of
+# at least 1 ms, and the run-to-run drift of a median.
+LINK_BOUND_SLACK = 1.02
+# Latency: 8 KiB and 64 KiB move in well under a microsecond at NVLink speed, so their time is
+# NCCL's fixed cost per call (several microseconds) and 8x the bytes must cost < 2x the time.
+LATENCY_SIZES: tuple[int, int] = (8 * KIB, 64 * KIB)
+LATENCY_GROWTH_LIMIT = 2.0
+
+# DDP may not be faster than the same step on one GPU beyond the timing drift between two
+# measurements (the 5% time tolerance of harness.verdict).
+TIMING_DRIFT = 0.05
+# NCCL all-reduces reach 70-90% of the link on NVLink, so un-overlapped gradient communication
+# takes at most about 1.5x its bandwidth bound; DDP hides much of it behind the backward pass.
+# Exposed communication beyond twice the bound means the links are slower than the table says
+# (a lost NVLink, traffic on PCIe) or DDP stopped overlapping.
+EXPOSED_COMM_BOUND_MULTIPLE = 2.0
+
+# FSDP2 with bf16 parameters and fp32 gradient reduction over fp32 sharded master weights is
+# mixed precision in the formulas' terms: 16-bit all-gathers, fp32 reduce-scatters.
+FSDP2_PRECISION = "bf16-mixed"
+# Gradient traffic: a small batch is enough, the bytes do not depend on it.
+TRAFFIC_BATCH, TRAFFIC_SEQ = 1, 256
+TRAFFIC_ACCUMULATION: tuple[int, ...] = (1, 4)
+# A DDP step with fp32 parameters reduces fp32 gradients.
+FP32_GRADIENT_BYTES = 4
+# Byte counts are exact: any change means DDP or the model changed.
+EXACT = 1e-9
+
+
+def _run(perf: Perf) -> DistributedRun:
+    run = perf.distributed
+    assert run is not None, "distributed tests run under torchrun (see the module docstring)"
+    return run
+
+
+def _link_bandwidth(perf: Perf) -> float:
+    link = None if perf.gpu is None else perf.gpu.interconnect_bandwidth_bytes_per_s
+    if link is None:
+        raise ValueError(f"the link bandwidth of {getattr(perf.gpu, 'name', 'this GPU')} is not "
+                         f"in harness.hardware's table; register a GPUSpec with "
+                         f"interconnect_bandwidth_bytes_per_s to judge collectives")
+    return float(link)
+
+
+def _message(nbytes: int, run: DistributedRun) -> int:
+    """`nbytes` rounded down to whole fp32 elements on every rank."""
+    unit = 4 * run.world_size
+    return nbytes // unit * unit
+
+
+@pytest.fixture
+def released_memory() -> Iterator[None]:
+    """Each test starts and ends with nothing of another test left on the GPU."""
+    w.release_cuda_memory()
+    yield
+    w.release_cuda_memory()
+
+
+@pytest.mark.distributed(nprocs=2)
+@pytest.mark.parametrize("op", COLLECTIVES)
+def test_collective_bus_bandwidth_approaches_the_link_and_never_beats_it(
+        perf: Perf, released_memory: None, op: str) -> None:
+    run, link = _run(perf), _link_bandwidth(perf)
+    busbw = {}
+    for size in BANDWIDTH_SIZES:
+        nbytes = _message(size, run)
+        measured = perf.collective(op, nbytes, name=f"{op}_{format_size(size)}")
+        busbw[size] = measured[f"{op}_{format_size(size)}_busbw"].median * 1e9
+    for size, value in busbw.items():
+        assert value <= link * LINK_BOUND_SLACK, (
+            f"{op} of {format_size(size)} ran at a bus bandwidth of {value / 1e9:.1f} GB/s, "
+            f"above the {link / 1e9:.0f} GB/s one-way link bandwidth of {perf.gpu.name} that "
+            f"bounds a ring: NVLink SHARP is on (set NCCL_NVLS_ENABLE=0) or the table is wrong")
+    for size in (s for s in BANDWIDTH_SIZES if s >= FULL_BANDWIDTH_FROM):
+        assert busbw[size] >= MIN_LINK_FRACTION * link, (
+            f"{op} of {format_size(size)} reached only {busbw[size] / 1e9:.1f} GB/s of bus "
+            f"bandwidth, under {MIN_LINK_FRACTION:.0%} of the {link / 1e9:.0f} GB/s link: the "
+            f"GPUs talk over a slower path (a lost NVLink, PCIe, NCCL_P2P_DISABLE)")
+
+
+@pytest.mark.distributed(nprocs=2)
+@pytest.mark.parametrize("op", COLLECTIVES)
+def test_small_collectives_cost_a_fixed_latency(perf: Perf, op: str) -> None:
+    run = _run(perf)
+    small, larger = (_message(size, run) for size in LATENCY_SIZES)
+    small_time = perf.collective(op, small)[f"{op}_{format_size(small)}"].median
+    larger_time = perf.collective(op, larger)[f"{op}_{format_size(larger)}"].median
+    assert larger_time < LATENCY_GROWTH_LIMIT * small_time, (
+        f"{op}: {format_size(larger)} took {larger_time * 1e6:.1f} us, "
+        f"{format_size(small)} {small_time * 1e6:.1f} us; 8x the bytes should cost less than "
+        f"{LATENCY_GROWTH_LIMIT:g}x the time while the fixed cost per call dominates")
+
+
+@pytest.mark.distributed(nprocs=1)
+def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) -> None:
+    run = _run(perf)
+    workload = w.LLAMA_TRAINING
+    cfg = workload.config
+    w.peak_flops_of(perf.gpu, "bf16")  # per-GPU MFU needs the peak: fail early without it
+    link = _link_bandwidth(perf)
+    model = build_model(cfg, device=perf.device, dtype=torch.float32)
+    optimizer = w.make_optimizer(model, fused=True)
+    # Each rank trains on its own data, as data parallelism does.
+    generator = torch.Generator(device=perf.device).manual_seed(run.rank)
+    inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
+                          generator=generator)
+    common = dict(config=cfg, autocast_dtype=torch.bfloat16, precision=w.TRAINING_PRECISION,
+                  optimizer_name="adamw", peak_dtype="bf16")
+    # The same step on each GPU alone (every rank at once, no communication), then under DDP.
+    single = perf.train_step(model, inputs, lm_loss, optimizer, name_prefix="single_", **common)
+    ddp = DistributedDataParallel(model, device_ids=[run.device_index])
+    parallel = perf.train_step(ddp, inputs, lm_loss, optimizer, name_prefix="ddp_", **common)
+
+    single_time = single["single_step_time"].median
+    ddp_times = parallel["ddp_step_time"].samples
+    perf.metric("ddp_tokens_per_s_all_gpus",
+                [run.world_size * t for t in parallel["ddp_tokens_per_s"].samples],
+                unit="tokens/s", kind="throughput")
+    efficiency = perf.metric("ddp_scaling_efficiency", [single_time / t for t in ddp_times],
+                             unit="ratio", kind="throughput", theory=1.0)
+    traffic = data_parallel_traffic(cfg.num_params(), precision=w.TRAINING_PRECISION)
+    bound = traffic.time_lower_bound(run.world_size, link)
+    exposed = perf.metric("ddp_exposed_comm_share", [1 - single_time / t for t in ddp_times],
+                          unit="ratio", better="lower", kind="other",
+                          theory=communication_share(bound, single_time))
+
+    mfu = parallel["ddp_mfu"].median
+    assert 0 < mfu <= 1, f"per-GPU MFU under DDP is {mfu:.3f}, outside (0, 1]"
+    assert efficiency.median <= 1 + TIMING_DRIFT, (
+        f"DDP on {run.world_size} GPU(s) ran at {efficiency.median:.3f} of the single-GPU "
+        f"speed: faster than the same step without communication beyond timing drift")
+    exposed_seconds = parallel["ddp_step_time"].median - single_time
+    assert exposed_seconds <= EXPOSED_COMM_BOUND_MULTIPLE * bound + TIMING_DRIFT * single_time, (
+        f"DDP adds {exposed_seconds * 1e3:.2f} ms per step ({exposed.median:.1%}) to the "
+        f"{single_time * 1e3:.2f} ms single-GPU step; all-reducing {traffic.all_reduce_bytes} B "
+        f"of gradients over {run.world_size} GPUs takes at least {bound * 1e3:.2f} ms at "
+        f"{link / 1e9:.0f} GB/s, so more than {EXPOSED_COMM_BOUND_MULTIPLE:g}x that means slow "
+        f"links or lost overlap")
+
+
+@pytest.mark.distributed(nprocs=1)
+def test_ddp_all_reduces_every_gradient_once_per_optimizer_step(perf: Perf,
+                                                                released_memory: None) -> None:
+    run = _run(perf)
+    cfg = w.LLAMA_STYLE
+    model = build_model(cfg, device=perf.device, dtype=torch.float32)
+    ddp = DistributedDataParallel(model, device_ids=[run.device_index])
+    counter = AllReduceByteCounter()
+    ddp.register_comm_hook(None, counter)
+    generator = torch.Generator(device=perf.device).manual_seed(run.rank)
+    tokens, targets = random_batch(cfg, TRAFFIC_BATCH, TRAFFIC_SEQ, device=perf.device,
+                                   generator=generator)
+
+    def micro_step() -> None:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            loss = lm_loss(ddp(tokens), targets)
+        loss.backward()
+
+    accumulate_gradients(ddp, micro_step, 1)  # DDP rebuilds its buckets after a first step
+    expected_step = cfg.num_params() * FP32_GRADIENT_BYTES
+    assert data_parallel_traffic(cfg.num_params(), precision=w.TRAINING_PRECISION) \
+        .all_reduce_bytes == expected_step
+    for gas in TRAFFIC_ACCUMULATION:
+        counter.reset()
+        accumulate_gradients(ddp, micro_step, gas)
+        per_micro = ddp_gradient_bytes_per_micro_step(cfg.num_params(), FP32_GRADIENT_BYTES,
+                                                      gas)
+        perf.metric(f"gas{gas}_allreduce_bytes_per_step", counter.bytes, unit="B",
+                    better="lower", kind="other", tolerance=EXACT, theory=expected_step)
+        perf.metric(f"gas{gas}_allreduce_bytes_per_micro_step", counter.bytes / gas, unit="B",
+                    better="lower", kind="other", tolerance=EXACT, theory=per_micro)
+        assert counter.bytes == expected_step, (
+            f"DDP all-reduced {counter.bytes} B in {counter.buckets} bucket(s) over an "
+            f"optimizer step of {gas} micro-step(s); every fp32 gradient once is "
+            f"{cfg.num_params()} x 4 = {expected_step} B")
+        assert counter.bytes / gas == per_micro
+
+
+@pytest.mark.distributed(nprocs=1)
+def test_fsdp2_training_throughput_and_its_communication_bound(perf: Perf,
+                                                               released_memory: None) -> None:
+    run = _run(perf)
+    if fsdp2() is None:
+        pytest.skip(f"torch {torch.__version__} has no FSDP2 (fully_shard)")
+    workload = w.LLAMA_TRAINING
+    cfg = workload.config
+    w.peak_flops_of(perf.gpu, "bf16")
+    link = _link_bandwidth(perf)
+    model = build_model(cfg, device=perf.device, dtype=torch.float32)
+    # bf16 parameters for compute and all-gathers, fp32 gradient reduction (torchtitan's
+    # defaults); the fp32 sharded parameters stay the optimizer's master copy.
+    shard_with_fsdp2(model, list(model.blocks), param_dtype=torch.bfloat16,
+                     reduce_dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=w.TRAINING_LR)
+    generator = torch.Generator(device=perf.device).manual_seed(run.rank)
+    inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
+                          generator=generator)
+    measured = perf.train_step(model, inputs, lm_loss, optimizer, config=cfg,
+                               autocast_dtype=None, precision=FSDP2_PRECISION,
+                               optimizer_name="adamw", peak_dtype="bf16", name_prefix="fsdp2_")
+    perf.metric("fsdp2_tokens_per_s_all_gpus",
+                [run.world_size * t for t in measured["fsdp2_tokens_per_s"].samples],
+                unit="tokens/s", kind="throughput")
+
+    mfu = measured["fsdp2_mfu"].median
+    assert 0 < mfu <= 1, f"per-GPU MFU under FSDP2 is {mfu:.3f}, outside (0, 1]"
+    traffic = data_parallel_traffic(cfg.num_params(), zero_stage=3, precision=FSDP2_PRECISION)
+    bound = traffic.time_lower_bound(run.world_size, link)
+    step = measured["fsdp2_step_time"].median
+    assert step >= bound, (
+        f"an FSDP2 step took {step * 1e3:.2f} ms, less than the {bound * 1e3:.2f} ms its "
+        f"all-gathers and reduce-scatters need at {link / 1e9:.0f} GB/s: the traffic model of "
+        f"formulas.comm overstates what FSDP2 moves")
+
+
+@pytest.mark.distributed(nprocs=2)
+def test_process_group_takes_device_memory_the_allocator_does_not_see(perf: Perf) -> None:
+    run = _run(perf)
+    memory = run.init_memory
+    if memory is None:
+        pytest.skip(f"the process group's device memory was not read: {run.init_memory_note}")
+    low, high = DISTRIBUTED_BUFFER_BYTES_RANGE
+    literature = (f"source 001: {low / 2**30:.0f}-{high / 2**30:.0f} GiB; "
+                  f"{run.init_memory_note}")
+    perf.metric("init_process_group_bytes", memory.init_bytes, unit="B", better="lower",
+                kind="memory")
+    perf.metric("first_barrier_bytes", memory.barrier_bytes, unit="B", better="lower",
+                kind="memory")
+    total = perf.metric("torch_distributed_bytes", memory.total_bytes, unit="B",
+                        better="lower", kind="memory")
+    seen = memory.reserved_after_bytes - memory.reserved_before_bytes
+    assert total.median > 0, (
+        f"joining the NCCL process group of {run.world_size} ranks took no device memory "
+        f"({literature}); the reading is wrong")
+    # torch's allocator rounds small allocations into 2 MiB segments: the barrier's one-element
+    # tensor may cost one, NCCL's buffers never show up there.
+    assert seen <= 2 * MIB, (
+        f"torch's allocator reserved {seen} B while the process group started; NCCL's "
+        f"{memory.total_bytes} B ({literature}) should be invisible to it")
