@@ -500,17 +500,19 @@ def collective_metrics(name: str, op: str, nbytes: int, world_size: int,
 
 
 class AllReduceByteCounter:
-    """A DDP communication hook that reduces exactly as DDP does by default (one all-reduce of
-    each gradient bucket, averaged) and counts the bytes and buckets it reduced.
+    """Counts the gradient bytes DDP all-reduces: its `hook` reduces exactly as DDP does by
+    default (one all-reduce of each gradient bucket, averaged) and adds up the buckets.
 
-    Register it with `ddp_model.register_comm_hook(None, counter)` before the first forward.
+    Register it with `ddp_model.register_comm_hook(None, counter.hook)` before the first
+    forward.
     """
 
     def __init__(self) -> None:
         self.bytes = 0
         self.buckets = 0
 
-    def __call__(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    def hook(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        """The communication hook: count the bucket, then all-reduce it as DDP would."""
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         buffer = bucket.buffer()
@@ -522,6 +524,12 @@ class AllReduceByteCounter:
         """Start counting from zero."""
         self.bytes = 0
         self.buckets = 0
+
+
+# DDP.register_comm_hook compares a hook's annotations with dist.GradBucket and
+# Future[Tensor] as objects; under `from __future__ import annotations` they are strings.
+AllReduceByteCounter.hook.__annotations__ = {
+    "state": Any, "bucket": dist.GradBucket, "return": torch.futures.Future[torch.Tensor]}
 
 
 def accumulate_gradients(model: torch.nn.parallel.DistributedDataParallel,

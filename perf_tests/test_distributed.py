@@ -200,7 +200,7 @@ def test_ddp_all_reduces_every_gradient_once_per_optimizer_step(perf: Perf,
     model = build_model(cfg, device=perf.device, dtype=torch.float32)
     ddp = DistributedDataParallel(model, device_ids=[run.device_index])
     counter = AllReduceByteCounter()
-    ddp.register_comm_hook(None, counter)
+    ddp.register_comm_hook(None, counter.hook)
     generator = torch.Generator(device=perf.device).manual_seed(run.rank)
     tokens, targets = random_batch(cfg, TRAFFIC_BATCH, TRAFFIC_SEQ, device=perf.device,
                                    generator=generator)
