@@ -1,6 +1,7 @@
 """`python -m harness estimate`: what a model should cost before it runs - parameters, FLOPs,
-training memory and whether it fits, parallel layout, step time at an assumed MFU, serving
-memory and speed bounds, and the sizing rules.
+training memory and whether it fits, parallel layout and what each kind of parallelism does to
+per-GPU memory, step time at an assumed MFU, the communication of a step and its time bound,
+serving memory and speed bounds, and the sizing rules.
 
 `estimate` does the arithmetic (pure, returns plain data, the same numbers `--json` prints);
 `render_estimate` turns it into tables. Every number comes from `harness.formulas`.
@@ -16,6 +17,13 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.config import TransformerConfig, get_model, load_hf_config
+from harness.formulas.comm import (
+    StepTraffic,
+    communication_share,
+    data_parallel_traffic,
+    pipeline_parallel_bytes,
+    tensor_parallel_traffic,
+)
 from harness.formulas.flops import decode_flops, forward_flops, six_nd, train_flops
 from harness.formulas.memory import (
     CUDA_CONTEXT_BYTES_RANGE,
@@ -33,6 +41,7 @@ from harness.formulas.parallel import (
     check_tensor_parallel,
     data_parallel_size,
     global_batch_size,
+    params_per_rank,
     tokens_per_step,
 )
 from harness.formulas.params import approx_params_gpt, non_embedding_params, param_breakdown
@@ -56,6 +65,15 @@ PEAK_DTYPE: dict[str, str] = {"fp32": "fp32", "bf16-mixed": "bf16", "fp16-mixed"
 # Bytes of each weight and KV-cache element when serving: 16-bit unless training is in fp32.
 SERVING_BYTES: dict[str, int] = {"fp32": 4, "bf16-mixed": 2, "fp16-mixed": 2, "bf16": 2,
                                  "bf16-autocast": 2, "fp16-autocast": 2}
+
+
+# Model-state parts of a training_memory breakdown; every other part is activations or working
+# memory of the step.
+MODEL_STATE_PARTS: tuple[str, ...] = ("weights", "master_weights", "gradients",
+                                      "optimizer_states")
+# GPUs of one HGX/DGX node: beyond it data parallelism crosses the network, several times slower
+# than NVLink (400 Gb/s InfiniBand is 50 GB/s per GPU and direction).
+GPUS_PER_NODE = 8
 
 
 def _require_positive_int(name: str, value: object) -> int:
@@ -105,12 +123,15 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
              gpu: str = DEFAULT_GPU, num_gpus: int = 1, tp: int = 1, pp: int = 1,
              sp: bool = False, zero_stage: int = 0, grad_accum_steps: int = 1,
              recompute: str = "none", precision: str = "bf16-mixed", optimizer: str = "adamw",
-             assumed_mfu: float = DEFAULT_MFU, causal: bool = False) -> dict[str, Any]:
+             assumed_mfu: float = DEFAULT_MFU, causal: bool = False,
+             link_bandwidth: float | None = None) -> dict[str, Any]:
     """Everything `python -m harness estimate` reports, as plain JSON-ready data.
 
     batch_size is the micro-batch per GPU (per model replica); one optimizer step consumes
     batch_size * dp * grad_accum_steps sequences. Training memory is that of the busiest GPU;
-    inference figures are for serving on a single GPU of the same kind. A ValueError names any
+    inference figures are for serving on a single GPU of the same kind. `link_bandwidth` is the
+    one-way GPU-to-GPU bandwidth in bytes/s for the communication bounds (default: the GPU's
+    `interconnect_bandwidth_bytes_per_s`, i.e. within one node). A ValueError names any
     argument that is out of range or does not divide the model.
     """
     if not isinstance(cfg, TransformerConfig):
@@ -123,6 +144,12 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     _require_choice("recompute", recompute, RECOMPUTE_CHOICES)
     _require_choice("zero_stage", zero_stage, ZERO_STAGES)
     mfu = _require_fraction("assumed_mfu", assumed_mfu)
+    if link_bandwidth is not None and (isinstance(link_bandwidth, bool)
+                                       or not isinstance(link_bandwidth, (int, float))
+                                       or not math.isfinite(link_bandwidth)
+                                       or link_bandwidth <= 0):
+        raise ValueError(f"link_bandwidth must be a positive number of bytes/s per direction, "
+                         f"e.g. 50e9 for 400 Gb/s InfiniBand, got {link_bandwidth!r}")
     if cfg.position == "learned" and seq > cfg.max_position_embeddings:
         raise ValueError(f"seq_len={seq} exceeds the {cfg.max_position_embeddings} learned "
                          f"positions of {cfg.name}; use seq_len <= {cfg.max_position_embeddings}")
@@ -162,6 +189,16 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     # Time at the assumed MFU.
     peak = spec.peak_flops(PEAK_DTYPE[precision])
     step_seconds = step.model / (num_gpus * peak * mfu)
+
+    # Communication of a step, bounded by the link bandwidth.
+    communication = _communication(cfg, spec, link_bandwidth, batch_size=batch_size, seq=seq,
+                                   dp=dp, tp=tp, pp=pp, sp=sp, zero_stage=zero_stage,
+                                   grad_accum_steps=grad_accum_steps, recompute=recompute,
+                                   precision=precision, compute_seconds=step_seconds)
+    if num_gpus > GPUS_PER_NODE and link_bandwidth is None:
+        notes.append(f"{num_gpus} GPUs span more than one {GPUS_PER_NODE}-GPU node: traffic "
+                     f"between nodes runs at the network's speed, not NVLink's; pass "
+                     f"--link-bandwidth (e.g. 50 for 400 Gb/s InfiniBand per GPU) to bound it")
 
     # Serving on one GPU: batch 1 at a context of seq tokens.
     element_bytes = SERVING_BYTES[precision]
@@ -217,6 +254,11 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
             "grad_accum_steps": grad_accum_steps, "global_batch_size": gbs,
             "tokens_per_step": step_tokens,
         },
+        "parallel_memory": _parallel_memory(
+            cfg, batch_size=batch_size, seq=seq, num_gpus=num_gpus, tp=tp, pp=pp, sp=sp,
+            zero_stage=zero_stage, recompute=recompute, precision=precision,
+            optimizer=optimizer, gpu_memory_bytes=spec.memory_bytes),
+        "communication": communication,
         "time": {
             "peak_dtype": PEAK_DTYPE[precision],
             "peak_flops_per_gpu": peak,
@@ -249,6 +291,120 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
         ],
         "notes": notes,
     }
+
+
+def _activation_bytes_per_element(precision: str) -> int:
+    """Bytes of an activation crossing GPUs: 4 in fp32 training, 2 otherwise, the convention of
+    training_memory's activations."""
+    return 4 if precision == "fp32" else 2
+
+
+def _communication(cfg: TransformerConfig, spec: GPUSpec, link_bandwidth: float | None, *,
+                   batch_size: int, seq: int, dp: int, tp: int, pp: int, sp: bool,
+                   zero_stage: int, grad_accum_steps: int, recompute: str, precision: str,
+                   compute_seconds: float) -> dict[str, Any]:
+    """Bytes each kind of parallelism moves per optimizer step on the busiest GPU, their time
+    lower bounds at the link bandwidth, and the share of the step they would take unoverlapped.
+
+    Data parallelism reduces the gradients of the parameters one GPU holds (`params_per_rank`,
+    first pipeline stage) over dp ranks (`data_parallel_traffic`); tensor parallelism
+    all-reduces activations over tp ranks; pipeline parallelism sends activations and their
+    gradients between stages. Latency is left out: these are bandwidth bounds.
+    """
+    link = link_bandwidth if link_bandwidth is not None else spec.interconnect_bandwidth_bytes_per_s
+    source = ("--link-bandwidth" if link_bandwidth is not None
+              else f"{spec.name} GPU-to-GPU bandwidth (GPUSpec)")
+    element = _activation_bytes_per_element(precision)
+
+    def seconds(traffic: StepTraffic, ranks: int) -> float | None:
+        return None if link is None else traffic.time_lower_bound(ranks, link)
+
+    held = params_per_rank(cfg, tp, pp)
+    dp_traffic = data_parallel_traffic(held, zero_stage=zero_stage,
+                                       grad_accum_steps=grad_accum_steps, precision=precision)
+    parts: dict[str, dict[str, Any] | None] = {
+        "data_parallel": {
+            "ranks": dp, "params_per_gpu": held, "zero_stage": zero_stage,
+            "payload_bytes": dp_traffic.payloads(),
+            "payload_bytes_per_micro_step": dp_traffic.total_bytes / grad_accum_steps,
+            "bytes_sent_per_gpu": dp_traffic.bytes_sent_per_rank(dp),
+            "seconds_lower_bound": seconds(dp_traffic, dp),
+        },
+        "tensor_parallel": None,
+        "pipeline_parallel": None,
+    }
+    if tp > 1:
+        tp_traffic = tensor_parallel_traffic(cfg, batch_size, seq, layers=cfg.num_layers // pp,
+                                             recompute=recompute, bytes_per_element=element,
+                                             grad_accum_steps=grad_accum_steps)
+        parts["tensor_parallel"] = {
+            "ranks": tp, "payload_bytes": tp_traffic.payloads(),
+            "bytes_sent_per_gpu": tp_traffic.bytes_sent_per_rank(tp),
+            "seconds_lower_bound": seconds(tp_traffic, tp),
+        }
+    if pp > 1:
+        sent = pipeline_parallel_bytes(cfg, batch_size, seq, bytes_per_element=element,
+                                       grad_accum_steps=grad_accum_steps, tp=tp, sp=sp)
+        parts["pipeline_parallel"] = {
+            "stages": pp, "bytes_sent_per_gpu": sent,
+            "seconds_lower_bound": None if link is None else sent / link,
+        }
+    bounds = [part["seconds_lower_bound"] for part in parts.values() if part is not None]
+    total = None if link is None else sum(bounds)
+    return {
+        "link_bandwidth_bytes_per_s": link,
+        "link_source": source if link is not None else f"{spec.name} has no GPU-to-GPU "
+                                                       f"bandwidth in the table",
+        **parts,
+        "seconds_lower_bound": total,
+        "compute_seconds": compute_seconds,
+        "share_without_overlap": (None if total is None
+                                  else communication_share(total, compute_seconds)),
+    }
+
+
+def _parallel_memory(cfg: TransformerConfig, *, batch_size: int, seq: int, num_gpus: int,
+                     tp: int, pp: int, sp: bool, zero_stage: int, recompute: str,
+                     precision: str, optimizer: str,
+                     gpu_memory_bytes: int) -> list[dict[str, Any]]:
+    """Per-GPU training memory of the same micro-batch on one GPU and with all num_gpus GPUs
+    spent on one kind of parallelism (DP with the chosen ZeRO stage, TP, PP), then the chosen
+    layout: what each kind divides. DP alone divides nothing unless ZeRO shards the model
+    states; TP divides weights and most activations; PP divides the weights, not the first
+    stage's activations (1F1B keeps pp micro-batches in flight). A layout the model cannot
+    take has its reason instead of numbers. "fits" adds the CUDA context and, with more than one
+    GPU, NCCL's buffers, as the training memory section does."""
+    layouts = [("1 GPU", 1, 1, 1, 0)]
+    if num_gpus > 1:
+        layouts += [(f"DP={num_gpus}, ZeRO {zero_stage}", num_gpus, 1, 1, zero_stage),
+                    (f"TP={num_gpus}", 1, num_gpus, 1, 0),
+                    (f"PP={num_gpus}", 1, 1, num_gpus, 0)]
+    chosen = (f"chosen: DP={num_gpus // (tp * pp)}, TP={tp}, PP={pp}, ZeRO {zero_stage}",
+              num_gpus // (tp * pp), tp, pp, zero_stage)
+    shapes = [layout[1:] for layout in layouts]
+    if chosen[1:] in shapes:
+        index = shapes.index(chosen[1:])
+        layouts[index] = (f"{layouts[index][0]} (chosen)", *layouts[index][1:])
+    else:
+        layouts.append(chosen)
+    rows: list[dict[str, Any]] = []
+    for label, dp, t, p, zero in layouts:
+        row: dict[str, Any] = {"layout": label, "dp": dp, "tp": t, "pp": p, "zero_stage": zero}
+        try:
+            memory = training_memory(cfg, batch_size, seq, precision, optimizer, recompute, t, p,
+                                     sp and t > 1, flash_attention=True, zero_stage=zero, dp=dp)
+        except ValueError as exc:
+            row["not_possible"] = str(exc)
+            rows.append(row)
+            continue
+        states = sum(memory.parts.get(name, 0) for name in MODEL_STATE_PARTS)
+        reserve = CUDA_CONTEXT_BYTES_RANGE[1] + (DISTRIBUTED_BUFFER_BYTES_RANGE[1]
+                                                 if dp * t * p > 1 else 0)
+        row.update(model_state_bytes=states, activation_bytes=memory.total - states,
+                   total_bytes=memory.total,
+                   fits=memory.total + reserve <= gpu_memory_bytes)
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +522,53 @@ def _time_section(result: dict[str, Any]) -> str:
                     ("", "value"))
 
 
+def _parallel_memory_section(result: dict[str, Any]) -> str:
+    rows = []
+    for row in result["parallel_memory"]:
+        if "not_possible" in row:
+            rows.append([row["layout"], "-", "-", "-", f"not possible: {row['not_possible']}"])
+            continue
+        rows.append([row["layout"], format_bytes(row["model_state_bytes"]),
+                     format_bytes(row["activation_bytes"]), format_bytes(row["total_bytes"]),
+                     "fits" if row["fits"] else "does NOT fit"])
+    return _section("Per-GPU training memory by parallelism (same micro-batch; ZeRO shards "
+                    "model states over DP, TP splits weights and activations, PP the weights)",
+                    rows, ("layout", "model states", "activations", "total", "with reserve"))
+
+
+def _communication_section(result: dict[str, Any]) -> str:
+    c = result["communication"]
+
+    def bound(seconds: float | None) -> str:
+        return "-" if seconds is None else format_seconds(seconds)
+
+    d = c["data_parallel"]
+    payload = ", ".join(f"{op.replace('_', '-')} {format_bytes(size)}"
+                        for op, size in d["payload_bytes"].items() if size)
+    rows = [[f"data parallel over {d['ranks']} (ZeRO {d['zero_stage']}, "
+             f"{format_count(d['params_per_gpu'])} params)", payload,
+             format_bytes(d["bytes_sent_per_gpu"]), bound(d["seconds_lower_bound"])]]
+    rows.append(["  per micro-step", format_bytes(d["payload_bytes_per_micro_step"]), "", ""])
+    t = c["tensor_parallel"]
+    if t is not None:
+        rows.append([f"tensor parallel over {t['ranks']} (activations)",
+                     f"all-reduce {format_bytes(t['payload_bytes']['all_reduce'])}",
+                     format_bytes(t["bytes_sent_per_gpu"]), bound(t["seconds_lower_bound"])])
+    p = c["pipeline_parallel"]
+    if p is not None:
+        rows.append([f"pipeline over {p['stages']} stages (point to point)", "-",
+                     format_bytes(p["bytes_sent_per_gpu"]), bound(p["seconds_lower_bound"])])
+    rows.append(["total", "", "", bound(c["seconds_lower_bound"])])
+    rows.append(["step at the assumed MFU", "", "", format_seconds(c["compute_seconds"])])
+    share = c["share_without_overlap"]
+    link = c["link_bandwidth_bytes_per_s"]
+    where = ("no link bandwidth known: pass --link-bandwidth" if link is None
+             else f"{link / 1e9:,.0f} GB/s per direction, {c['link_source']}")
+    title = (f"Communication per optimizer step, bandwidth bounds ({where})"
+             + ("" if share is None else f": {share:.1%} of the step if none of it overlaps"))
+    return _section(title, rows, ("", "payload per step", "sent per GPU", "time >="))
+
+
 def _inference_section(result: dict[str, Any]) -> str:
     i, w = result["inference"], result["workload"]
     e = i["bytes_per_element"]
@@ -401,8 +604,10 @@ def render_estimate(result: dict[str, Any]) -> str:
               f"sequence {w['seq_len']:,}, {w['precision']}, {w['optimizer']}, "
               f"recompute {w['recompute']}")
     sections = [header, _parameters_section(result), _flops_section(result),
-                _memory_section(result), _parallel_section(result), _time_section(result),
-                _inference_section(result), _sizing_section(result)]
+                _memory_section(result), _parallel_section(result),
+                _parallel_memory_section(result), _time_section(result),
+                _communication_section(result), _inference_section(result),
+                _sizing_section(result)]
     sections += [f"note: {note}" for note in result["notes"]]
     return "\n\n".join(sections)
 
@@ -443,6 +648,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"well-tuned large runs land at 35-55%%)")
     parser.add_argument("--causal", action="store_true",
                         help="count causal attention as half (default: Megatron/PaLM, full)")
+    parser.add_argument("--link-bandwidth", type=float, default=None, metavar="GB/S",
+                        help="one-way GPU-to-GPU bandwidth in GB/s for the communication "
+                             "bounds (default: the GPU's NVLink or PCIe figure; e.g. 50 for "
+                             "400 Gb/s InfiniBand between nodes)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
@@ -483,6 +692,13 @@ def run(args: argparse.Namespace) -> int:
     for name, choices in (("recompute", RECOMPUTE_CHOICES), ("precision", TRAINING_PRECISIONS),
                           ("optimizer", OPTIMIZERS), ("zero_stage", ZERO_STAGES)):
         _require_choice(_FLAGS[name], workload[name], choices)
-    result = estimate(cfg, gpu=args.gpu, sp=args.sp, causal=args.causal, **workload)
+    link = None
+    if args.link_bandwidth is not None:
+        if not math.isfinite(args.link_bandwidth) or args.link_bandwidth <= 0:
+            raise ValueError(f"--link-bandwidth must be a positive number of GB/s, got "
+                             f"{args.link_bandwidth!r}")
+        link = args.link_bandwidth * 1e9
+    result = estimate(cfg, gpu=args.gpu, sp=args.sp, causal=args.causal, link_bandwidth=link,
+                      **workload)
     print(json.dumps(result, indent=2) if args.json else render_estimate(result))
     return 0

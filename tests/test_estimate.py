@@ -184,3 +184,125 @@ def test_non_numeric_flag_is_refused_by_the_parser_with_exit_2(capsys):
         main(["estimate", "gpt2", "--batch", "two"])
     assert exit_info.value.code == 2
     assert "'two'" in capsys.readouterr().err
+
+
+# -- communication and parallel memory ----------------------------------------------------------
+
+
+def test_communication_bounds_the_gradient_all_reduce_at_the_nvlink_bandwidth(capsys):
+    cfg = get_model("llama-2-7b")
+    result = _run_json(capsys, "llama-2-7b", "--gpu", "H100", "--num-gpus", "8", "--seq", "4096")
+    comm = result["communication"]
+    gradients = cfg.num_params() * 4  # bf16-mixed reduces fp32 gradients
+    data = comm["data_parallel"]
+    assert data["payload_bytes"] == {"all_reduce": gradients, "all_gather": 0,
+                                     "reduce_scatter": 0}
+    # A ring all-reduce over 8 GPUs sends 2 * 7/8 of the buffer from every GPU; H100 NVLink 4
+    # carries 450 GB/s each way.
+    assert data["bytes_sent_per_gpu"] == pytest.approx(1.75 * gradients)
+    assert comm["link_bandwidth_bytes_per_s"] == 450e9
+    assert comm["seconds_lower_bound"] == pytest.approx(1.75 * gradients / 450e9)
+    assert comm["tensor_parallel"] is None and comm["pipeline_parallel"] is None
+    step = result["time"]["step_seconds"]
+    assert comm["compute_seconds"] == step
+    bound = comm["seconds_lower_bound"]
+    assert comm["share_without_overlap"] == pytest.approx(bound / (bound + step))
+
+
+def test_gradient_accumulation_divides_ddp_traffic_per_micro_step(capsys):
+    one = _run_json(capsys, "gpt2", "--num-gpus", "4")["communication"]["data_parallel"]
+    eight = _run_json(capsys, "gpt2", "--num-gpus", "4",
+                      "--grad-accum", "8")["communication"]["data_parallel"]
+    assert eight["payload_bytes"] == one["payload_bytes"]
+    assert eight["payload_bytes_per_micro_step"] == one["payload_bytes_per_micro_step"] / 8
+
+
+def test_tensor_and_pipeline_traffic_appear_when_the_layout_uses_them(capsys):
+    cfg = get_model("llama-2-13b")
+    comm = _run_json(capsys, "llama-2-13b", "--gpu", "H200", "--num-gpus", "16", "--tp", "4",
+                     "--pp", "2", "--batch", "2", "--seq", "4096", "--grad-accum", "8",
+                     "--zero", "1")["communication"]
+    activation = 2 * 4096 * cfg.hidden_size * 2  # b * s * h bf16 elements
+    tensor = comm["tensor_parallel"]
+    # 4 all-reduces per layer and micro-batch, 20 layers per stage, 8 micro-batches.
+    assert tensor["payload_bytes"]["all_reduce"] == 8 * 20 * 4 * activation
+    assert tensor["bytes_sent_per_gpu"] == pytest.approx(1.5 * 8 * 20 * 4 * activation)
+    assert comm["pipeline_parallel"]["bytes_sent_per_gpu"] == 2 * 8 * activation
+    data = comm["data_parallel"]
+    assert data["ranks"] == 2 and data["zero_stage"] == 1
+    assert data["payload_bytes"]["reduce_scatter"] == 4 * data["params_per_gpu"]
+    assert data["payload_bytes"]["all_gather"] == 2 * data["params_per_gpu"]
+    parts = [tensor, comm["pipeline_parallel"], data]
+    assert comm["seconds_lower_bound"] == pytest.approx(
+        sum(part["seconds_lower_bound"] for part in parts))
+
+
+def test_link_bandwidth_flag_replaces_the_gpu_figure(capsys):
+    comm = _run_json(capsys, "gpt2", "--num-gpus", "2",
+                     "--link-bandwidth", "50")["communication"]
+    assert comm["link_bandwidth_bytes_per_s"] == 50e9
+    assert comm["link_source"] == "--link-bandwidth"
+
+
+def test_a_gpu_without_a_link_figure_leaves_the_time_bounds_open(capsys):
+    result = _run_json(capsys, "gpt2", "--gpu", "MI250X", "--num-gpus", "2")
+    comm = result["communication"]
+    assert comm["link_bandwidth_bytes_per_s"] is None
+    assert comm["seconds_lower_bound"] is None and comm["share_without_overlap"] is None
+    assert comm["data_parallel"]["bytes_sent_per_gpu"] > 0
+    assert "no link bandwidth known: pass --link-bandwidth" in render_estimate(result)
+
+
+def test_more_gpus_than_a_node_notes_that_the_network_is_slower(capsys):
+    notes = _run_json(capsys, "gpt2", "--num-gpus", "16")["notes"]
+    assert any("span more than one 8-GPU node" in note for note in notes)
+    assert not _run_json(capsys, "gpt2", "--num-gpus", "16", "--link-bandwidth", "50")["notes"]
+
+
+def test_parallel_memory_shows_what_each_kind_of_parallelism_divides(capsys):
+    rows = {row["layout"]: row for row in _run_json(
+        capsys, "llama-2-7b", "--num-gpus", "8", "--tp", "2", "--zero", "3",
+        "--seq", "4096")["parallel_memory"]}
+    assert list(rows) == ["1 GPU", "DP=8, ZeRO 3", "TP=8", "PP=8",
+                          "chosen: DP=4, TP=2, PP=1, ZeRO 3"]
+    alone, zero3, tensor, pipeline = (rows[k] for k in ("1 GPU", "DP=8, ZeRO 3", "TP=8", "PP=8"))
+    cfg = get_model("llama-2-7b")
+    assert alone["model_state_bytes"] == 20 * cfg.num_params()  # bf16-mixed with AdamW
+    # ZeRO 3 shards every model state over the 8 replicas but leaves activations alone.
+    assert zero3["model_state_bytes"] == pytest.approx(alone["model_state_bytes"] / 8, rel=1e-6)
+    assert zero3["activation_bytes"] == alone["activation_bytes"]
+    # Tensor parallelism splits the activations too; the first pipeline stage keeps them all.
+    assert tensor["activation_bytes"] < alone["activation_bytes"]
+    assert pipeline["activation_bytes"] >= alone["activation_bytes"] * 0.9
+    assert pipeline["model_state_bytes"] < alone["model_state_bytes"] / 7
+    chosen = training_memory(cfg, 1, 4096, "bf16-mixed", "adamw", "none", 2, 1, False,
+                             flash_attention=True, zero_stage=3, dp=4)
+    assert rows["chosen: DP=4, TP=2, PP=1, ZeRO 3"]["total_bytes"] == chosen.total
+
+
+def test_the_chosen_layout_is_marked_where_it_is_one_of_the_pure_ones(capsys):
+    rows = _run_json(capsys, "gpt2", "--num-gpus", "4")["parallel_memory"]
+    assert [row["layout"] for row in rows] == ["1 GPU", "DP=4, ZeRO 0 (chosen)", "TP=4", "PP=4"]
+
+
+def test_a_layout_the_model_cannot_take_says_why(capsys):
+    rows = _run_json(capsys, "llama-2-13b", "--num-gpus", "16")["parallel_memory"]
+    impossible = {row["layout"]: row["not_possible"] for row in rows if "not_possible" in row}
+    assert impossible["TP=16"].startswith("tp=16 does not divide num_heads=40")
+    assert impossible["PP=16"].startswith("pp=16 does not divide num_layers=40")
+
+
+def test_the_tables_show_the_communication_and_parallel_memory_sections(capsys):
+    assert main(["estimate", "llama-2-7b", "--num-gpus", "8", "--tp", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Per-GPU training memory by parallelism" in out
+    assert "Communication per optimizer step, bandwidth bounds (450 GB/s per direction" in out
+    assert "tensor parallel over 2 (activations)" in out
+
+
+def test_a_bad_link_bandwidth_exits_2_naming_the_flag(capsys):
+    assert main(["estimate", "gpt2", "--link-bandwidth", "0"]) == 2
+    assert "--link-bandwidth must be a positive number of GB/s, got 0.0" in \
+        capsys.readouterr().err
+    with pytest.raises(ValueError, match="link_bandwidth must be a positive number of bytes/s"):
+        estimate(get_model("gpt2"), link_bandwidth=-1.0)
