@@ -121,11 +121,13 @@ class Perf:
                    autocast_dtype: torch.dtype | None = torch.bfloat16,
                    precision: str = "bf16-mixed", optimizer_name: str = "adamw",
                    peak_dtype: str = "bf16", causal: bool = False,
-                   name_prefix: str = "") -> Measurement:
+                   name_prefix: str = "", tolerance: float | None = None) -> Measurement:
         """One training step measured by `measure.train_step.measure_train_step` (step_time,
         tflops, tokens_per_s, mfu/hfu, memory; see there); `name_prefix` is put verbatim in
-        front of every metric name, e.g. "gpt2_" for "gpt2_step_time"."""
+        front of every metric name, e.g. "gpt2_" for "gpt2_step_time". `tolerance` applies to
+        the timing metrics (time, throughput), never to memory, which stays deterministic."""
         label = f"{name_prefix}train_step"
+        _check_tolerance(tolerance)
 
         def produce() -> dict[str, Metric]:
             metrics = measure_train_step(
@@ -136,20 +138,21 @@ class Perf:
                 gpu=self.gpu if config is not None else None,
                 precision=precision, optimizer_name=optimizer_name, peak_dtype=peak_dtype,
                 causal=causal)
-            return _prefixed(metrics, name_prefix)
+            return _prefixed(_timing_tolerance(metrics, tolerance), name_prefix)
 
         return self._measure(label, produce)
 
-    def dataloader(self, loader: Iterable[Any], *, steps: int,
-                   name_prefix: str = "") -> Measurement:
+    def dataloader(self, loader: Iterable[Any], *, steps: int, name_prefix: str = "",
+                   tolerance: float | None = None) -> Measurement:
         """Batches of `loader` measured by `measure.dataloader.measure_dataloader` (wait_time,
-        batches_per_s, and on CUDA h2d_time and h2d_bandwidth); `name_prefix` as in
-        `train_step`."""
+        batches_per_s, and on CUDA h2d_time and h2d_bandwidth); `name_prefix` and `tolerance`
+        as in `train_step`."""
         label = f"{name_prefix}dataloader"
+        _check_tolerance(tolerance)
 
         def produce() -> dict[str, Metric]:
             metrics = measure_dataloader(loader, device=self.device, steps=steps)
-            return _prefixed(metrics, name_prefix)
+            return _prefixed(_timing_tolerance(metrics, tolerance), name_prefix)
 
         return self._measure(label, produce)
 
@@ -164,7 +167,7 @@ class Perf:
         if run is None:
             raise ValueError("perf.collective needs a process group: run pytest under torchrun, "
                              "e.g. `torchrun --nproc-per-node 2 -m pytest -m distributed`")
-        call = collective_call(op, nbytes, world_size=run.world_size, device=self.device,
+        call = collective_call(op, nbytes, world_size=run.world_size, device=run.torch_device,
                                dtype=dtype)
         label = name if name is not None else f"{op}_{format_size(nbytes)}"
         # Metric checks the name too, but only after the measurement: fail before spending it.
@@ -241,3 +244,19 @@ class Perf:
     def _record(self, metric: Metric) -> None:
         self._session.record(self._nodeid, metric)
         self._user_properties.append((f"perf:{metric.name}", f"{metric.median:.6g} {metric.unit}"))
+
+
+def _check_tolerance(tolerance: float | None) -> None:
+    """Fail before measuring when a tolerance could not be stored in a Metric."""
+    if tolerance is not None:
+        Metric(name="tolerance_check", unit="s", better="lower", samples=(1.0,),
+               tolerance=tolerance)
+
+
+def _timing_tolerance(metrics: dict[str, Metric], tolerance: float | None) -> dict[str, Metric]:
+    """`tolerance` on the time, throughput and dataloader metrics that have none of their own."""
+    if tolerance is None:
+        return metrics
+    return {name: m.with_changes(tolerance=tolerance)
+            if m.tolerance is None and m.kind in ("time", "throughput", "dataloader") else m
+            for name, m in metrics.items()}

@@ -427,15 +427,22 @@ def test_step_and_loader(perf):
     # Forward 2*8*16*4 FLOPs and the weight gradient's as many (the input needs no gradient).
     assert step["linear_flops_per_step"].median == 2 * (2 * 8 * 16 * 4)
     loader = DataLoader(TensorDataset(torch.randn(64, 8)), batch_size=4)
-    batches = perf.dataloader(loader, steps=8, name_prefix="rows_")
+    batches = perf.dataloader(loader, steps=8, name_prefix="rows_", tolerance=0.4)
     assert batches["rows_wait_time"].count == 8
     assert "rows_batches_per_s" in batches
+    tolerant = perf.train_step(model, inputs, torch.nn.functional.mse_loss, optimizer,
+                               autocast_dtype=None, name_prefix="host_bound_", tolerance=0.3)
+    assert tolerant["host_bound_step_time"].tolerance == 0.3
 """)
     result = run(suite, monkeypatch, "--perf-update-baselines")
     assert result.ret == 0, result.stdout.str()
     recorded = store.load_results(suite.path / "baselines" / "cpu.json").metrics
     prefix = "test_kernel.py::test_step_and_loader::"
     assert {f"{prefix}linear_step_time", f"{prefix}rows_wait_time"} <= set(recorded)
+    # A tolerance given to perf.train_step / perf.dataloader lands on their timing metrics.
+    assert recorded[f"{prefix}rows_wait_time"].tolerance == 0.4
+    assert recorded[f"{prefix}host_bound_tflops"].tolerance == 0.3
+    assert recorded[f"{prefix}linear_step_time"].tolerance is None
 
 
 @pytest.mark.parametrize(("call", "message"), [
