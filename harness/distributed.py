@@ -235,7 +235,9 @@ class DistributedRun:
         """Whether this rank prints, judges and writes: rank 0 only."""
         return self.launch.rank == 0
 
-    def _tensor_device(self) -> torch.device:
+    @property
+    def torch_device(self) -> torch.device:
+        """This rank's device with its index ("cuda:1"), or the CPU."""
         if self.device == "cuda":
             return torch.device("cuda", self.device_index)
         return torch.device("cpu")
@@ -248,7 +250,7 @@ class DistributedRun:
 
     def max_over_ranks(self, value: float) -> float:
         """The largest of every rank's `value` (one all_reduce MAX)."""
-        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._tensor_device())
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.torch_device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return float(tensor.item())
 

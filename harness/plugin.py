@@ -272,6 +272,18 @@ def read_options(config: pytest.Config) -> PerfOptions:
         dist_timeout_seconds=dist_timeout, repeat_flags=tuple(repeat_flags))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Ranks other than 0 of a torchrun launch write no JUnit XML (--junitxml): rank 0 writes
+    the launch's, whose outcomes every rank shares; two ranks would race for one file."""
+    try:
+        launch = distributed.launch_from_environment(os.environ)
+    except ValueError:
+        return  # pytest_configure reports it as a usage error
+    if launch is not None and launch.rank != 0 and getattr(config.option, "xmlpath", None):
+        config.option.xmlpath = None
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Document the markers, validate the options and register the run's hooks.

@@ -152,11 +152,11 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
     cfg = workload.config
     w.peak_flops_of(perf.gpu, "bf16")  # per-GPU MFU needs the peak: fail early without it
     link = _link_bandwidth(perf)
-    model = build_model(cfg, device=perf.device, dtype=torch.float32)
+    model = build_model(cfg, device=run.torch_device, dtype=torch.float32)
     optimizer = w.make_optimizer(model, fused=True)
     # Each rank trains on its own data, as data parallelism does.
-    generator = torch.Generator(device=perf.device).manual_seed(run.rank)
-    inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
+    generator = torch.Generator(device=run.torch_device).manual_seed(run.rank)
+    inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=run.torch_device,
                           generator=generator)
     common = dict(config=cfg, autocast_dtype=torch.bfloat16, precision=w.TRAINING_PRECISION,
                   optimizer_name="adamw", peak_dtype="bf16")
@@ -197,12 +197,12 @@ def test_ddp_all_reduces_every_gradient_once_per_optimizer_step(perf: Perf,
                                                                 released_memory: None) -> None:
     run = _run(perf)
     cfg = w.LLAMA_STYLE
-    model = build_model(cfg, device=perf.device, dtype=torch.float32)
+    model = build_model(cfg, device=run.torch_device, dtype=torch.float32)
     ddp = DistributedDataParallel(model, device_ids=[run.device_index])
     counter = AllReduceByteCounter()
     ddp.register_comm_hook(None, counter.hook)
-    generator = torch.Generator(device=perf.device).manual_seed(run.rank)
-    tokens, targets = random_batch(cfg, TRAFFIC_BATCH, TRAFFIC_SEQ, device=perf.device,
+    generator = torch.Generator(device=run.torch_device).manual_seed(run.rank)
+    tokens, targets = random_batch(cfg, TRAFFIC_BATCH, TRAFFIC_SEQ, device=run.torch_device,
                                    generator=generator)
 
     def micro_step() -> None:
@@ -240,14 +240,14 @@ def test_fsdp2_training_throughput_and_its_communication_bound(perf: Perf,
     cfg = workload.config
     w.peak_flops_of(perf.gpu, "bf16")
     link = _link_bandwidth(perf)
-    model = build_model(cfg, device=perf.device, dtype=torch.float32)
+    model = build_model(cfg, device=run.torch_device, dtype=torch.float32)
     # bf16 parameters for compute and all-gathers, fp32 gradient reduction (torchtitan's
     # defaults); the fp32 sharded parameters stay the optimizer's master copy.
     shard_with_fsdp2(model, list(model.blocks), param_dtype=torch.bfloat16,
                      reduce_dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=w.TRAINING_LR)
-    generator = torch.Generator(device=perf.device).manual_seed(run.rank)
-    inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
+    generator = torch.Generator(device=run.torch_device).manual_seed(run.rank)
+    inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=run.torch_device,
                           generator=generator)
     measured = perf.train_step(model, inputs, lm_loss, optimizer, config=cfg,
                                autocast_dtype=None, precision=FSDP2_PRECISION,

@@ -75,6 +75,10 @@ store.save_results = _logged("save_results", store.save_results)
 store.write_baseline = _logged("write_baseline", store.write_baseline)
 
 
+def pytest_configure(config):
+    (HERE / f"junitxml-rank{RANK}.txt").write_text(str(config.option.xmlpath))
+
+
 def pytest_runtest_logreport(report):
     if report.when == "call" or report.outcome != "passed":
         with open(HERE / f"outcomes-rank{RANK}.jsonl", "a") as log:
@@ -220,7 +224,7 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> LaunchResult:
                           metrics={f"{FILE}::test_regressed::throughput": _metric(20.0),
                                    f"{FILE}::test_unchanged::throughput": _metric(20.0)})
     project = _project(tmp_path_factory.mktemp("judged") / "project", baseline)
-    return _launch(project, "--perf-save=results.json")
+    return _launch(project, "--perf-save=results.json", "--junitxml=report.xml")
 
 
 @pytest.fixture(scope="module")
@@ -283,6 +287,12 @@ def test_only_rank_0_prints_the_report_and_saves_the_results(judged: LaunchResul
     assert saved.fingerprint == "cpu-x2"
     assert saved.environment["distributed"] == {"world_size": 2, "nodes": 1, "backend": "gloo",
                                                 "nccl": None}
+
+
+def test_only_rank_0_writes_the_junit_report(judged: LaunchResult) -> None:
+    assert (judged.project / "junitxml-rank0.txt").read_text() == "report.xml"
+    assert (judged.project / "junitxml-rank1.txt").read_text() == "None"
+    assert (judged.project / "report.xml").read_text().count("<testcase ") == 7
 
 
 def test_rank_1_prints_only_its_own_errors_on_stderr(judged: LaunchResult) -> None:
