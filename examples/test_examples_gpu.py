@@ -3,9 +3,10 @@
 The test body says what to measure; the `perf` fixture times it, records the metrics under
 `<test id>::<metric>`, and after the test judges them against `baselines/<fingerprint>.json`.
 Run on a GPU machine with `pytest -m gpu examples/`. To see the gate go red, make the work
-honestly heavier with `PERF_EXAMPLE_EXTRA_WORK=0.25` (25% more real work per call: GEMM rows,
-sequences per training step, CPU work per loaded sample): the metric ids stay the same, so the
-run is judged against the baseline of the unchanged code.
+honestly heavier with `PERF_EXAMPLE_EXTRA_WORK=1` (twice the real work per call: GEMM rows,
+sequences per training step, CPU work per loaded sample; 0.25 is enough for the GPU-bound
+GEMM and step): the metric ids stay the same, so the run is judged against the baseline of the
+unchanged code.
 """
 
 from __future__ import annotations
@@ -119,7 +120,10 @@ def test_pinned_token_loader(perf: Perf) -> None:
                            generator=generator)
     dataset = TokensWithCpuWork(tokens, work=round(SAMPLE_WORK * (1 + EXTRA_WORK)))
     loader = DataLoader(dataset, batch_size=BATCH_SIZE, num_workers=2, pin_memory=True)
-    measured = perf.dataloader(loader, steps=LOADER_STEPS, name_prefix="tokens_")
+    # Loader workers compete with everything else on the host: between runs on one H100 their
+    # wait time moved by up to 29%, hence a tolerance of 50% (a doubled cost still fails).
+    measured = perf.dataloader(loader, steps=LOADER_STEPS, name_prefix="tokens_",
+                               tolerance=0.5)
 
     # One sample per window of whole worker cycles (see measure_dataloader), all steps used.
     assert measured["tokens_wait_time"].count == LOADER_STEPS // window_size(LOADER_STEPS, 2)

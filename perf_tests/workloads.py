@@ -242,6 +242,22 @@ LLAMA_STYLE = TransformerConfig(
     max_position_embeddings=2048, name="llama-style-336m")
 LLAMA_TRAINING = TransformerWorkload(LLAMA_STYLE, batch_size=4, seq_len=2048)
 
+# Host-bound measurements: their time follows the host CPU (Python, kernel launches, worker
+# processes) as much as the GPU, and the host of a shared GPU runner varies far more between runs
+# than the GPU does. Three runs of this suite on one H100 (2026-11-21: a recording and two
+# verifications, minutes apart) moved GEMMs and the GPU-bound train steps by at most 3.6%, but:
+#   - llama-full step time: medians 110, 114 and 163 ms (activation checkpointing re-launches
+#     every block's small kernels; the eager Llama-style step reaches only ~18% MFU);
+#   - one-token decode: 9.3, 11.3 and 9.6 ms (one token per step: launch-bound by nature);
+#   - DataLoader worker throughput: up to +65% (workers compete with everything else on the host).
+# Their tolerances sit just above that spread: such a gate still catches what matters there
+# (recomputation or a fused path lost, workers gone to 0: 2x and more), not 5% drifts.
+HOST_BOUND_TOLERANCE: dict[str, float] = {
+    "llama-full": 0.5,
+    "decode": 0.3,
+    "dataloader_workers": 0.7,
+}
+
 TRAINING_WORKLOADS: dict[str, TransformerWorkload] = {
     "gpt": GPT_TRAINING,
     "llama": LLAMA_TRAINING,
