@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -238,9 +239,9 @@ class DistributedRun:
     @property
     def torch_device(self) -> torch.device:
         """This rank's device with its index ("cuda:1"), or the CPU."""
-        if self.device == "cuda":
-            return torch.device("cuda", self.device_index)
-        return torch.device("cpu")
+        if self.device_index is None:
+            return torch.device("cpu")
+        return torch.device("cuda", self.device_index)
 
     def barrier(self) -> None:
         """All ranks reach this point, and on CUDA their queued device work is finished."""
@@ -288,13 +289,18 @@ class DistributedRun:
                              f"-p no:randomly)")
 
     def describe(self) -> dict[str, Any]:
-        """What a run's environment records about the process group."""
-        nccl = None
+        """What a run's environment records about the process group: size, backend, and for
+        NCCL its version and the NCCL_* variables set (NCCL_NVLS_ENABLE, NCCL_ALGO, ...), which
+        change what collectives can reach."""
+        described: dict[str, Any] = {"world_size": self.world_size, "nodes": self.launch.nodes,
+                                     "backend": self.backend, "nccl": None}
         if self.backend == "nccl":
             version = torch.cuda.nccl.version()
-            nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
-        return {"world_size": self.world_size, "nodes": self.launch.nodes,
-                "backend": self.backend, "nccl": nccl}
+            described["nccl"] = (".".join(map(str, version)) if isinstance(version, tuple)
+                                 else str(version))
+            described["nccl_env"] = {key: value for key, value in sorted(os.environ.items())
+                                     if key.startswith("NCCL_")}
+        return described
 
     def shutdown(self) -> None:
         """Leave the process group (at the end of the pytest run)."""
@@ -303,14 +309,16 @@ class DistributedRun:
 
 
 def _device_index(launch: Launch) -> int:
+    """The CUDA device of this rank: LOCAL_RANK, or the only visible one when the launcher gave
+    each process its own GPU through CUDA_VISIBLE_DEVICES (SLURM's --gpus-per-task=1)."""
     count = torch.cuda.device_count()
     if launch.local_rank < count:
         return launch.local_rank
-    if count == 1:  # one GPU per process, as SLURM's --gpus-per-task=1 arranges
+    if count == 1 and os.environ.get("CUDA_VISIBLE_DEVICES"):
         return 0
-    raise ValueError(f"LOCAL_RANK={launch.local_rank} has no GPU: this process sees {count} "
-                     f"CUDA device(s); start at most {count} processes per node "
-                     f"(--nproc-per-node {count})")
+    raise ValueError(f"LOCAL_RANK={launch.local_rank} has no GPU of its own: this process sees "
+                     f"{count} CUDA device(s) for {launch.local_world_size} processes on this "
+                     f"node; start at most {count} (--nproc-per-node {count})")
 
 
 def start(launch: Launch, device: str, *,

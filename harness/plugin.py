@@ -388,7 +388,8 @@ class PerfRun:
         gpu = hardware.local_spec() if options.device == "cuda" else None
         perf_session = PerfSession(options, run_environment, gpu=gpu, distributed=run)
         try:
-            perf_session.load_reference()
+            if run is None or run.reports:  # the other ranks follow rank 0's verdicts
+                perf_session.load_reference()
         except store.StoreError as exc:
             raise pytest.UsageError(str(exc)) from None
         self.session = perf_session
@@ -443,12 +444,15 @@ class PerfRun:
                 if item.nodeid in needs:
                     item.add_marker(skip)
             return
+        visible = (f" ({len(hardware.detect_gpus())} GPU(s) visible on this host)"
+                   if self.options.device == "cuda" else "")
         for item in items:
             ranks = needs.get(item.nodeid)
             if ranks is not None and ranks > launch.world_size:
                 item.add_marker(pytest.mark.skip(reason=(
                     f"needs {ranks} ranks (distributed(nprocs={ranks})), this launch has "
-                    f"{launch.world_size}: run under `{launch.relaunch_command(ranks)}`")))
+                    f"{launch.world_size}{visible}: run under "
+                    f"`{launch.relaunch_command(ranks)}`")))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:

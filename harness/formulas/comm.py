@@ -60,12 +60,11 @@ def _require_positive_int(name: str, value: object) -> int:
 
 
 def _require_number(name: str, value: object, *, positive: bool) -> float:
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-          and math.isfinite(value) and (value > 0 if positive else value >= 0))
-    if not ok:
-        kind = "a positive" if positive else "a non-negative"
-        raise ValueError(f"{name} must be {kind} finite number, got {value!r}")
-    return float(value)
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        return float(value)
+    kind = "a positive" if positive else "a non-negative"
+    raise ValueError(f"{name} must be {kind} finite number, got {value!r}")
 
 
 def _require_collective(op: object) -> str:
