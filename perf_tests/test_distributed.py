@@ -36,6 +36,7 @@ from harness.formulas.comm import (
 )
 from harness.formulas.memory import DISTRIBUTED_BUFFER_BYTES_RANGE
 from harness.model import build_model, lm_loss, random_batch
+from harness.results import Measurement
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu
@@ -158,38 +159,42 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
     generator = torch.Generator(device=run.torch_device).manual_seed(run.rank)
     inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=run.torch_device,
                           generator=generator)
-    common = dict(config=cfg, autocast_dtype=torch.bfloat16, precision=w.TRAINING_PRECISION,
-                  optimizer_name="adamw", peak_dtype="bf16")
+
+    def measure(module: torch.nn.Module, prefix: str) -> Measurement:
+        return perf.train_step(module, inputs, lm_loss, optimizer, config=cfg,
+                               autocast_dtype=torch.bfloat16, precision=w.TRAINING_PRECISION,
+                               optimizer_name="adamw", peak_dtype="bf16", name_prefix=prefix)
+
     # The same step on each GPU alone (every rank at once, no communication), then under DDP.
-    single = perf.train_step(model, inputs, lm_loss, optimizer, name_prefix="single_", **common)
-    ddp = DistributedDataParallel(model, device_ids=[run.device_index])
-    parallel = perf.train_step(ddp, inputs, lm_loss, optimizer, name_prefix="ddp_", **common)
+    single = measure(model, "single_")
+    parallel = measure(DistributedDataParallel(model, device_ids=[run.device_index]), "ddp_")
 
     single_time = single["single_step_time"].median
     ddp_times = parallel["ddp_step_time"].samples
     perf.metric("ddp_tokens_per_s_all_gpus",
                 [run.world_size * t for t in parallel["ddp_tokens_per_s"].samples],
                 unit="tokens/s", kind="throughput")
+    # Scaling efficiency = DDP tokens/s / (GPUs x single-GPU tokens/s) = single / DDP step
+    # time, per DDP sample. (The exposed communication, 1 - efficiency, is a few percent: as a
+    # metric of its own its relative changes would be noise.)
     efficiency = perf.metric("ddp_scaling_efficiency", [single_time / t for t in ddp_times],
                              unit="ratio", kind="throughput", theory=1.0)
     traffic = data_parallel_traffic(cfg.num_params(), precision=w.TRAINING_PRECISION)
     bound = traffic.time_lower_bound(run.world_size, link)
-    exposed = perf.metric("ddp_exposed_comm_share", [1 - single_time / t for t in ddp_times],
-                          unit="ratio", better="lower", kind="other",
-                          theory=communication_share(bound, single_time))
 
     mfu = parallel["ddp_mfu"].median
     assert 0 < mfu <= 1, f"per-GPU MFU under DDP is {mfu:.3f}, outside (0, 1]"
     assert efficiency.median <= 1 + TIMING_DRIFT, (
         f"DDP on {run.world_size} GPU(s) ran at {efficiency.median:.3f} of the single-GPU "
         f"speed: faster than the same step without communication beyond timing drift")
-    exposed_seconds = parallel["ddp_step_time"].median - single_time
-    assert exposed_seconds <= EXPOSED_COMM_BOUND_MULTIPLE * bound + TIMING_DRIFT * single_time, (
-        f"DDP adds {exposed_seconds * 1e3:.2f} ms per step ({exposed.median:.1%}) to the "
-        f"{single_time * 1e3:.2f} ms single-GPU step; all-reducing {traffic.all_reduce_bytes} B "
-        f"of gradients over {run.world_size} GPUs takes at least {bound * 1e3:.2f} ms at "
-        f"{link / 1e9:.0f} GB/s, so more than {EXPOSED_COMM_BOUND_MULTIPLE:g}x that means slow "
-        f"links or lost overlap")
+    exposed = parallel["ddp_step_time"].median - single_time
+    share = communication_share(bound, single_time)
+    assert exposed <= EXPOSED_COMM_BOUND_MULTIPLE * bound + TIMING_DRIFT * single_time, (
+        f"DDP adds {exposed * 1e3:.2f} ms per step to the {single_time * 1e3:.2f} ms "
+        f"single-GPU step; all-reducing {traffic.all_reduce_bytes} B of gradients over "
+        f"{run.world_size} GPUs takes at least {bound * 1e3:.2f} ms at {link / 1e9:.0f} GB/s "
+        f"({share:.1%} of a step without overlap), so more than "
+        f"{EXPOSED_COMM_BOUND_MULTIPLE:g}x that means slow links or lost overlap")
 
 
 @pytest.mark.distributed(nprocs=1)

@@ -149,7 +149,7 @@ def test_communication_share_without_overlap() -> None:
      "grad_accum_steps must be a positive integer, got True"),
     (lambda: tensor_parallel_traffic(get_model("gpt2"), 1, 8, layers=0),
      "layers must be a positive integer, got 0"),
-    (lambda: pipeline_parallel_bytes(get_model("gpt2"), 1, 8, sp="yes"),
+    (lambda: pipeline_parallel_bytes(get_model("gpt2"), 1, 8, sp="yes"),  # type: ignore[arg-type]
      "sp must be True or False, got 'yes'"),
     (lambda: communication_share(1.0, 0.0),
      "compute_seconds must be a positive finite number, got 0.0"),
