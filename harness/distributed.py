@@ -24,7 +24,9 @@ Staying in step. Ranks that disagree about anything run different collectives ne
   rank 0's verdict, or all fail when any rank's body raised (`agreed_decision`);
 - the collected tests are compared across ranks before any runs (`DistributedRun.check_same_tests`);
 - every collective has the process group's timeout (the plugin's --perf-dist-timeout), so a rank
-  that is gone makes the others fail with a message instead of hanging CI.
+  that is gone makes the others fail with a message instead of hanging CI: on NCCL torch's
+  watchdog ends the waiting process naming the collective (TORCH_NCCL_ASYNC_ERROR_HANDLING,
+  3 by default), on gloo the waiting call raises; torchrun then stops every rank.
 """
 
 from __future__ import annotations
