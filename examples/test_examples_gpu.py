@@ -102,9 +102,11 @@ def test_small_gpt_training_step(perf: Perf) -> None:
     batch_size = round(BATCH_SIZE * (1 + EXTRA_WORK))
     inputs = random_batch(SMALL_GPT, batch_size, SEQ_LEN, device=perf.device,
                           generator=generator)
+    # GPT-2 small reaches only ~15% MFU in eager mode: the host launching kernels sets much of
+    # the step time, which moved by up to 10% between runs on an H200; hence 15%.
     measured = perf.train_step(model, inputs, lm_loss, optimizer, config=SMALL_GPT,
                                autocast_dtype=torch.bfloat16, precision="bf16-autocast",
-                               name_prefix="gpt_small_")
+                               name_prefix="gpt_small_", tolerance=0.15)
 
     mfu, hfu = measured["gpt_small_mfu"].median, measured["gpt_small_hfu"].median
     # Without recomputation model and hardware FLOPs are equal, and neither exceeds the peak.

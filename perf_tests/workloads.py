@@ -248,13 +248,15 @@ LLAMA_TRAINING = TransformerWorkload(LLAMA_STYLE, batch_size=4, seq_len=2048)
 # verifications, minutes apart) moved GEMMs and the GPU-bound train steps by at most 3.6%, but:
 #   - llama-full step time: medians 110, 114 and 163 ms (activation checkpointing re-launches
 #     every block's small kernels; the eager Llama-style step reaches only ~18% MFU);
-#   - one-token decode: 9.3, 11.3 and 9.6 ms (one token per step: launch-bound by nature);
+#   - one-token decode: 9.3, 11.3 and 9.6 ms, and in a second set of three runs 9.5, 16.4 and
+#     16.7 ms (one token per step of an eager model: launch-bound by nature; it measures the
+#     host, and a CUDA-graph decode would be needed to measure the GPU);
 #   - DataLoader worker throughput: up to +65% (workers compete with everything else on the host).
 # Their tolerances sit just above that spread: such a gate still catches what matters there
-# (recomputation or a fused path lost, workers gone to 0: 2x and more), not 5% drifts.
+# (recomputation or a fused path lost, workers gone to 0, decode 2x slower), not 5% drifts.
 HOST_BOUND_TOLERANCE: dict[str, float] = {
     "llama-full": 0.5,
-    "decode": 0.3,
+    "decode": 1.0,
     "dataloader_workers": 0.7,
 }
 
