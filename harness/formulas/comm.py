@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from harness.config import TransformerConfig
 from harness.formulas.memory import RECOMPUTE_CHOICES, TRAINING_PRECISIONS, ZERO_STAGES
+from harness.formulas.validation import require_choice, require_positive_int
 
 COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter")
 
@@ -53,12 +54,6 @@ TP_ALL_REDUCES_PER_LAYER = 4
 TP_RECOMPUTED_ALL_REDUCES_PER_LAYER = 2
 
 
-def _require_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _require_number(name: str, value: object, *, positive: bool) -> float:
     if (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value) and (value > 0 if positive else value >= 0)):
@@ -73,16 +68,11 @@ def _require_collective(op: object) -> str:
     return op
 
 
-def _require_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
-    if isinstance(value, bool) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
 def bus_bandwidth_factor(op: str, world_size: int) -> float:
     """Bytes each rank sends per byte of the collective's size S: 2(n-1)/n for all-reduce,
     (n-1)/n for all-gather and reduce-scatter (nccl-tests); 0 for a single rank."""
     _require_collective(op)
-    n = _require_positive_int("world_size", world_size)
+    n = require_positive_int("world_size", world_size)
     steps = 2 * (n - 1) if op == "all_reduce" else n - 1
     return steps / n
 
@@ -91,7 +81,7 @@ def ring_steps(op: str, world_size: int) -> int:
     """Sequential send steps of the ring algorithm: 2(n-1) for all-reduce (a reduce-scatter then
     an all-gather), n-1 for all-gather and reduce-scatter."""
     _require_collective(op)
-    n = _require_positive_int("world_size", world_size)
+    n = require_positive_int("world_size", world_size)
     return 2 * (n - 1) if op == "all_reduce" else n - 1
 
 
@@ -188,10 +178,10 @@ def data_parallel_traffic(num_params: int, *, zero_stage: int = 0, grad_accum_st
       gradients instead and reduce-scatters once: stage-1 gradient traffic at DDP's memory.)
     Element sizes by precision: GRADIENT_REDUCE_BYTES and PARAM_GATHER_BYTES.
     """
-    params = _require_positive_int("num_params", num_params)
-    _require_choice("zero_stage", zero_stage, ZERO_STAGES)
-    gas = _require_positive_int("grad_accum_steps", grad_accum_steps)
-    _require_choice("precision", precision, TRAINING_PRECISIONS)
+    params = require_positive_int("num_params", num_params)
+    require_choice("zero_stage", zero_stage, ZERO_STAGES)
+    gas = require_positive_int("grad_accum_steps", grad_accum_steps)
+    require_choice("precision", precision, TRAINING_PRECISIONS)
     gradients = params * GRADIENT_REDUCE_BYTES[precision]
     weights = params * PARAM_GATHER_BYTES[precision]
     if zero_stage == 0:
@@ -208,9 +198,9 @@ def ddp_gradient_bytes_per_micro_step(num_params: int, gradient_bytes: int = 4,
     """Bytes DDP all-reduces per micro-step on average: every gradient once per optimizer step
     (num_params * gradient_bytes), divided by grad_accum_steps because the other micro-steps run
     under no_sync. Source 001: going from GAS=1 to GAS=8 cuts the gradient traffic 8-fold."""
-    params = _require_positive_int("num_params", num_params)
-    element = _require_positive_int("gradient_bytes", gradient_bytes)
-    gas = _require_positive_int("grad_accum_steps", grad_accum_steps)
+    params = require_positive_int("num_params", num_params)
+    element = require_positive_int("gradient_bytes", gradient_bytes)
+    gas = require_positive_int("grad_accum_steps", grad_accum_steps)
     return params * element / gas
 
 
@@ -228,12 +218,12 @@ def tensor_parallel_traffic(cfg: TransformerConfig, batch_size: int, seq_len: in
     """
     if not isinstance(cfg, TransformerConfig):
         raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
-    b = _require_positive_int("batch_size", batch_size)
-    s = _require_positive_int("seq_len", seq_len)
-    count = _require_positive_int("layers", layers)
-    _require_choice("recompute", recompute, RECOMPUTE_CHOICES)
-    element = _require_positive_int("bytes_per_element", bytes_per_element)
-    gas = _require_positive_int("grad_accum_steps", grad_accum_steps)
+    b = require_positive_int("batch_size", batch_size)
+    s = require_positive_int("seq_len", seq_len)
+    count = require_positive_int("layers", layers)
+    require_choice("recompute", recompute, RECOMPUTE_CHOICES)
+    element = require_positive_int("bytes_per_element", bytes_per_element)
+    gas = require_positive_int("grad_accum_steps", grad_accum_steps)
     per_layer = TP_ALL_REDUCES_PER_LAYER + (TP_RECOMPUTED_ALL_REDUCES_PER_LAYER
                                             if recompute == "full" else 0)
     activation = b * s * cfg.hidden_size * element
@@ -249,11 +239,11 @@ def pipeline_parallel_bytes(cfg: TransformerConfig, batch_size: int, seq_len: in
     1/tp of the sequence."""
     if not isinstance(cfg, TransformerConfig):
         raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
-    b = _require_positive_int("batch_size", batch_size)
-    s = _require_positive_int("seq_len", seq_len)
-    element = _require_positive_int("bytes_per_element", bytes_per_element)
-    gas = _require_positive_int("grad_accum_steps", grad_accum_steps)
-    t = _require_positive_int("tp", tp)
+    b = require_positive_int("batch_size", batch_size)
+    s = require_positive_int("seq_len", seq_len)
+    element = require_positive_int("bytes_per_element", bytes_per_element)
+    gas = require_positive_int("grad_accum_steps", grad_accum_steps)
+    t = require_positive_int("tp", tp)
     if not isinstance(sp, bool):
         raise ValueError(f"sp must be True or False, got {sp!r}")
     activation = b * s * cfg.hidden_size * element

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from harness.config import TransformerConfig
 from harness.formulas.params import num_params
+from harness.formulas.validation import require_config, require_positive_int
 
 RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
 
@@ -59,18 +60,6 @@ class Flops:
     def recompute_overhead(self) -> float:
         """Extra work from recomputation as a fraction of the model FLOPs (0.0 without)."""
         return (self.hardware - self.model) / self.model if self.model else 0.0
-
-
-def _check_config(cfg: object) -> TransformerConfig:
-    if not isinstance(cfg, TransformerConfig):
-        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
-    return cfg
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _check_bool(name: str, value: object) -> bool:
@@ -108,9 +97,9 @@ def forward_flops_breakdown(cfg: TransformerConfig, batch_size: int, seq_len: in
     Keys: qkv_projection, attention_scores (QK^T), attention_values (softmax.V),
     attention_output, mlp, logits.
     """
-    cfg = _check_config(cfg)
-    b = _check_positive_int("batch_size", batch_size)
-    s = _check_positive_int("seq_len", seq_len)
+    cfg = require_config(cfg)
+    b = require_positive_int("batch_size", batch_size)
+    s = require_positive_int("seq_len", seq_len)
     _check_bool("causal", causal)
     h, kv, f, layers = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size, cfg.num_layers
     tokens = b * s
@@ -189,8 +178,8 @@ def decode_flops(cfg: TransformerConfig, batch_size: int, context_len: int) -> i
     weighted-sum matmuls each cost 2*b*h*(context_len + 1) per layer. This is source 003's
     decode formula 24*l*h^2*b + 4*l*h*b*(s+1) + 2*b*h*V for a GPT block.
     """
-    cfg = _check_config(cfg)
-    b = _check_positive_int("batch_size", batch_size)
+    cfg = require_config(cfg)
+    b = require_positive_int("batch_size", batch_size)
     if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 0:
         raise ValueError(f"context_len must be a non-negative integer (0 = empty cache), "
                          f"got {context_len!r}")
@@ -203,14 +192,14 @@ def decode_flops(cfg: TransformerConfig, batch_size: int, context_len: int) -> i
 
 def six_nd(num_params: int, tokens: int) -> int:
     """Training FLOPs by the 6ND rule (Kaplan et al. 2020): 2N forward + 4N backward per token."""
-    n = _check_positive_int("num_params", num_params)
-    d = _check_positive_int("tokens", tokens)
+    n = require_positive_int("num_params", num_params)
+    d = require_positive_int("tokens", tokens)
     return 6 * n * d
 
 
 def two_n(num_params: int) -> int:
     """Forward FLOPs per token by the 2N rule: one multiply-add per parameter."""
-    return 2 * _check_positive_int("num_params", num_params)
+    return 2 * require_positive_int("num_params", num_params)
 
 
 def approximation_error(cfg: TransformerConfig, batch_size: int, seq_len: int,
@@ -245,10 +234,10 @@ def quick_tflops_estimate(model_size_billion: float, seq_len: int, global_batch_
     underestimates; use `train_flops` for the exact count.
     """
     size = _check_positive_finite("model_size_billion", model_size_billion)
-    s = _check_positive_int("seq_len", seq_len)
-    gbs = _check_positive_int("global_batch_size", global_batch_size)
+    s = require_positive_int("seq_len", seq_len)
+    gbs = require_positive_int("global_batch_size", global_batch_size)
     seconds = _check_positive_finite("seconds_per_iter", seconds_per_iter)
-    gpus = _check_positive_int("num_gpus", num_gpus)
+    gpus = require_positive_int("num_gpus", num_gpus)
     _check_bool("recompute", recompute)
     # 4 = forward + backward (2) + recomputed forward; 3 without recomputation; 2 FLOPs per MAC.
     passes = 4 if recompute else 3
@@ -260,7 +249,7 @@ def achieved_tflops(flops: float, seconds: float, num_gpus: int = 1) -> float:
     """TFLOP/s per GPU: flops done in `seconds` by `num_gpus` GPUs together."""
     f = _check_non_negative_finite("flops", flops)
     t = _check_positive_finite("seconds", seconds)
-    gpus = _check_positive_int("num_gpus", num_gpus)
+    gpus = require_positive_int("num_gpus", num_gpus)
     return f / (t * gpus) / 1e12
 
 
@@ -268,7 +257,7 @@ def _utilization(flops_name: str, flops: float, seconds: float, num_gpus: int,
                  peak_flops_per_gpu: float) -> float:
     f = _check_non_negative_finite(flops_name, flops)
     t = _check_positive_finite("seconds", seconds)
-    gpus = _check_positive_int("num_gpus", num_gpus)
+    gpus = require_positive_int("num_gpus", num_gpus)
     peak = _check_positive_finite("peak_flops_per_gpu", peak_flops_per_gpu)
     return f / (t * gpus * peak)
 

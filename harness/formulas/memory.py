@@ -36,6 +36,8 @@ from harness.formulas.parallel import (
     params_per_rank,
 )
 from harness.formulas.params import attention_params, mlp_params, norm_params
+from harness.formulas.validation import (ceil_div, require_bool, require_choice,
+                                         require_config, require_positive_int)
 
 GIB = 2**30
 
@@ -81,35 +83,6 @@ CUDA_CONTEXT_BYTES_RANGE: tuple[int, int] = (int(0.47 * GIB), 2 * GIB)
 # Source 001: torch.distributed takes "about 1-2GB" at initialisation, more with more GPUs; its
 # 2-GPU NCCL example grows from 0.55 to 2.00 GiB of device memory at the first barrier.
 DISTRIBUTED_BUFFER_BYTES_RANGE: tuple[int, int] = (1 * GIB, 2 * GIB)
-
-
-def _ceil_div(numerator: int, denominator: int) -> int:
-    return -(-numerator // denominator)
-
-
-def _require_config(cfg: object) -> TransformerConfig:
-    if not isinstance(cfg, TransformerConfig):
-        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__} "
-                         f"({cfg!r}); build one with harness.TransformerConfig(...) or "
-                         f"harness.get_model(name)")
-    return cfg
-
-
-def _require_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _require_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
-    if isinstance(value, bool) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def _require_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def _require_positive_number(name: str, value: object) -> float:
@@ -195,8 +168,8 @@ def bytes_per_param(precision: str, optimizer: str) -> BytesPerParam:
       weight also gets a 2-byte copy (`weight_copies`): autocast casts it once per autocast
       region and the matmul saves it for backward.
     """
-    _require_choice("precision", precision, TRAINING_PRECISIONS)
-    _require_choice("optimizer", optimizer, OPTIMIZERS)
+    require_choice("precision", precision, TRAINING_PRECISIONS)
+    require_choice("optimizer", optimizer, OPTIMIZERS)
     state_bytes = 2 if precision == "bf16" else 4
     optimizer_bytes = (_ADAMW_8BIT_BYTES if optimizer == "adamw-8bit"
                        else _STATES_PER_PARAM[optimizer] * state_bytes)
@@ -219,7 +192,7 @@ def _model_state_parts(params: int, precision: str, optimizer: str, zero_stage: 
     per_param = bytes_per_param(precision, optimizer)
 
     def held(bytes_each: int, sharded: bool) -> int:
-        elements = _ceil_div(params, dp) if sharded else params  # shards are padded to equal size
+        elements = ceil_div(params, dp) if sharded else params  # shards are padded to equal size
         return elements * bytes_each
 
     return {
@@ -239,25 +212,25 @@ def model_state_bytes(num_params: int, precision: str = "bf16-mixed", optimizer:
     share); ZeRO over dp data-parallel ranks then shards optimizer states and master weights
     (stage 1), also gradients (stage 2), also weights (stage 3).
     """
-    _require_positive_int("num_params", num_params)
-    _require_choice("zero_stage", zero_stage, ZERO_STAGES)
+    require_positive_int("num_params", num_params)
+    require_choice("zero_stage", zero_stage, ZERO_STAGES)
     for name, value in (("dp", dp), ("tp", tp), ("pp", pp)):
-        _require_positive_int(name, value)
-    params = _ceil_div(num_params, tp * pp)
+        require_positive_int(name, value)
+    params = ceil_div(num_params, tp * pp)
     return MemoryBreakdown(_model_state_parts(params, precision, optimizer, zero_stage, dp))
 
 
 def _check_activation_args(cfg: TransformerConfig, batch_size: int, seq_len: int,
                            recompute: str, tp: int, sp: bool, flash_attention: bool,
                            dropout: bool, bytes_per_element: int) -> TransformerConfig:
-    cfg = _require_config(cfg)
-    _require_positive_int("batch_size", batch_size)
-    _require_positive_int("seq_len", seq_len)
-    _require_choice("recompute", recompute, RECOMPUTE_CHOICES)
+    cfg = require_config(cfg)
+    require_positive_int("batch_size", batch_size)
+    require_positive_int("seq_len", seq_len)
+    require_choice("recompute", recompute, RECOMPUTE_CHOICES)
     check_tensor_parallel(cfg, tp)
     for name, value in (("sp", sp), ("flash_attention", flash_attention), ("dropout", dropout)):
-        _require_bool(name, value)
-    _require_positive_int("bytes_per_element", bytes_per_element)
+        require_bool(name, value)
+    require_positive_int("bytes_per_element", bytes_per_element)
     if sp and seq_len % tp:
         raise ValueError(f"sequence parallelism splits the sequence over tp ranks: seq_len="
                          f"{seq_len} must be divisible by tp={tp}")
@@ -365,7 +338,7 @@ def activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
       bytes per logit; eager PyTorch can hold one more fp32 copy at the backward peak.
     Tensors that tensor parallelism leaves whole are split by sequence parallelism (sp).
     """
-    _require_positive_int("pp", pp)
+    require_positive_int("pp", pp)
     layer = layer_activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp, sp=sp,
                                    flash_attention=flash_attention, dropout=dropout,
                                    bytes_per_element=bytes_per_element)
@@ -378,7 +351,7 @@ def activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
     e = bytes_per_element
     whole = tp if sp else 1
     sbh = seq_len * batch_size * cfg.hidden_size
-    logit_elements = seq_len * batch_size * _ceil_div(cfg.vocab_size, tp)
+    logit_elements = seq_len * batch_size * ceil_div(cfg.vocab_size, tp)
     last_stage_here = pp == 1
     parts = {
         "layer_activations": stored_layers * layer.total,
@@ -514,7 +487,7 @@ def _matmul_params_per_rank(cfg: TransformerConfig, tp: int,
     replicated_biases = 2 * h if cfg.bias else 0  # as in params_per_rank
     split = attention_params(cfg) + mlp_params(cfg) - replicated_biases
     biases = split // tp + replicated_biases - weights
-    output = _ceil_div(cfg.vocab_size, tp) * h if pp == 1 else 0
+    output = ceil_div(cfg.vocab_size, tp) * h if pp == 1 else 0
     return weights, biases, output
 
 
@@ -588,11 +561,11 @@ def autocast_step_phases(cfg: TransformerConfig, batch_size: int, seq_len: int,
     region per step, so each weight is copied once (per micro-batch with pipelining, it would be
     copied once per micro-batch in flight).
     """
-    cfg = _require_config(cfg)
-    _require_choice("precision", precision, AUTOCAST_PRECISIONS)
-    _require_choice("optimizer", optimizer, OPTIMIZERS)
-    _require_choice("zero_stage", zero_stage, ZERO_STAGES)
-    _require_positive_int("dp", dp)
+    cfg = require_config(cfg)
+    require_choice("precision", precision, AUTOCAST_PRECISIONS)
+    require_choice("optimizer", optimizer, OPTIMIZERS)
+    require_choice("zero_stage", zero_stage, ZERO_STAGES)
+    require_positive_int("dp", dp)
     kept = autocast_layer_activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp,
                                            sp=sp, flash_attention=flash_attention,
                                            dropout=dropout)
@@ -610,7 +583,7 @@ def autocast_step_phases(cfg: TransformerConfig, batch_size: int, seq_len: int,
     whole = tp if sp else 1
     sbh = seq_len * batch_size * h
     norm_input = (_FP32_BYTES * sbh + _norm_statistics_bytes(cfg) * seq_len * batch_size) // whole
-    logit_elements = seq_len * batch_size * _ceil_div(cfg.vocab_size, tp) if last_stage_here else 0
+    logit_elements = seq_len * batch_size * ceil_div(cfg.vocab_size, tp) if last_stage_here else 0
     if cfg.position == "rope":
         position_tables = 2 * _FP32_BYTES * seq_len * cfg.head_dim  # cos and sin
     elif cfg.position == "alibi":
@@ -672,10 +645,10 @@ def kv_cache_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
                    bytes_per_element: int = 2) -> int:
     """KV cache of `seq_len` tokens for `batch_size` sequences:
     2 (K and V) * layers * kv_heads * head_dim * seq_len * batch_size * bytes_per_element."""
-    cfg = _require_config(cfg)
-    _require_positive_int("batch_size", batch_size)
-    _require_positive_int("seq_len", seq_len)
-    _require_positive_int("bytes_per_element", bytes_per_element)
+    cfg = require_config(cfg)
+    require_positive_int("batch_size", batch_size)
+    require_positive_int("seq_len", seq_len)
+    require_positive_int("bytes_per_element", bytes_per_element)
     return (2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * seq_len * batch_size
             * bytes_per_element)
 
@@ -704,11 +677,11 @@ def training_memory(cfg: TransformerConfig, batch_size: int, seq_len: int,
     `DISTRIBUTED_BUFFER_BYTES_RANGE`): compare the total with torch.cuda.max_memory_allocated,
     and use `fits` against the device's capacity.
     """
-    cfg = _require_config(cfg)
-    _require_choice("precision", precision, TRAINING_PRECISIONS)
-    _require_choice("optimizer", optimizer, OPTIMIZERS)
-    _require_choice("zero_stage", zero_stage, ZERO_STAGES)
-    _require_positive_int("dp", dp)
+    cfg = require_config(cfg)
+    require_choice("precision", precision, TRAINING_PRECISIONS)
+    require_choice("optimizer", optimizer, OPTIMIZERS)
+    require_choice("zero_stage", zero_stage, ZERO_STAGES)
+    require_positive_int("dp", dp)
     if precision in AUTOCAST_PRECISIONS:
         phases = autocast_step_phases(cfg, batch_size, seq_len, precision=precision,
                                       optimizer=optimizer, recompute=recompute, tp=tp, pp=pp,
@@ -734,11 +707,11 @@ def inference_memory(cfg: TransformerConfig, batch_size: int, seq_len: int,
     MLP's intermediate tensors - 3f for gated MLPs, 2f otherwise) and "logits" (the last
     token's logits in fp32 for sampling).
     """
-    cfg = _require_config(cfg)
-    _require_positive_int("batch_size", batch_size)
-    _require_positive_int("seq_len", seq_len)
+    cfg = require_config(cfg)
+    require_positive_int("batch_size", batch_size)
+    require_positive_int("seq_len", seq_len)
     _require_positive_number("bytes_per_param", bytes_per_param)
-    _require_positive_int("bytes_per_activation", bytes_per_activation)
+    require_positive_int("bytes_per_activation", bytes_per_activation)
     h, kv, f = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size
     attention_width = 2 * h + (h + 2 * kv) + h
     mlp_width = 2 * h + (3 if cfg.gated_mlp else 2) * f
@@ -761,7 +734,7 @@ def fits(breakdown: MemoryBreakdown, gpu_memory_bytes: int,
     if not isinstance(breakdown, MemoryBreakdown):
         raise ValueError(f"breakdown must be a MemoryBreakdown (from training_memory or "
                          f"inference_memory), got {type(breakdown).__name__}")
-    _require_positive_int("gpu_memory_bytes", gpu_memory_bytes)
+    require_positive_int("gpu_memory_bytes", gpu_memory_bytes)
     if isinstance(reserve_bytes, bool) or not isinstance(reserve_bytes, int) or reserve_bytes < 0:
         raise ValueError(f"reserve_bytes must be a non-negative integer, got {reserve_bytes!r}")
     return breakdown.total + reserve_bytes <= gpu_memory_bytes

@@ -13,35 +13,18 @@ from dataclasses import dataclass
 
 from harness.config import TransformerConfig
 from harness.formulas.params import attention_params, mlp_params, norm_params, param_breakdown
+from harness.formulas.validation import ceil_div, require_config, require_positive_int
 
 # Megatron-LM pads the vocabulary to a multiple of `make_vocab_size_divisible_by` (default 128)
 # times the tensor-parallel size, so every rank holds an equal, well-aligned slice of it.
 MEGATRON_VOCAB_DIVISIBLE_BY = 128
 
 
-def _ceil_div(numerator: int, denominator: int) -> int:
-    return -(-numerator // denominator)
-
-
-def _require_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _require_config(cfg: object) -> TransformerConfig:
-    if not isinstance(cfg, TransformerConfig):
-        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__} "
-                         f"({cfg!r}); build one with harness.TransformerConfig(...) or "
-                         f"harness.get_model(name)")
-    return cfg
-
-
 def data_parallel_size(num_gpus: int, tp: int = 1, pp: int = 1) -> int:
     """Number of model replicas: DP = num_gpus / (tp * pp) (source 001)."""
-    _require_positive_int("num_gpus", num_gpus)
-    _require_positive_int("tp", tp)
-    _require_positive_int("pp", pp)
+    require_positive_int("num_gpus", num_gpus)
+    require_positive_int("tp", tp)
+    require_positive_int("pp", pp)
     if num_gpus % (tp * pp):
         raise ValueError(f"num_gpus={num_gpus} is not divisible by tp * pp = {tp} * {pp} = "
                          f"{tp * pp}; num_gpus must be a multiple of tp * pp")
@@ -50,17 +33,17 @@ def data_parallel_size(num_gpus: int, tp: int = 1, pp: int = 1) -> int:
 
 def global_batch_size(micro_batch_size: int, dp: int, grad_accum_steps: int = 1) -> int:
     """Samples per optimizer step: GBS = MBS * DP * GAS (source 001)."""
-    _require_positive_int("micro_batch_size", micro_batch_size)
-    _require_positive_int("dp", dp)
-    _require_positive_int("grad_accum_steps", grad_accum_steps)
+    require_positive_int("micro_batch_size", micro_batch_size)
+    require_positive_int("dp", dp)
+    require_positive_int("grad_accum_steps", grad_accum_steps)
     return micro_batch_size * dp * grad_accum_steps
 
 
 def grad_accum_steps(global_batch_size: int, micro_batch_size: int, dp: int) -> int:
     """Gradient accumulation steps that make up a global batch: GAS = GBS / (MBS * DP)."""
-    _require_positive_int("global_batch_size", global_batch_size)
-    _require_positive_int("micro_batch_size", micro_batch_size)
-    _require_positive_int("dp", dp)
+    require_positive_int("global_batch_size", global_batch_size)
+    require_positive_int("micro_batch_size", micro_batch_size)
+    require_positive_int("dp", dp)
     per_step = micro_batch_size * dp
     if global_batch_size % per_step:
         lower = (global_batch_size // per_step) * per_step
@@ -73,19 +56,19 @@ def grad_accum_steps(global_batch_size: int, micro_batch_size: int, dp: int) -> 
 
 def tokens_per_step(global_batch_size: int, seq_len: int) -> int:
     """Tokens consumed by one optimizer step: GBS * seq_len."""
-    _require_positive_int("global_batch_size", global_batch_size)
-    _require_positive_int("seq_len", seq_len)
+    require_positive_int("global_batch_size", global_batch_size)
+    require_positive_int("seq_len", seq_len)
     return global_batch_size * seq_len
 
 
 def padded_vocab_size(vocab_size: int, tp: int = 1,
                       divisible_by: int = MEGATRON_VOCAB_DIVISIBLE_BY) -> int:
     """Vocabulary size after Megatron-LM's padding to a multiple of `divisible_by * tp`."""
-    _require_positive_int("vocab_size", vocab_size)
-    _require_positive_int("tp", tp)
-    _require_positive_int("divisible_by", divisible_by)
+    require_positive_int("vocab_size", vocab_size)
+    require_positive_int("tp", tp)
+    require_positive_int("divisible_by", divisible_by)
     multiple = divisible_by * tp
-    return _ceil_div(vocab_size, multiple) * multiple
+    return ceil_div(vocab_size, multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -108,8 +91,8 @@ def check_tensor_parallel(cfg: TransformerConfig, tp: int) -> TensorParallelLayo
     and refuses otherwise (inference engines such as vLLM replicate them instead; that layout is
     not modelled here). The vocabulary is padded as Megatron-LM does, so it always divides.
     """
-    cfg = _require_config(cfg)
-    _require_positive_int("tp", tp)
+    cfg = require_config(cfg)
+    require_positive_int("tp", tp)
     problems = []
     if cfg.num_heads % tp:
         problems.append(f"num_heads={cfg.num_heads}")
@@ -132,8 +115,8 @@ def check_tensor_parallel(cfg: TransformerConfig, tp: int) -> TensorParallelLayo
 
 def check_pipeline_parallel(cfg: TransformerConfig, pp: int) -> int:
     """Check that `cfg`'s layers split evenly over `pp` pipeline stages; return layers per stage."""
-    cfg = _require_config(cfg)
-    _require_positive_int("pp", pp)
+    cfg = require_config(cfg)
+    require_positive_int("pp", pp)
     if cfg.num_layers % pp:
         valid = [d for d in range(1, cfg.num_layers + 1) if cfg.num_layers % d == 0]
         raise ValueError(f"pp={pp} does not divide num_layers={cfg.num_layers} of {cfg.name}; "
@@ -158,7 +141,7 @@ def params_per_rank(cfg: TransformerConfig, tp: int = 1, pp: int = 1) -> int:
     replicated_biases = 2 * h if cfg.bias else 0  # attention output and MLP down projection
     split = attention_params(cfg) + mlp_params(cfg) - replicated_biases
     layer = split // tp + replicated_biases + 2 * norm_params(cfg)
-    vocab_rows = _ceil_div(cfg.vocab_size, tp)
+    vocab_rows = ceil_div(cfg.vocab_size, tp)
     first_stage = vocab_rows * h + parts["position"] + parts["embedding_norm"] + layers * layer
     if pp > 1:
         return first_stage

@@ -17,19 +17,12 @@ Conventions:
 from __future__ import annotations
 
 from harness.config import TransformerConfig
-
-
-def _check_config(cfg: object) -> TransformerConfig:
-    if not isinstance(cfg, TransformerConfig):
-        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__} "
-                         f"({cfg!r}); build one with harness.TransformerConfig(...) or "
-                         f"harness.get_model(name)")
-    return cfg
+from harness.formulas.validation import require_config
 
 
 def norm_params(cfg: TransformerConfig) -> int:
     """Parameters of one normalisation layer over hidden_size channels."""
-    cfg = _check_config(cfg)
+    cfg = require_config(cfg)
     if cfg.norm == "layernorm" and cfg.bias:
         return 2 * cfg.hidden_size
     return cfg.hidden_size
@@ -38,7 +31,7 @@ def norm_params(cfg: TransformerConfig) -> int:
 def attention_params(cfg: TransformerConfig) -> int:
     """Parameters of one attention block: Q, K, V (K and V of width kv_hidden_size under GQA)
     and the output projection, with their biases."""
-    cfg = _check_config(cfg)
+    cfg = require_config(cfg)
     h, kv = cfg.hidden_size, cfg.kv_hidden_size
     weights = h * h + 2 * h * kv + h * h
     qkv_biases = (h + 2 * kv) if cfg.qkv_bias else 0
@@ -49,7 +42,7 @@ def attention_params(cfg: TransformerConfig) -> int:
 def mlp_params(cfg: TransformerConfig) -> int:
     """Parameters of one MLP block: two matrices (up, down) or three for gated MLPs
     (gate, up, down), with their biases."""
-    cfg = _check_config(cfg)
+    cfg = require_config(cfg)
     h, f = cfg.hidden_size, cfg.ffn_size
     input_matrices = 2 if cfg.gated_mlp else 1
     weights = input_matrices * h * f + f * h
@@ -59,7 +52,7 @@ def mlp_params(cfg: TransformerConfig) -> int:
 
 def layer_params(cfg: TransformerConfig) -> int:
     """Parameters of one transformer block: attention, MLP and its two pre-norms."""
-    cfg = _check_config(cfg)
+    cfg = require_config(cfg)
     return attention_params(cfg) + mlp_params(cfg) + 2 * norm_params(cfg)
 
 
@@ -68,7 +61,7 @@ def param_breakdown(cfg: TransformerConfig) -> dict[str, int]:
 
     Keys: embedding, position, embedding_norm, attention, mlp, layer_norms, final_norm, output.
     """
-    cfg = _check_config(cfg)
+    cfg = require_config(cfg)
     h, layers = cfg.hidden_size, cfg.num_layers
     return {
         "embedding": cfg.vocab_size * h,
@@ -98,7 +91,7 @@ def matmul_params(cfg: TransformerConfig) -> int:
     """Parameters that take part in a matrix multiply for every token: all linear-layer weights of
     the blocks plus the output layer (the tied embedding when tied). Two FLOPs per such weight per
     token is the exact forward cost of everything but attention scores (see flops.py)."""
-    cfg = _check_config(cfg)
+    cfg = require_config(cfg)
     h, kv, f = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size
     attention = 2 * h * h + 2 * h * kv
     mlp = (3 if cfg.gated_mlp else 2) * h * f
@@ -112,6 +105,6 @@ def approx_params_gpt(cfg: TransformerConfig) -> int:
     Shown beside the exact count to make the gap visible; it is exact for nothing in the zoo
     (GPT-2 ties its output layer and has learned positions, LLaMA has gated MLPs and GQA).
     """
-    cfg = _check_config(cfg)
+    cfg = require_config(cfg)
     h, layers = cfg.hidden_size, cfg.num_layers
     return layers * (12 * h * h + 13 * h) + 2 * cfg.vocab_size * h

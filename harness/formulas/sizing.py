@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from harness.config import TransformerConfig
+from harness.formulas.validation import ceil_div, require_positive_int
 
 # Source 001: Tensor Cores are fully used when GEMM dimensions are multiples of 16 bytes on V100
 # and 128 bytes on A100 and later, i.e. 8 and 64 two-byte elements; "on A100 it is 64".
@@ -32,12 +33,6 @@ FFN_CANDIDATE_MULTIPLES: tuple[int, ...] = (64, 128, 256)
 DEFAULT_TILE: tuple[int, int] = (128, 128)
 
 
-def _require_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class Finding:
     """One sizing rule applied to a configuration: whether it holds, why, and what to change."""
@@ -50,12 +45,8 @@ class Finding:
 
 def largest_power_of_two_dividing(n: int) -> int:
     """The largest power of two that divides n (1 for odd n)."""
-    _require_positive_int("n", n)
+    require_positive_int("n", n)
     return n & -n
-
-
-def _ceil_div(numerator: int, denominator: int) -> int:
-    return -(-numerator // denominator)
 
 
 def _aligned_neighbours(value: float, multiples: tuple[int, ...]) -> list[int]:
@@ -75,7 +66,7 @@ def swiglu_ffn_candidates(hidden_size: int,
     equal to a 4h GELU MLP's; benchmark these on the target GPU and keep the fastest.
     E.g. h=4096: 8h/3 rounds to 10922, which source 001 measured 46% slower on an H100 than
     10944; the candidates are [10752, 10880, 10944, 11008]."""
-    _require_positive_int("hidden_size", hidden_size)
+    require_positive_int("hidden_size", hidden_size)
     if not multiples or any(isinstance(m, bool) or not isinstance(m, int) or m <= 0
                             for m in multiples):
         raise ValueError(f"multiples must be a non-empty tuple of positive integers, got "
@@ -91,7 +82,7 @@ def _power_of_two_finding(rule: str, what: str, value: int) -> Finding:
                                f"tiles full (128 bytes of 16-bit elements)"))
     suggestion = None if ok else (
         f"make {what} a multiple of {TENSOR_CORE_ALIGNMENT}, e.g. "
-        f"{_ceil_div(value, TENSOR_CORE_ALIGNMENT) * TENSOR_CORE_ALIGNMENT}")
+        f"{ceil_div(value, TENSOR_CORE_ALIGNMENT) * TENSOR_CORE_ALIGNMENT}")
     return Finding(rule=rule, ok=ok, detail=detail, suggestion=suggestion)
 
 
@@ -100,9 +91,9 @@ def sizing_findings(cfg: TransformerConfig, batch_size: int, seq_len: int,
     """Source 001's sizing rules applied to a model, micro-batch, sequence length and tp."""
     if not isinstance(cfg, TransformerConfig):
         raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
-    _require_positive_int("batch_size", batch_size)
-    _require_positive_int("seq_len", seq_len)
-    _require_positive_int("tp", tp)
+    require_positive_int("batch_size", batch_size)
+    require_positive_int("seq_len", seq_len)
+    require_positive_int("tp", tp)
     h, a, v, f = cfg.hidden_size, cfg.num_heads, cfg.vocab_size, cfg.ffn_size
     findings = []
 
@@ -111,7 +102,7 @@ def sizing_findings(cfg: TransformerConfig, batch_size: int, seq_len: int,
         rule="vocab_multiple_of_64", ok=vocab_ok,
         detail=f"vocab_size = {v}" + ("" if vocab_ok else f", not a multiple of {VOCAB_MULTIPLE}"),
         suggestion=None if vocab_ok else
-        f"pad the vocabulary to {_ceil_div(v, VOCAB_MULTIPLE) * VOCAB_MULTIPLE}"))
+        f"pad the vocabulary to {ceil_div(v, VOCAB_MULTIPLE) * VOCAB_MULTIPLE}"))
 
     findings.append(_power_of_two_finding("head_dim_power_of_two", "h/a", cfg.head_dim))
 
@@ -209,14 +200,14 @@ def gemm_quantization(m: int, n: int, k: int, num_sms: int,
     (132 SMs) 133 tiles take 2 waves at efficiency 133/264 = 0.504.
     """
     for name, value in (("m", m), ("n", n), ("k", k), ("num_sms", num_sms)):
-        _require_positive_int(name, value)
+        require_positive_int(name, value)
     if not isinstance(tile, tuple) or len(tile) != 2 or any(
             isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in tile):
         raise ValueError(f"tile must be a pair of positive integers (tile_m, tile_n), "
                          f"got {tile!r}")
     tile_m, tile_n = tile
-    tiles = _ceil_div(m, tile_m) * _ceil_div(n, tile_n)
-    waves = _ceil_div(tiles, num_sms)
+    tiles = ceil_div(m, tile_m) * ceil_div(n, tile_n)
+    waves = ceil_div(tiles, num_sms)
     last_wave_tiles = tiles - (waves - 1) * num_sms
     return GemmQuantization(m=m, n=n, k=k, tile_m=tile_m, tile_n=tile_n, num_sms=num_sms,
                             tiles=tiles, waves=waves, last_wave_tiles=last_wave_tiles)
