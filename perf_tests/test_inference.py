@@ -8,8 +8,6 @@ tests/test_suite_workloads.py).
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 import torch
 
@@ -20,14 +18,6 @@ from harness.model import build_model, random_batch
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture
-def released_memory() -> Iterator[None]:
-    """Each test starts and ends with nothing of another test left on the GPU."""
-    w.release_cuda_memory()
-    yield
-    w.release_cuda_memory()
 
 
 def _assert_fraction_of_bound(fractions: list[float], what: str) -> None:

@@ -7,8 +7,6 @@ No timing here: each number is read once from the allocator or from NVML and rec
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 import torch
 
@@ -19,14 +17,6 @@ from harness.model import build_model, random_batch
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture
-def released_memory() -> Iterator[None]:
-    """Each test starts and ends with nothing of another test left on the GPU."""
-    w.release_cuda_memory()
-    yield
-    w.release_cuda_memory()
 
 
 def test_cuda_context_fits_the_reserve_the_memory_model_sets_aside(perf: Perf) -> None:

@@ -7,8 +7,6 @@ The models train as real runs do: fp32 master weights, bf16 autocast, fused Adam
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 import torch
 
@@ -19,14 +17,6 @@ from harness.results import Measurement
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture
-def released_memory() -> Iterator[None]:
-    """Each case starts and ends with nothing of another case left on the GPU."""
-    w.release_cuda_memory()
-    yield
-    w.release_cuda_memory()
 
 
 def _measure_training(perf: Perf, workload: w.TransformerWorkload,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pynvml
 import torch
 
+from harness.environment import nvml_handle
 from harness.timing import check_device
 
 
@@ -45,35 +46,16 @@ def _check_index(index: object) -> int:
     return index
 
 
-def _nvml_handle(index: int) -> object:
-    """NVML handle of torch's device `index`, matched by UUID (CUDA_VISIBLE_DEVICES renumbers
-    devices for torch but not for NVML)."""
-    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
-    if uuid:
-        bare = uuid.removeprefix("GPU-").removeprefix("MIG-")
-        for candidate in (f"GPU-{bare}", f"MIG-{bare}", uuid):
-            try:
-                return pynvml.nvmlDeviceGetHandleByUUID(candidate)
-            except pynvml.NVMLError:
-                continue
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        raise ValueError(f"cannot find CUDA device {index} (UUID {uuid or 'unknown'}) in NVML, "
-                         f"and with CUDA_VISIBLE_DEVICES="
-                         f"{os.environ['CUDA_VISIBLE_DEVICES']!r} its NVML index is unknown")
-    return pynvml.nvmlDeviceGetHandleByIndex(index)
-
-
 def device_memory_usage(index: int = 0) -> DeviceMemoryUsage:
     """This process's memory on CUDA device `index` from NVML, CUDA context included; the whole
     device's used memory (and `per_process=False`) when NVML cannot attribute it."""
     _check_index(index)
     try:
-        pynvml.nvmlInit()
+        handle = nvml_handle(index)  # initialises NVML (reference counted; shut down below)
     except pynvml.NVMLError as exc:
         raise ValueError(f"NVML is not usable on this machine ({exc}); device memory needs the "
                          f"NVIDIA driver's NVML library") from None
     try:
-        handle = _nvml_handle(index)
         try:
             processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
         except pynvml.NVMLError:
