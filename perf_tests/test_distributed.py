@@ -13,7 +13,6 @@ on one GPU (`--nproc-per-node 1`), the first point of the scaling series.
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -101,14 +100,6 @@ def _message(nbytes: int, run: DistributedRun) -> int:
     """`nbytes` rounded down to whole fp32 elements on every rank."""
     unit = 4 * run.world_size
     return nbytes // unit * unit
-
-
-@pytest.fixture
-def released_memory() -> Iterator[None]:
-    """Each test starts and ends with nothing of another test left on the GPU."""
-    w.release_cuda_memory()
-    yield
-    w.release_cuda_memory()
 
 
 @pytest.mark.distributed(nprocs=2)
