@@ -13,7 +13,6 @@ on one GPU (`--nproc-per-node 1`), the first point of the scaling series.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
