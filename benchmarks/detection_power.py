@@ -42,9 +42,8 @@ from harness.environment import (
     NullGpuMonitor,
     default_gpu_monitor,
     run_environment,
-    throttle_problem,
 )
-from harness.fixture import THROTTLE_RETRIES
+from harness.fixture import measure_between_snapshots
 from harness.measure.train_step import measure_train_step
 from harness.model import build_model, lm_loss, random_batch
 from harness.results import Metric, SchemaError, metric_id
@@ -406,31 +405,6 @@ def round_robin_order(conditions: Sequence[str], repeats: int) -> list[tuple[int
     return order
 
 
-def measure_with_gpu_state(produce: Callable[[], dict[str, Metric]],
-                           monitor: GpuStateMonitor) -> tuple[dict[str, Metric], dict[str, Any]]:
-    """Run `produce` between two GPU snapshots as the fixture does: a throttled measurement is
-    taken again (THROTTLE_RETRIES times), then kept with its metrics marked unreliable."""
-    throttles: list[str] = []
-    attempts = 0
-    while True:
-        attempts += 1
-        before = monitor.snapshot()
-        metrics = produce()
-        after = monitor.snapshot()
-        problem = throttle_problem(before, after)
-        if problem is None:
-            break
-        throttles.append(problem)
-        if attempts > THROTTLE_RETRIES:
-            note = f"unreliable, not judged: {problem} in all {attempts} attempts"
-            metrics = {name: m.with_changes(reliable=False,
-                                            note=f"{m.note}; {note}" if m.note else note)
-                       for name, m in metrics.items()}
-            break
-    return metrics, {"before": before, "after": after, "attempts": attempts,
-                     "throttled": throttles}
-
-
 def gemm_metrics(fn: Callable[[], object], flops: float, bench: Bench) -> dict[str, Metric]:
     """`gemm` (s) and `gemm_tflops` exactly as the fixture's `perf.time(fn, name="gemm",
     flops=flops)` builds them: `measure_time` with the session's clock and policy."""
@@ -476,7 +450,7 @@ def record_one(bench: Bench, measure: Callable[[Injection | None], dict[str, Met
     """Take one measurement under `condition` and return its record."""
     timestamp = utc_now()
     start = time.perf_counter()
-    metrics, gpu_state = measure_with_gpu_state(lambda: measure(injection), bench.monitor)
+    metrics, gpu_state = measure_between_snapshots(lambda: measure(injection), bench.monitor)
     end = time.perf_counter()
     return repetition_record(index=index, round_index=round_index, condition=condition,
                              injected_fraction=injected_fraction, metrics=metrics,

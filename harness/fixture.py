@@ -212,27 +212,9 @@ class Perf:
 
     def _measure(self, label: str, produce: Callable[[], dict[str, Metric]]) -> Measurement:
         """Run `produce` between GPU snapshots, retry it when throttled, record its metrics."""
-        throttles: list[str] = []
-        attempts = 0
-        while True:
-            attempts += 1
-            before = self._monitor.snapshot()
-            metrics = produce()
-            after = self._monitor.snapshot()
-            problem = throttle_problem(before, after)
-            if self.distributed is not None:  # every rank retries, or keeps, together
-                problem = self.distributed.agree_on_problem(problem)
-            if problem is None:
-                break
-            throttles.append(problem)
-            if attempts > THROTTLE_RETRIES:
-                note = f"{problem}, in all {attempts} attempts"
-                metrics = {n: m.with_changes(reliable=False,
-                                             note=f"{m.note}; {note}" if m.note else note)
-                           for n, m in metrics.items()}
-                break
-        gpu_state = {"before": before, "after": after, "attempts": attempts,
-                     "throttled": throttles}
+        agree = self.distributed.agree_on_problem if self.distributed is not None else None
+        metrics, gpu_state = measure_between_snapshots(produce, self._monitor, agree=agree)
+        after = gpu_state["after"]
         self._session.check_names_free(self._nodeid, list(metrics))
         for metric in metrics.values():
             self._record(metric)
@@ -244,6 +226,37 @@ class Perf:
     def _record(self, metric: Metric) -> None:
         self._session.record(self._nodeid, metric)
         self._user_properties.append((f"perf:{metric.name}", f"{metric.median:.6g} {metric.unit}"))
+
+
+def measure_between_snapshots(
+        produce: Callable[[], dict[str, Metric]], monitor: GpuStateMonitor, *,
+        agree: Callable[[str | None], str | None] | None = None,
+) -> tuple[dict[str, Metric], dict[str, Any]]:
+    """Run `produce` between two GPU snapshots. A throttled measurement is taken again
+    (THROTTLE_RETRIES times), then kept with its metrics marked unreliable: never judged as a
+    regression. `agree` lets every rank of a distributed run take the same decision.
+    Returns the metrics and the GPU state (before, after, attempts, throttle reasons)."""
+    throttles: list[str] = []
+    attempts = 0
+    while True:
+        attempts += 1
+        before = monitor.snapshot()
+        metrics = produce()
+        after = monitor.snapshot()
+        problem = throttle_problem(before, after)
+        if agree is not None:  # every rank retries, or keeps, together
+            problem = agree(problem)
+        if problem is None:
+            break
+        throttles.append(problem)
+        if attempts > THROTTLE_RETRIES:
+            note = f"{problem}, in all {attempts} attempts"
+            metrics = {n: m.with_changes(reliable=False,
+                                         note=f"{m.note}; {note}" if m.note else note)
+                       for n, m in metrics.items()}
+            break
+    return metrics, {"before": before, "after": after, "attempts": attempts,
+                     "throttled": throttles}
 
 
 def _check_tolerance(tolerance: float | None) -> None:

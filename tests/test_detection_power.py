@@ -195,7 +195,7 @@ def test_a_throttled_measurement_is_unreliable_never_a_detection() -> None:
         calls.append(1)
         return {"step_time": step_time(fake_step_times(len(calls), 1.10))}
 
-    metrics, gpu_state = dp.measure_with_gpu_state(produce, monitor)
+    metrics, gpu_state = dp.measure_between_snapshots(produce, monitor)
     assert gpu_state["attempts"] == 2 and len(calls) == 2
     assert not metrics["step_time"].reliable
     baseline = step_time(fake_step_times(0, 1.0))
