@@ -141,7 +141,7 @@ def render_history(entries: Sequence[tuple[Path, RunResults]], metric_id: str) -
                                                                  signed=True)
         rows.append([results.created or "?", path.name,
                      report.format_value(metric.median, metric.unit),
-                     format_percent(metric.spread), metric.count, change])
+                     format_percent(metric.spread), str(metric.count), change])
         previous = metric.median
     about = "" if described is None else f" [{described.unit}, {described.better} is better]"
     table = tabulate(rows, headers=["created", "file", "median", "spread", "n",

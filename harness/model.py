@@ -131,9 +131,10 @@ class Attention(nn.Module):
         h, kv = cfg.hidden_size, cfg.kv_hidden_size
         self.num_heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
         self.dropout = dropout
-        self.q_proj = nn.Linear(h, h, bias=cfg.qkv_bias, **factory)
-        self.k_proj = nn.Linear(h, kv, bias=cfg.qkv_bias, **factory)
-        self.v_proj = nn.Linear(h, kv, bias=cfg.qkv_bias, **factory)
+        qkv_bias = bool(cfg.qkv_bias)  # None only before validation fills it in
+        self.q_proj = nn.Linear(h, h, bias=qkv_bias, **factory)
+        self.k_proj = nn.Linear(h, kv, bias=qkv_bias, **factory)
+        self.v_proj = nn.Linear(h, kv, bias=qkv_bias, **factory)
         self.o_proj = nn.Linear(h, h, bias=cfg.bias, **factory)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,

@@ -222,8 +222,8 @@ DROPOUT_MODULES: tuple[type[torch.nn.Module], ...] = (
 
 def _uses_dropout(model: torch.nn.Module) -> bool:
     """Whether a training step keeps dropout masks: the model trains and has a dropout p > 0."""
-    return model.training and any(isinstance(m, DROPOUT_MODULES) and m.p > 0
-                                  for m in model.modules())
+    return model.training and any(
+        isinstance(m, DROPOUT_MODULES) and float(getattr(m, "p", 0)) > 0 for m in model.modules())
 
 
 def _memory_metrics(device: str, estimate: MemoryBreakdown | None,
