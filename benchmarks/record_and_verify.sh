@@ -7,17 +7,21 @@
 # 2. two verification runs against the new baseline, each saved with --perf-save
 # 3. `python -m harness compare` of the two saved runs (same verdict engine)
 # Logs, saved results and the per-file wall times land in OUT_DIR.
+# LAUNCH runs pytest under a launcher instead of plain python, e.g. several GPUs:
+#   LAUNCH="torchrun --nproc-per-node 2" bash benchmarks/record_and_verify.sh OUT -m distributed
+# (the last -m wins over the script's -m gpu).
 set -uo pipefail
 out=${1:?usage: record_and_verify.sh OUT_DIR [pytest args...]}
 shift
 mkdir -p "$out"
 py=${PYTHON:-python3}
+read -r -a launch <<<"${LAUNCH:-$py}"
 export PYTHONUNBUFFERED=1
 
 step() {  # step NAME ARGS...: one pytest run, its log and exit code
     local name=$1; shift
     local start=$SECONDS
-    "$py" -m pytest -m gpu -p no:cacheprovider --durations=0 "$@" >"$out/$name.log" 2>&1
+    "${launch[@]}" -m pytest -m gpu -p no:cacheprovider --durations=0 "$@" >"$out/$name.log" 2>&1
     local rc=$?
     echo "$name: exit $rc in $((SECONDS - start)) s"
     return $rc
