@@ -50,9 +50,12 @@ class TimingPolicy:
     # Beyond ~200 samples the median's confidence interval barely narrows (it shrinks as
     # 1/sqrt(n)) while the baseline files, which keep every sample, keep growing.
     max_samples: int = 200
-    # Stop early once IQR/median is below 1%: a shift of the 5% default tolerance is then
-    # five IQRs wide and cannot be mistaken for noise.
-    target_spread: float = 0.01
+    # Stop early once IQR/median is at most this; 0 (the default) never stops early. Early
+    # stopping at 1% made a fast GEMM's measurement 20 samples (30 ms) long, one moment of a
+    # GPU whose power-capped clock wanders: the medians of 20 unchanged measurements spanned
+    # 3.6% (benchmarks/detection_power.py on an H200, 2026-11-21). The whole budget averages
+    # over that wander.
+    target_spread: float = 0.0
     # Off by default: a train step's working set is far larger than L2. Turn it on for kernels
     # whose inputs fit in L2, otherwise every sample after the first runs from a warm cache.
     flush_l2: bool = False
