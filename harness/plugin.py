@@ -28,8 +28,9 @@ import math
 import os
 import re
 import sys
+import time
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,7 @@ from harness import distributed, environment, hardware, report, store
 from harness.distributed import DistributedRun, Launch, LockstepClock, RankOutcome
 from harness.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
 from harness.fixture import Perf
-from harness.session import Decision, PerfOptions, PerfSession
+from harness.session import DEFAULT_CONFIRM_DELAY_SECONDS, Decision, PerfOptions, PerfSession
 from harness.timing import Clock, TimingPolicy, default_clock
 
 OPTIONS_KEY = pytest.StashKey[PerfOptions]()
@@ -101,6 +102,9 @@ OPTIONS: tuple[_Option, ...] = (
             "5% (overrides per-metric and default tolerances)", "FLOAT"),
     _Option("--perf-budget", "float", "sampling time budget of one measurement in seconds "
             f"(default {TimingPolicy.budget_seconds:g})", "SECONDS"),
+    _Option("--perf-confirm-delay", "float", "seconds to wait before re-measuring a test that "
+            "regressed, to confirm it; 0 re-measures at once (default "
+            f"{DEFAULT_CONFIRM_DELAY_SECONDS:g})", "SECONDS"),
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
             f"{distributed.DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
@@ -165,8 +169,10 @@ def _path(config: pytest.Config, option: _Option) -> tuple[Path | None, str]:
     return (path if path.is_absolute() else base / path), source
 
 
-def _positive_float(config: pytest.Config, option: _Option, valid: str,
-                    upper: float = math.inf) -> float | None:
+def _number(config: pytest.Config, option: _Option, valid: str,
+            accept: Callable[[float], bool]) -> float | None:
+    """The option's finite number when `accept` takes it, None when unset; else a usage error
+    naming where the value came from and what `valid` values are."""
     raw = _raw_value(config, option)
     if raw is None:
         return None
@@ -175,9 +181,21 @@ def _positive_float(config: pytest.Config, option: _Option, valid: str,
         number = float(str(value).strip())
     except ValueError:
         number = math.nan
-    if not (math.isfinite(number) and 0 < number < upper):
+    if not (math.isfinite(number) and accept(number)):
         raise pytest.UsageError(f"{source}: {value!r} is not valid; it must be {valid}")
     return number
+
+
+def _positive_float(config: pytest.Config, option: _Option, valid: str,
+                    upper: float = math.inf) -> float | None:
+    return _number(config, option, valid, lambda number: 0 < number < upper)
+
+
+def _delay(config: pytest.Config, option: _Option, default: float) -> float:
+    """A pause in seconds: 0 or more, under an hour (a longer one is a typo)."""
+    delay = _number(config, option, "a number of seconds from 0 to under 3600, such as 30",
+                    lambda number: 0 <= number < 3600)
+    return default if delay is None else delay
 
 
 def _flag(config: pytest.Config, option: _Option) -> tuple[bool, str]:
@@ -248,6 +266,8 @@ def read_options(config: pytest.Config) -> PerfOptions:
                              "a number of seconds greater than 0, such as 2.5")
     dist_timeout = _positive_float(config, by_flag["--perf-dist-timeout"],
                                    "a number of seconds greater than 0, such as 300")
+    confirm_delay = _delay(config, by_flag["--perf-confirm-delay"],
+                           DEFAULT_CONFIRM_DELAY_SECONDS)
     device, device_source = _device(config, by_flag["--perf-device"])
 
     if update and compare is not None:
@@ -269,7 +289,8 @@ def read_options(config: pytest.Config) -> PerfOptions:
         baselines_dir=baselines if baselines is not None else config.rootpath / DEFAULT_BASELINES_DIR,
         device=device, update_baselines=update, force=force, save_path=save,
         compare_path=compare, strict=strict, tolerance=tolerance, budget_seconds=budget,
-        dist_timeout_seconds=dist_timeout, repeat_flags=tuple(repeat_flags))
+        dist_timeout_seconds=dist_timeout, confirm_delay_seconds=confirm_delay,
+        repeat_flags=tuple(repeat_flags))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -458,10 +479,12 @@ class PerfRun:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         """After the test body: judge what it recorded; a regression fails the test.
 
-        A regression is confirmed before it fails the build: the test body runs once more (same
-        fixtures, fresh measurements) and only the second verdict counts. A GPU that spent a
-        moment at lower clocks, or a neighbour's burst on a shared host, then costs one re-run
-        instead of a red nightly; a real regression regresses twice.
+        A regression is confirmed before it fails the build: after --perf-confirm-delay
+        seconds the test body runs once more (same fixtures, fresh measurements) and only the
+        second verdict counts, judged with `confirming=True` (the slowdown must persist beyond
+        half the tolerance). A GPU that spent a moment at lower clocks, or a neighbour's burst
+        on a shared host, then costs one re-run instead of a red nightly; a real regression
+        persists.
         """
         try:
             result = yield  # the test's own exception propagates; nothing is judged then
@@ -473,16 +496,19 @@ class PerfRun:
         if decision.regression and isinstance(item, pytest.Function):
             first = decision
             self.session.discard_test(item.nodeid)
+            delay = self.session.options.confirm_delay_seconds
+            time.sleep(delay)
             try:
                 item.runtest()
             except BaseException as exc:
                 self._report_raised(item, exc)
                 raise
-            decision = self._conclude(item)
+            decision = self._conclude(item, confirming=True)
             if decision.regression:
                 decision = dataclasses.replace(
                     decision, message=f"{decision.message}\n\n(confirmed: the test was "
-                                      f"measured twice and regressed both times)")
+                                      f"measured twice, {delay:g} s apart, and regressed both "
+                                      f"times)")
             else:
                 self.session.end_notes.append(
                     f"{item.nodeid}: a first measurement regressed but a second did not; "
@@ -495,11 +521,11 @@ class PerfRun:
             raise pytest.skip.Exception(decision.message, _use_item_location=True)
         return result
 
-    def _conclude(self, item: pytest.Item) -> Decision:
+    def _conclude(self, item: pytest.Item, *, confirming: bool = False) -> Decision:
         """This test's decision: the session's own, or in a distributed run the one every rank
         agreed on (rank 0's, or a failure when another rank's body raised)."""
         assert self.session is not None
-        decision = self.session.conclude_test(item.nodeid)
+        decision = self.session.conclude_test(item.nodeid, confirming=confirming)
         if self.distributed is None:
             return decision
         return self.distributed.agree_on_outcome(

@@ -36,6 +36,13 @@ from harness.verdict import Outcome, Verdict, judge
 DecisionOutcome = Literal["passed", "failed", "skipped"]
 
 
+# Seconds between a regression and its confirming re-measurement. A shared H200 host once slowed
+# training steps by 10-35% for about 13 s (benchmarks/detection_power.py, 2026-11-21): a
+# re-measurement right away lands in the same episode, one 30 s later does not. It costs
+# nothing unless a test regressed.
+DEFAULT_CONFIRM_DELAY_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class PerfOptions:
     """The `--perf-*` options after validation; `device` is resolved to "cuda" or "cpu"."""
@@ -52,6 +59,8 @@ class PerfOptions:
     # Seconds a collective of a distributed run waits for the other ranks (None: the default of
     # harness.distributed).
     dist_timeout_seconds: float | None = None
+    # Pause before the re-measurement that confirms a regression (0: none).
+    confirm_delay_seconds: float = DEFAULT_CONFIRM_DELAY_SECONDS
     # Options to repeat in the command a skip message suggests, so that the suggested command
     # records the baseline this run looks for (same directory, same device).
     repeat_flags: tuple[str, ...] = ()
@@ -161,8 +170,9 @@ class PerfSession:
 
     # -- verdicts --------------------------------------------------------------------------
 
-    def conclude_test(self, nodeid: str) -> Decision:
-        """Judge the metrics test `nodeid` recorded and decide its outcome (see module doc)."""
+    def conclude_test(self, nodeid: str, *, confirming: bool = False) -> Decision:
+        """Judge the metrics test `nodeid` recorded and decide its outcome (see module doc);
+        `confirming` judges the re-measurement of a regression (`verdict.judge`)."""
         metrics = self.metrics_of(nodeid)
         if not metrics or self.options.update_baselines:
             return Decision("passed")
@@ -171,7 +181,7 @@ class PerfSession:
         verdicts = [judge(mid, measured, reference_metrics.get(mid),
                           tolerance=self.options.tolerance,
                           baseline_environment=reference_environment,
-                          environment=self.environment)
+                          environment=self.environment, confirming=confirming)
                     for mid, measured in metrics.items()]
         self.verdicts.extend(verdicts)
         return self.decide(nodeid, verdicts)

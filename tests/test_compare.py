@@ -89,7 +89,7 @@ def test_faster_step_exits_0_and_reads_improvement(tmp_path, monkeypatch, capsys
 
 
 def test_noisy_slower_measurement_is_not_a_regression(tmp_path, monkeypatch, capsys):
-    # 8 samples a side with 30% noise: the seeded medians differ by more than the 5% time
+    # 8 samples a side with 30% noise: the seeded medians differ by more than the 2% time
     # tolerance, so one number against a threshold would cry regression; the samples overlap
     # too much to support it, so the verdict must not claim one.
     base_metric = step_time(0.100, cv=0.30, count=8, seed=1)

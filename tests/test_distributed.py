@@ -199,7 +199,8 @@ def _launch(project: Path, *args: str) -> LaunchResult:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", "2", "-m", "pytest", "-p", "harness.plugin",
                "-p", "no:cacheprovider", "--perf-device=cpu", f"--perf-budget={INNER_BUDGET}",
-               f"--perf-dist-timeout={INNER_COLLECTIVE_TIMEOUT}", "-rs", *args]
+               f"--perf-dist-timeout={INNER_COLLECTIVE_TIMEOUT}", "--perf-confirm-delay=0",
+               "-rs", *args]
     process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -258,7 +259,7 @@ def test_a_regression_on_rank_0_fails_the_test_on_every_rank(judged: LaunchResul
     for rank in (0, 1):
         text = judged.outcomes(rank)["test_regressed"][2]
         assert "perf regression in test_launch.py::test_regressed: throughput" in text
-        assert "measured twice and regressed both times" in text
+        assert "measured twice, 0 s apart, and regressed both times" in text
 
 
 def test_a_failure_on_one_rank_fails_the_test_on_every_rank_naming_it(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -74,8 +75,9 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str, 
     monkeypatch.setenv("FAKE_SLOWDOWN", str(slowdown))
     monkeypatch.setenv("FAKE_NOISE", str(noise))
     monkeypatch.setenv("FAKE_THROTTLED_SNAPSHOTS", str(throttled_snapshots))
+    # No pause before confirming a regression: the tests of the pause set it themselves.
     return pytester.runpytest("-p", "harness.plugin", "-p", "no:cacheprovider",
-                              "--perf-device", "cpu", *args)
+                              "--perf-device", "cpu", "--perf-confirm-delay", "0", *args)
 
 
 def record_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
@@ -241,7 +243,8 @@ def test_ten_percent_slower_fails_that_test_with_the_detail_table(
         rf"(?i){NODEID}::time: regression \(lower is better\)",
         r"median .*s .*s",
         r"change .*\+1\d\.\d %",
-        r"tolerance .*5\.0 %",
+        # The confirming re-measurement is judged at half the 2% default tolerance.
+        r"tolerance .*1\.0 %",
         r"p-value .*\(alpha 0\.01\)",
     ])
     result.stdout.re_match_lines([rf"(?i){NODEID} +time .*regression \(lower is better\)",
@@ -282,7 +285,28 @@ def test_a_regression_is_confirmed_by_measuring_the_test_twice(
     record_baseline(suite, monkeypatch)
     result = run(suite, monkeypatch, "-s", seed=2, slowdown=1.1)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*run 1*", "*run 2*", "*measured twice and regressed both times*"])
+    result.stdout.fnmatch_lines(["*run 1*", "*run 2*", "*measured twice, 0 s apart, and regressed both times*"])
+
+
+def test_the_confirming_measurement_waits_the_confirm_delay(
+        suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.makepyfile(test_kernel=COUNTING_TEST)
+    record_baseline(suite, monkeypatch)
+    start = time.monotonic()
+    # The last --perf-confirm-delay wins over the helper's 0.
+    result = run(suite, monkeypatch, "-s", "--perf-confirm-delay", "0.5", seed=2, slowdown=1.1)
+    assert time.monotonic() - start >= 0.5
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*measured twice, 0.5 s apart, and regressed both times*"])
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "3600", "soon"])
+def test_a_bad_confirm_delay_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("-p", "harness.plugin", "--perf-device", "cpu",
+                                f"--perf-confirm-delay={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--perf-confirm-delay*not valid*seconds from 0 to under 3600*"])
 
 
 def test_a_transient_regression_that_a_second_measurement_clears_passes_with_a_note(
@@ -299,7 +323,7 @@ def test_a_transient_regression_that_a_second_measurement_clears_passes_with_a_n
 def test_noise_without_a_slowdown_is_not_a_regression(suite: pytest.Pytester,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # A noisy machine: 30% noise and the 10 samples a tiny budget allows, for the baseline and
-    # for the run. The medians wander past the 5% tolerance, but the samples do not support a
+    # for the run. The medians wander past the 2% tolerance, but the samples do not support a
     # shift that is not there: "too noisy to decide" (or unchanged), never a failure.
     noisy = ("--perf-budget", "0.001")
     result = run(suite, monkeypatch, "--perf-update-baselines", *noisy, seed=1, noise=0.3)

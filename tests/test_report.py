@@ -157,7 +157,7 @@ def test_detail_table_contains_every_field() -> None:
     assert lines["spread"].count("% (IQR/median)") == 2
     assert lines["samples"].split()[1:] == ["8", "8"]
     assert "+12.0 %" in lines["change"]
-    assert "5.0 %" in lines["tolerance"]
+    assert "2.0 %" in lines["tolerance"]  # the default for time
     assert verdict.p_value is not None
     assert f"{verdict.p_value:.3g} (alpha 0.01)" in lines["p-value"]
     assert verdict.rule.startswith("mann-whitney") and verdict.rule in lines["rule"]

@@ -146,10 +146,34 @@ def test_rank_test_rejects_bad_input_naming_the_argument(x: object, y: object, a
 
 
 def test_unchanged_noise_gives_no_false_regression_over_200_seeds() -> None:
-    # 2% noise, 20 samples a side, 5% tolerance: the documented setting; 0 false alarms of 200.
-    seen = outcomes_over_seeds(cv=0.02, shift=0.0)
+    # 2% noise, 20 samples a side, 5% tolerance: the setting of the module docstring; 0 false
+    # alarms of 200.
+    seen = outcomes_over_seeds(cv=0.02, shift=0.0, tolerance=0.05)
     assert seen[Outcome.REGRESSION] == 0
     assert seen[Outcome.UNCHANGED] == len(SEEDS)
+
+
+def test_default_tolerance_gives_no_false_regression_at_gpu_noise() -> None:
+    # 0.5% noise, the spread (IQR/median) of a GEMM or a GPU-bound train step within one
+    # measurement on an H200, at the 2% default: 0 false alarms of 200.
+    assert outcomes_over_seeds(cv=0.005, shift=0.0) == Counter({Outcome.UNCHANGED: len(SEEDS)})
+
+
+def test_three_percent_slower_is_a_regression_at_the_default_tolerance() -> None:
+    assert outcomes_over_seeds(cv=0.005, shift=0.03) == Counter({Outcome.REGRESSION: len(SEEDS)})
+
+
+def test_a_confirming_re_measurement_is_judged_at_half_the_tolerance() -> None:
+    rng = random.Random(5)
+    baseline = step_time(noisy(rng, median=0.100, cv=0.002))
+    persisting = step_time(noisy(rng, median=0.1015, cv=0.002))  # 1.5% slower
+    first = judge(STEP_TIME_ID, persisting, baseline)
+    confirming = judge(STEP_TIME_ID, persisting, baseline, confirming=True)
+    assert first.outcome == Outcome.UNCHANGED and first.tolerance == 0.02
+    assert confirming.outcome == Outcome.REGRESSION and confirming.tolerance == 0.01
+    assert "confirming re-measurement: 0.5 x the 2.0% tolerance" in confirming.reason
+    with pytest.raises(ValueError, match="confirming must be True or False"):
+        judge(STEP_TIME_ID, persisting, baseline, confirming="yes")  # type: ignore[arg-type]
 
 
 def test_tight_tolerance_leaves_false_alarms_bounded_by_alpha() -> None:
@@ -173,7 +197,8 @@ def test_ten_percent_faster_is_an_improvement_suggesting_a_refresh() -> None:
 
 
 def test_three_percent_change_within_five_percent_tolerance_is_unchanged() -> None:
-    assert outcomes_over_seeds(cv=0.02, shift=0.03) == Counter({Outcome.UNCHANGED: len(SEEDS)})
+    assert outcomes_over_seeds(cv=0.02, shift=0.03, tolerance=0.05) == Counter(
+        {Outcome.UNCHANGED: len(SEEDS)})
 
 
 def test_very_noisy_shift_is_never_a_regression_without_significance() -> None:
@@ -318,16 +343,16 @@ def test_tolerance_precedence_argument_then_measured_then_baseline_then_default(
 
 
 def test_explicit_tolerance_changes_the_outcome() -> None:
-    # 8% slower, deterministic: a regression at the default 5%, unchanged at an explicit 10%.
+    # 8% slower, deterministic: a regression at the default 2%, unchanged at an explicit 10%.
     assert judge("t::x", step_time((0.108,) * 5), step_time((0.1,) * 5)).outcome \
         is Outcome.REGRESSION
     assert judge("t::x", step_time((0.108,) * 5), step_time((0.1,) * 5),
                  tolerance=0.10).outcome is Outcome.UNCHANGED
 
 
-def test_default_tolerances_cover_every_kind_with_memory_tightest() -> None:
+def test_default_tolerances_cover_every_kind_with_memory_no_looser_than_time() -> None:
     assert set(DEFAULT_TOLERANCES) == {"time", "throughput", "memory", "dataloader", "other"}
-    assert DEFAULT_TOLERANCES["memory"] < DEFAULT_TOLERANCES["time"] \
+    assert DEFAULT_TOLERANCES["memory"] <= DEFAULT_TOLERANCES["time"] \
         < DEFAULT_TOLERANCES["dataloader"]
 
 
