@@ -46,31 +46,50 @@ KIB = 2**10
 BANDWIDTH_SIZES: tuple[int, ...] = (1 * MIB, 16 * MIB, 256 * MIB, 1024 * MIB)
 # Messages this large must reach a good share of the link; smaller ones are not judged so.
 FULL_BANDWIDTH_FROM = 256 * MIB
-# nccl-tests on NVLink systems (DGX A100/H100) report 75-90% of the one-way NVLink bandwidth
-# as bus bandwidth for large messages. Half of it separates "NVLink works" from "traffic fell
-# back to PCIe" (7x slower on an H100) with room for a busy 2-GPU runner.
-MIN_LINK_FRACTION = 0.5
+# Large messages must reach this share of the one-way link bandwidth. On 2 H200s linked by 18
+# NVLinks (450 GB/s) the bus bandwidth at 256 MiB and 1 GiB was 289-323 GB/s for all-reduce,
+# 240-257 GB/s for all-gather and 220-271 GB/s for reduce-scatter (2026-11-21, two runs; a
+# first threshold of 50% failed reduce-scatter at 219.6 GB/s). PCIe Gen5 x16 carries at most
+# 64 GB/s one way, so 30% (135 GB/s) still tells "NVLink works" from "traffic fell back to PCIe".
+MIN_LINK_FRACTION = 0.3
 # A ring cannot beat the link: busbw above it means in-switch reduction (NVLS) is on or the
 # spec table's bandwidth is wrong. 2% covers the CUDA-event resolution (0.5 us) over samples of
 # at least 1 ms, and the run-to-run drift of a median.
 LINK_BOUND_SLACK = 1.02
+# Messages under FULL_BANDWIDTH_FROM cost NCCL's fixed per-call time on the host: their medians
+# had relative spreads (IQR/median) of 3-62% within one recording on 2 H200s (2026-11-21), so
+# their gate catches a doubling, like the suite's other host-bound work (workloads.py).
+SMALL_MESSAGE_TOLERANCE = 1.0
 # Latency: 8 KiB and 64 KiB move in well under a microsecond at NVLink speed, so their time is
 # NCCL's fixed cost per call (several microseconds) and 8x the bytes must cost < 2x the time.
 LATENCY_SIZES: tuple[int, int] = (8 * KIB, 64 * KIB)
 LATENCY_GROWTH_LIMIT = 2.0
 
+# Timing tolerance of the data-parallel steps. Each sample is the slowest rank's and the ranks'
+# processes share the host: on one H200 of the 2-GPU host a re-run moved the single-GPU step by
+# +2.2%, the FSDP2 step by -3.3% and the scaling efficiency by +2.9%, and on two GPUs the
+# single-GPU step had a 10% spread (IQR/median) (2026-11-21). 5% keeps those from failing.
+DATA_PARALLEL_TOLERANCE = 0.05
 # DDP may not be faster than the same step on one GPU beyond the timing drift between two
-# measurements (the 5% time tolerance of harness.verdict).
-TIMING_DRIFT = 0.05
-# NCCL all-reduces reach 70-90% of the link on NVLink, so un-overlapped gradient communication
-# takes at most about 1.5x its bandwidth bound; DDP hides much of it behind the backward pass.
-# Exposed communication beyond twice the bound means the links are slower than the table says
-# (a lost NVLink, traffic on PCIe) or DDP stopped overlapping.
+# measurements (DATA_PARALLEL_TOLERANCE).
+TIMING_DRIFT = DATA_PARALLEL_TOLERANCE
+# All-reduce bus bandwidth reached 64-72% of the link on 2 H200s (above), so un-overlapped
+# gradient communication takes at most about 1.5x its bandwidth bound; DDP hides much of it
+# behind the backward pass. Exposed communication beyond twice the bound means the links are
+# slower than the table says (a lost NVLink, traffic on PCIe) or DDP stopped overlapping.
 EXPOSED_COMM_BOUND_MULTIPLE = 2.0
+# DDP costs time even without communication (gradients copied into buckets, hooks, NCCL calls
+# on one rank): on one H200 it added -2% and +8.5% (6.25 of 73.09 ms) to the step in two runs
+# (2026-11-21). 10% of the single-GPU step covers that; the rest is charged to communication.
+DDP_OVERHEAD = 0.10
 
 # FSDP2 with bf16 parameters and fp32 gradient reduction over fp32 sharded master weights is
 # mixed precision in the formulas' terms: 16-bit all-gathers, fp32 reduce-scatters.
 FSDP2_PRECISION = "bf16-mixed"
+# FSDP2 allocates on its all-gather and reduce-scatter streams, so what the caching allocator
+# holds depends on timing: peak reserved and device memory moved by +10.4% and +9.7% between two
+# runs on one H200 (2026-11-21) while peak allocated moved by 0.1%.
+FSDP2_CACHED_MEMORY_TOLERANCE = 0.15
 # Gradient traffic: a small batch is enough, the bytes do not depend on it.
 TRAFFIC_BATCH, TRAFFIC_SEQ = 1, 256
 TRAFFIC_ACCUMULATION: tuple[int, ...] = (1, 4)
@@ -109,7 +128,9 @@ def test_collective_bus_bandwidth_approaches_the_link_and_never_beats_it(
     busbw = {}
     for size in BANDWIDTH_SIZES:
         nbytes = _message(size, run)
-        measured = perf.collective(op, nbytes, name=f"{op}_{format_size(size)}")
+        tolerance = SMALL_MESSAGE_TOLERANCE if size < FULL_BANDWIDTH_FROM else None
+        measured = perf.collective(op, nbytes, name=f"{op}_{format_size(size)}",
+                                   tolerance=tolerance)
         busbw[size] = measured[f"{op}_{format_size(size)}_busbw"].median * 1e9
     for size, value in busbw.items():
         assert value <= link * LINK_BOUND_SLACK, (
@@ -128,8 +149,10 @@ def test_collective_bus_bandwidth_approaches_the_link_and_never_beats_it(
 def test_small_collectives_cost_a_fixed_latency(perf: Perf, op: str) -> None:
     run = _run(perf)
     small, larger = (_message(size, run) for size in LATENCY_SIZES)
-    small_time = perf.collective(op, small)[f"{op}_{format_size(small)}"].median
-    larger_time = perf.collective(op, larger)[f"{op}_{format_size(larger)}"].median
+    small_time = perf.collective(op, small, tolerance=SMALL_MESSAGE_TOLERANCE)[
+        f"{op}_{format_size(small)}"].median
+    larger_time = perf.collective(op, larger, tolerance=SMALL_MESSAGE_TOLERANCE)[
+        f"{op}_{format_size(larger)}"].median
     assert larger_time < LATENCY_GROWTH_LIMIT * small_time, (
         f"{op}: {format_size(larger)} took {larger_time * 1e6:.1f} us, "
         f"{format_size(small)} {small_time * 1e6:.1f} us; 8x the bytes should cost less than "
@@ -152,6 +175,7 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
 
     def measure(module: torch.nn.Module, prefix: str) -> Measurement:
         return perf.train_step(module, inputs, lm_loss, optimizer, config=cfg,
+                               tolerance=DATA_PARALLEL_TOLERANCE,
                                autocast_dtype=torch.bfloat16, precision=w.TRAINING_PRECISION,
                                optimizer_name="adamw", peak_dtype="bf16", name_prefix=prefix)
 
@@ -163,12 +187,13 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
     ddp_times = parallel["ddp_step_time"].samples
     perf.metric("ddp_tokens_per_s_all_gpus",
                 [run.world_size * t for t in parallel["ddp_tokens_per_s"].samples],
-                unit="tokens/s", kind="throughput")
+                unit="tokens/s", kind="throughput", tolerance=DATA_PARALLEL_TOLERANCE)
     # Scaling efficiency = DDP tokens/s / (GPUs x single-GPU tokens/s) = single / DDP step
     # time, per DDP sample. (The exposed communication, 1 - efficiency, is a few percent: as a
     # metric of its own its relative changes would be noise.)
     efficiency = perf.metric("ddp_scaling_efficiency", [single_time / t for t in ddp_times],
-                             unit="ratio", kind="throughput", theory=1.0)
+                             unit="ratio", kind="throughput", theory=1.0,
+                             tolerance=DATA_PARALLEL_TOLERANCE)
     traffic = data_parallel_traffic(cfg.num_params(), precision=w.TRAINING_PRECISION)
     bound = traffic.time_lower_bound(run.world_size, link)
 
@@ -179,12 +204,13 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
         f"speed: faster than the same step without communication beyond timing drift")
     exposed = parallel["ddp_step_time"].median - single_time
     share = communication_share(bound, single_time)
-    assert exposed <= EXPOSED_COMM_BOUND_MULTIPLE * bound + TIMING_DRIFT * single_time, (
+    assert exposed <= EXPOSED_COMM_BOUND_MULTIPLE * bound + DDP_OVERHEAD * single_time, (
         f"DDP adds {exposed * 1e3:.2f} ms per step to the {single_time * 1e3:.2f} ms "
         f"single-GPU step; all-reducing {traffic.all_reduce_bytes} B of gradients over "
         f"{run.world_size} GPUs takes at least {bound * 1e3:.2f} ms at {link / 1e9:.0f} GB/s "
         f"({share:.1%} of a step without overlap), so more than "
-        f"{EXPOSED_COMM_BOUND_MULTIPLE:g}x that means slow links or lost overlap")
+        f"{EXPOSED_COMM_BOUND_MULTIPLE:g}x that plus {DDP_OVERHEAD:.0%} of the step for DDP's "
+        f"own overhead means slow links or lost overlap")
 
 
 @pytest.mark.distributed(nprocs=1)
@@ -245,11 +271,13 @@ def test_fsdp2_training_throughput_and_its_communication_bound(perf: Perf,
     inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=run.torch_device,
                           generator=generator)
     measured = perf.train_step(model, inputs, lm_loss, optimizer, config=cfg,
+                               tolerance=DATA_PARALLEL_TOLERANCE,
                                autocast_dtype=None, precision=FSDP2_PRECISION,
-                               optimizer_name="adamw", peak_dtype="bf16", name_prefix="fsdp2_")
+                               optimizer_name="adamw", peak_dtype="bf16", name_prefix="fsdp2_",
+                               cached_memory_tolerance=FSDP2_CACHED_MEMORY_TOLERANCE)
     perf.metric("fsdp2_tokens_per_s_all_gpus",
                 [run.world_size * t for t in measured["fsdp2_tokens_per_s"].samples],
-                unit="tokens/s", kind="throughput")
+                unit="tokens/s", kind="throughput", tolerance=DATA_PARALLEL_TOLERANCE)
 
     mfu = measured["fsdp2_mfu"].median
     assert 0 < mfu <= 1, f"per-GPU MFU under FSDP2 is {mfu:.3f}, outside (0, 1]"
