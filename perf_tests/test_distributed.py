@@ -47,9 +47,10 @@ BANDWIDTH_SIZES: tuple[int, ...] = (1 * MIB, 16 * MIB, 256 * MIB, 1024 * MIB)
 # Messages this large must reach a good share of the link; smaller ones are not judged so.
 FULL_BANDWIDTH_FROM = 256 * MIB
 # Large messages must reach this share of the one-way link bandwidth. On 2 H200s linked by 18
-# NVLinks (450 GB/s) the bus bandwidth at 256 MiB and 1 GiB was 289-323 GB/s for all-reduce,
-# 240-257 GB/s for all-gather and 220-271 GB/s for reduce-scatter (2026-11-21, two runs; a
-# first threshold of 50% failed reduce-scatter at 219.6 GB/s). PCIe Gen5 x16 carries at most
+# NVLinks (450 GB/s) the recorded bus bandwidth at 256 MiB and 1 GiB was 289-323 GB/s for
+# all-reduce, 240-257 GB/s for all-gather and 233-271 GB/s for reduce-scatter (2026-11-21); a
+# re-run on another such machine read 219.6 GB/s for reduce-scatter of 256 MiB and failed the
+# first threshold of 50%. PCIe Gen5 x16 carries at most
 # 64 GB/s one way, so 30% (135 GB/s) still tells "NVLink works" from "traffic fell back to PCIe".
 MIN_LINK_FRACTION = 0.3
 # A ring cannot beat the link: busbw above it means in-switch reduction (NVLS) is on or the
@@ -57,7 +58,7 @@ MIN_LINK_FRACTION = 0.3
 # at least 1 ms, and the run-to-run drift of a median.
 LINK_BOUND_SLACK = 1.02
 # Messages under FULL_BANDWIDTH_FROM cost NCCL's fixed per-call time on the host: their medians
-# had relative spreads (IQR/median) of 3-62% within one recording on 2 H200s (2026-11-21), so
+# had relative spreads (IQR/median) of 0.9-62% within one recording on 2 H200s (2026-11-21), so
 # their gate catches a doubling, like the suite's other host-bound work (workloads.py).
 SMALL_MESSAGE_TOLERANCE = 1.0
 # Latency: 8 KiB and 64 KiB move in well under a microsecond at NVLink speed, so their time is
@@ -79,8 +80,9 @@ TIMING_DRIFT = DATA_PARALLEL_TOLERANCE
 # slower than the table says (a lost NVLink, traffic on PCIe) or DDP stopped overlapping.
 EXPOSED_COMM_BOUND_MULTIPLE = 2.0
 # DDP costs time even without communication (gradients copied into buckets, hooks, NCCL calls
-# on one rank): on one H200 it added -2% and +8.5% (6.25 of 73.09 ms) to the step in two runs
-# (2026-11-21). 10% of the single-GPU step covers that; the rest is charged to communication.
+# on one rank): on one H200 it added -2.2%, +2.6% and +8.5% (6.25 of 73.09 ms) to the step in
+# three runs (2026-11-21). 10% of the single-GPU step covers that; the rest is charged to
+# communication.
 DDP_OVERHEAD = 0.10
 
 # FSDP2 with bf16 parameters and fp32 gradient reduction over fp32 sharded master weights is
