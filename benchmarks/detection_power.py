@@ -96,6 +96,10 @@ FIDELITY_LIMIT = 0.02
 # the same condition (see `confirmation_lag`).
 CONFIRM_DELAY_SECONDS = DEFAULT_CONFIRM_DELAY_SECONDS
 
+# An injection whose calibrated cost is off its condition's fraction by more than this share of
+# it (a 3% one outside 2.25-3.75%) does not test that condition; the report says so.
+INJECTION_MISS = 0.25
+
 # Alternating fixture/do_bench measurements per shape: the median of three pairs keeps one
 # burst of noise on a shared GPU from deciding the comparison.
 FIDELITY_ROUNDS = 3
@@ -1099,6 +1103,7 @@ def render_wall_time(data: dict[str, Any]) -> str:
 def render_notes(data: dict[str, Any]) -> str:
     """What the tables rest on: run status, policy, skipped phases, cold start, injections."""
     lines: list[str] = []
+    fractions = {c.name: c.fraction for c in conditions_of(data)}
     if not data.get("complete", False):
         lines.append("note: this run did not finish; only its completed phases are analysed")
     if not data["policy_is_fixture_default"]:
@@ -1123,6 +1128,12 @@ def render_notes(data: dict[str, Any]) -> str:
                 what = (f"{info['bytes'] / 2**20:.1f} MiB held through the step, "
                         f"{info['injected_fraction']:.2%} of the baseline peak")
             lines.append(f"{phase} {condition}: {what}")
+            target = fractions.get(condition)
+            if target and abs(info["injected_fraction"] - target) > INJECTION_MISS * target:
+                lines.append(f"WARNING: {phase} {condition} injected "
+                             f"{info['injected_fraction']:.2%}, not {target:.0%}: its counts do "
+                             f"not measure a {target:.0%} regression (calibration missed; is the "
+                             f"workload host-bound?)")
     return "\n".join(lines)
 
 

@@ -454,3 +454,17 @@ def test_analyse_of_a_missing_file_names_it(tmp_path: Path,
     with pytest.raises(SystemExit):
         dp.main(["--analyse", str(tmp_path / "absent.json")])
     assert f"{tmp_path / 'absent.json'}: cannot read" in capsys.readouterr().err
+
+
+def test_an_injection_that_missed_its_fraction_is_flagged_in_the_report() -> None:
+    phase = step_time_phase({"unchanged": [1.0], "+3%": [1.03], "+5%": [1.05], "+10%": [1.10]})
+    data = synthetic_document({"train": phase}, repeats=1)
+    data["phases"]["train"]["injections"] = {
+        "+3%": {"shape": {"m": 8, "n": 8, "k": 64}, "injected_fraction": 0.0176,
+                "measured": "in the step"},
+        "+5%": {"shape": {"m": 8, "n": 8, "k": 64}, "injected_fraction": 0.049,
+                "measured": "in the step"},
+    }
+    notes = dp.render_notes(data)
+    assert "WARNING: train +3% injected 1.76%, not 3%" in notes
+    assert "+5% injected" not in notes
