@@ -512,8 +512,12 @@ def record_reference(bench: Bench, measure: Callable[[Injection | None], dict[st
 def run_repetitions(bench: Bench, phase: str,
                     measure: Callable[[Injection | None], dict[str, Metric]],
                     injections: dict[str, Injection], injected: dict[str, dict[str, Any]],
-                    judged_metric: str, baseline: Metric) -> list[dict[str, Any]]:
-    """Every condition `bench.repeats` times, interleaved round-robin; a line per round."""
+                    judged_metric: str, baseline_record: dict[str, Any]
+                    ) -> tuple[list[tuple[int, str]], list[dict[str, Any]]]:
+    """Every condition `bench.repeats` times, interleaved round-robin; a line per round with
+    `judged_metric` against the phase's baseline record. Returns the order and the records."""
+    baseline = Metric.from_json(judged_metric, baseline_record["metrics"][judged_metric],
+                                f"{phase} baseline")
     by_name = {c.name: c for c in bench.conditions}
     order = round_robin_order([c.name for c in bench.conditions], bench.repeats)
     records: list[dict[str, Any]] = []
@@ -530,7 +534,7 @@ def run_repetitions(bench: Bench, phase: str,
                 changes.append(f"{record['condition']} {median / baseline.median - 1:+.2%}")
             bench.log(f"{phase}: round {round_index + 1}/{bench.repeats}, {judged_metric} vs "
                       f"baseline: {', '.join(changes)}")
-    return records
+    return order, records
 
 
 def release_memory(device: str) -> None:
@@ -581,6 +585,12 @@ def calibrate_gemm_injections(bench: Bench, reference_seconds: float, mn: int, *
     return injections, injected
 
 
+def describe_gemm_injections(injected: dict[str, dict[str, Any]]) -> str:
+    """"+3% = 3.01% (k=3968), ...": what each calibrated extra GEMM costs, for the log."""
+    return ", ".join(f"{name} = {info['injected_fraction']:.2%} (k={info['shape']['k']})"
+                     for name, info in injected.items())
+
+
 def phase_result(judged_metric: str, workload: dict[str, Any], warmup: dict[str, Any],
                  baseline: dict[str, Any], injected: dict[str, dict[str, Any]],
                  order: list[tuple[int, str]], repetitions: list[dict[str, Any]],
@@ -628,13 +638,9 @@ def run_gemm_phase(bench: Bench) -> dict[str, Any]:
     for info in injected.values():
         info["flops_fraction"] = info["flops"] / shape.flops
     bench.log(f"gemm: baseline {shape.flops / base_seconds / 1e12:.1f} TFLOP/s; injected "
-              + ", ".join(f"{name} = {info['injected_fraction']:.2%} (k={info['shape']['k']})"
-                          for name, info in injected.items()))
-    baseline_metric = Metric.from_json("gemm_tflops", baseline["metrics"]["gemm_tflops"],
-                                       "gemm baseline")
-    order = round_robin_order([c.name for c in bench.conditions], bench.repeats)
-    repetitions = run_repetitions(bench, "gemm", measure, injections, injected, "gemm_tflops",
-                                  baseline_metric)
+              + describe_gemm_injections(injected))
+    order, repetitions = run_repetitions(bench, "gemm", measure, injections, injected,
+                                         "gemm_tflops", baseline)
     workload = {"gemm": dataclasses.asdict(shape), "dtype": str(dtype),
                 "extra_gemm_mn": bench.sizes.gemm_extra_mn}
     return phase_result("gemm_tflops", workload, warmup, baseline, injected, order, repetitions,
@@ -703,13 +709,9 @@ def run_train_phase(bench: Bench) -> dict[str, Any]:
                                                      bench.sizes.train_extra_mn,
                                                      added_seconds=added_seconds)
     bench.log(f"train: baseline step {step_seconds * 1e3:.2f} ms; injected "
-              + ", ".join(f"{name} = {info['injected_fraction']:.2%} (k={info['shape']['k']})"
-                          for name, info in injected.items()))
-    baseline_metric = Metric.from_json("step_time", baseline["metrics"]["step_time"],
-                                       "train baseline")
-    order = round_robin_order([c.name for c in bench.conditions], bench.repeats)
-    repetitions = run_repetitions(bench, "train", training.measure, injections, injected,
-                                  "step_time", baseline_metric)
+              + describe_gemm_injections(injected))
+    order, repetitions = run_repetitions(bench, "train", training.measure, injections,
+                                         injected, "step_time", baseline)
     workload = dict(training.workload, extra_gemm_mn=bench.sizes.train_extra_mn)
     return phase_result("step_time", workload, warmup, baseline, injected, order, repetitions,
                         time.perf_counter() - start)
@@ -742,12 +744,8 @@ def run_memory_phase(bench: Bench) -> dict[str, Any]:
     bench.log(f"memory: baseline peak {peak / 2**30:.2f} GiB; injected "
               + ", ".join(f"{name} = {info['bytes'] / 2**20:.0f} MiB"
                           for name, info in injected.items()))
-    baseline_metric = Metric.from_json("peak_allocated_bytes",
-                                       baseline["metrics"]["peak_allocated_bytes"],
-                                       "memory baseline")
-    order = round_robin_order([c.name for c in bench.conditions], bench.repeats)
-    repetitions = run_repetitions(bench, "memory", training.measure, injections, injected,
-                                  "peak_allocated_bytes", baseline_metric)
+    order, repetitions = run_repetitions(bench, "memory", training.measure, injections,
+                                         injected, "peak_allocated_bytes", baseline)
     return phase_result("peak_allocated_bytes", training.workload, warmup, baseline, injected, order,
                         repetitions, time.perf_counter() - start)
 
