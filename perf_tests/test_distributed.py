@@ -61,15 +61,22 @@ LINK_BOUND_SLACK = 1.02
 # had relative spreads (IQR/median) of 0.9-62% within one recording on 2 H200s (2026-11-21), so
 # their gate catches a doubling, like the suite's other host-bound work (workloads.py).
 SMALL_MESSAGE_TOLERANCE = 1.0
+# Tolerance of the bandwidth-bound messages, per size. Over three runs on 4 H200s (2026-11-21)
+# the 256 MiB bus bandwidths spanned up to 6.8% (reduce-scatter 280.2, 299.3, 290.5 GB/s) and
+# the 1 GiB ones up to 2.5% (all-gather 314.5, 314.0, 322.0 GB/s); on 2 H200s a second machine
+# read reduce-scatter of 256 MiB 5.7% below the first. NCCL's choice of protocol and channels
+# moves the mid-size messages most; a lost NVLink or a PCIe fallback moves both far more.
+LARGE_MESSAGE_TOLERANCES: dict[int, float] = {256 * MIB: 0.10, 1024 * MIB: 0.05}
 # Latency: 8 KiB and 64 KiB move in well under a microsecond at NVLink speed, so their time is
 # NCCL's fixed cost per call (several microseconds) and 8x the bytes must cost < 2x the time.
 LATENCY_SIZES: tuple[int, int] = (8 * KIB, 64 * KIB)
 LATENCY_GROWTH_LIMIT = 2.0
 
-# Timing tolerance of the data-parallel steps. Each sample is the slowest rank's and the ranks'
-# processes share the host: on one H200 of the 2-GPU host a re-run moved the single-GPU step by
-# +2.2%, the FSDP2 step by -3.3% and the scaling efficiency by +2.9%, and on two GPUs the
-# single-GPU step had a 10% spread (IQR/median) (2026-11-21). 5% keeps those from failing.
+# Timing tolerance of the DDP steps. Each sample is the slowest rank's and the ranks' processes
+# share the host: on one H200 of the 2-GPU host a re-run moved the single-GPU step by +2.2% and
+# the scaling efficiency by +2.9%, on two GPUs the single-GPU step had a 10% spread
+# (IQR/median), and on 4 H200s three runs of the DDP step spanned 2.6% and its scaling
+# efficiency 87.9-92.7% (2026-11-21). 5% keeps those from failing.
 DATA_PARALLEL_TOLERANCE = 0.05
 # DDP may not be faster than the same step on one GPU beyond the timing drift between two
 # measurements (DATA_PARALLEL_TOLERANCE).
@@ -90,8 +97,15 @@ DDP_OVERHEAD = 0.10
 FSDP2_PRECISION = "bf16-mixed"
 # FSDP2 allocates on its all-gather and reduce-scatter streams, so what the caching allocator
 # holds depends on timing: peak reserved and device memory moved by +10.4% and +9.7% between two
-# runs on one H200 (2026-11-21) while peak allocated moved by 0.1%.
-FSDP2_CACHED_MEMORY_TOLERANCE = 0.15
+# runs on one H200, and by +14.6% and +12.9% between two runs on 4 H200s, where a confirming
+# re-measurement read +13.8% and +12.3% over the recording (2026-11-21); peak allocated moved
+# by 0.3% at most. 30% (15% for the re-measurement) still catches a reserve that grows by a
+# third; peak allocated keeps the default memory tolerance.
+FSDP2_CACHED_MEMORY_TOLERANCE = 0.30
+# Timing tolerance of the FSDP2 step: on 4 H200s three runs took 162.1, 152.1 and 166.8 ms
+# (2026-11-21), a 9.6% span, against 1.6-4.5% for the DDP step of the same model on the same
+# GPUs. FSDP2 is launch-bound at this size (12-13% MFU), so it moves with the host.
+FSDP2_TIMING_TOLERANCE = 0.10
 # Gradient traffic: a small batch is enough, the bytes do not depend on it.
 TRAFFIC_BATCH, TRAFFIC_SEQ = 1, 256
 TRAFFIC_ACCUMULATION: tuple[int, ...] = (1, 4)
@@ -130,7 +144,8 @@ def test_collective_bus_bandwidth_approaches_the_link_and_never_beats_it(
     busbw = {}
     for size in BANDWIDTH_SIZES:
         nbytes = _message(size, run)
-        tolerance = SMALL_MESSAGE_TOLERANCE if size < FULL_BANDWIDTH_FROM else None
+        tolerance = (LARGE_MESSAGE_TOLERANCES[size] if size >= FULL_BANDWIDTH_FROM
+                     else SMALL_MESSAGE_TOLERANCE)
         measured = perf.collective(op, nbytes, name=f"{op}_{format_size(size)}",
                                    tolerance=tolerance)
         busbw[size] = measured[f"{op}_{format_size(size)}_busbw"].median * 1e9
@@ -273,13 +288,13 @@ def test_fsdp2_training_throughput_and_its_communication_bound(perf: Perf,
     inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=run.torch_device,
                           generator=generator)
     measured = perf.train_step(model, inputs, lm_loss, optimizer, config=cfg,
-                               tolerance=DATA_PARALLEL_TOLERANCE,
+                               tolerance=FSDP2_TIMING_TOLERANCE,
                                autocast_dtype=None, precision=FSDP2_PRECISION,
                                optimizer_name="adamw", peak_dtype="bf16", name_prefix="fsdp2_",
                                cached_memory_tolerance=FSDP2_CACHED_MEMORY_TOLERANCE)
     perf.metric("fsdp2_tokens_per_s_all_gpus",
                 [run.world_size * t for t in measured["fsdp2_tokens_per_s"].samples],
-                unit="tokens/s", kind="throughput", tolerance=DATA_PARALLEL_TOLERANCE)
+                unit="tokens/s", kind="throughput", tolerance=FSDP2_TIMING_TOLERANCE)
 
     mfu = measured["fsdp2_mfu"].median
     assert 0 < mfu <= 1, f"per-GPU MFU under FSDP2 is {mfu:.3f}, outside (0, 1]"
