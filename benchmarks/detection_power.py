@@ -66,6 +66,14 @@ QUICK_REPEATS = 3
 # smoke run of the logic (it runs in seconds on a CPU), not a measurement of the defaults.
 QUICK_POLICY = TimingPolicy(warmup_seconds=0.01, budget_seconds=0.05)
 
+# The memory phase judges the peak allocated over a measurement's steps, which is the same from
+# the first optimizer step on: 20 unchanged re-measurements with the full policy read +0.00%
+# every time in both H200 runs (2026-11-21), while the 1.5 s of warmup and sampling per
+# measurement made the phase 179-222 s of a 480 s budget. The warmup's MIN_WARMUP_CALLS steps
+# and three sampled steps hold the same peak; baseline and repetitions use the same policy.
+MEMORY_POLICY = TimingPolicy(warmup_seconds=0.0, budget_seconds=0.01, min_samples=3,
+                             max_samples=3)
+
 PHASES: tuple[str, ...] = ("gemm", "train", "memory")
 
 # CPU runs compute on one thread: on a shared machine, OpenMP threads that wait for each other
@@ -100,9 +108,12 @@ CONFIRM_DELAY_SECONDS = DEFAULT_CONFIRM_DELAY_SECONDS
 # it (a 3% one outside 2.25-3.75%) does not test that condition; the report says so.
 INJECTION_MISS = 0.25
 
-# Alternating fixture/do_bench measurements per shape: the median of three pairs keeps one
-# burst of noise on a shared GPU from deciding the comparison.
-FIDELITY_ROUNDS = 3
+# Fixture/do_bench pairs per shape, the order swapped every round (fixture first, then do_bench
+# first, ...): the median of four pairs keeps one burst of noise on a shared GPU from deciding
+# the comparison, and neither clock always measures a GPU the other has just heated. With a
+# fixed order and do_bench's own 100 ms, the 8192^3 GEMM read 701, 612 and 598 TFLOP/s under
+# do_bench right after the fixture's 698, 688 and 678 (H200, 2026-11-21).
+FIDELITY_ROUNDS = 4
 
 # Tolerances and alphas of the re-analysis grid; None is the plugin's default per metric kind.
 GRID_TOLERANCES: tuple[float | None, ...] = (None, 0.01, 0.02, 0.03, 0.05)
@@ -231,9 +242,9 @@ CUDA_SIZES = Sizes(
     # 8192 x 8192 outputs fill the GPU for many waves; 10% of an 85 ms step is then k of about
     # 44,000, two operands of 0.7 GB.
     train_extra_mn=8192,
-    # GPT-2 small, 4 x 1024 tokens: a few GB at the peak and a fast step, so each measurement
-    # takes the fixture's minimum (0.5 s warmup, 1 s sampling) and the whole run fits 480 s
-    # (the memory phase on GPT-2 medium took 222 s of a 523 s run).
+    # GPT-2 small, 4 x 1024 tokens: a few GB at the peak and a fast step, measured with
+    # MEMORY_POLICY, so the whole run fits 480 s (the memory phase on GPT-2 medium with the
+    # fixture's policy took 222 s of a 523 s run).
     memory_config=get_model("gpt2"),
     memory_batch=4,
     memory_seq=1024,
@@ -664,9 +675,10 @@ class Training:
 TRAINING_LR = 1e-4
 
 
-def build_training(bench: Bench, config: TransformerConfig, batch: int, seq: int) -> Training:
+def build_training(bench: Bench, config: TransformerConfig, batch: int, seq: int, *,
+                   policy: TimingPolicy) -> Training:
     """A training step of `config` on `batch` x `seq` tokens on the bench's device, as the
-    suite's training tests run it, ready to be measured."""
+    suite's training tests run it, ready to be measured with `policy`."""
     sizes, device = bench.sizes, bench.device
     torch.manual_seed(SEED)
     model = InjectedModel(build_model(config, device=device, dtype=torch.float32))
@@ -678,7 +690,7 @@ def build_training(bench: Bench, config: TransformerConfig, batch: int, seq: int
         model.injection = injection
         try:
             return measure_train_step(model, inputs, lm_loss, optimizer, clock=bench.clock,
-                                      policy=bench.policy, device=device,
+                                      policy=policy, device=device,
                                       autocast_dtype=sizes.autocast_dtype)
         finally:
             model.injection = None
@@ -697,7 +709,8 @@ def run_train_phase(bench: Bench) -> dict[str, Any]:
     inside the step, at the start of the forward pass."""
     start = time.perf_counter()
     sizes = bench.sizes
-    training = build_training(bench, sizes.train_config, sizes.train_batch, sizes.train_seq)
+    training = build_training(bench, sizes.train_config, sizes.train_batch, sizes.train_seq,
+                              policy=bench.policy)
     warmup, baseline = record_reference(bench, training.measure)
     step_seconds = statistics.median(baseline["metrics"]["step_time"]["samples"])
 
@@ -729,7 +742,8 @@ def run_memory_phase(bench: Bench) -> dict[str, Any]:
         return {"skipped": MEMORY_NEEDS_CUDA}
     start = time.perf_counter()
     sizes = bench.sizes
-    training = build_training(bench, sizes.memory_config, sizes.memory_batch, sizes.memory_seq)
+    training = build_training(bench, sizes.memory_config, sizes.memory_batch, sizes.memory_seq,
+                              policy=MEMORY_POLICY)
     warmup, baseline = record_reference(bench, training.measure)
     peak = statistics.median(baseline["metrics"]["peak_allocated_bytes"]["samples"])
     injections: dict[str, Injection] = {}
@@ -752,7 +766,10 @@ def run_memory_phase(bench: Bench) -> dict[str, Any]:
 
 def run_fidelity(bench: Bench) -> dict[str, Any]:
     """The fixture's GEMM TFLOP/s (median of `measure_time` with its policy) against triton's
-    `do_bench(fn, return_mode="median")` on the same shapes, alternating, in this process."""
+    `do_bench(fn, return_mode="median")` on the same shapes, alternating, in this process.
+
+    do_bench warms up and samples for as long as the fixture does (its `warmup` and `rep` in
+    ms), so both see the GPU's clocks over the same stretch of sustained load."""
     if bench.device != "cuda":
         return {"skipped": "triton's do_bench times CUDA kernels only; run with --device cuda"}
     try:
@@ -769,11 +786,20 @@ def run_fidelity(bench: Bench) -> dict[str, Any]:
         def fn() -> None:
             torch.matmul(a, b, out=out)
 
+        def fixture() -> None:
+            fixture_seconds.append(standalone_seconds(bench, fn))
+
+        def reference() -> None:
+            milliseconds = triton.testing.do_bench(
+                fn, warmup=bench.policy.warmup_seconds * 1e3,
+                rep=bench.policy.budget_seconds * 1e3, return_mode="median")
+            do_bench_seconds.append(milliseconds / 1e3)
+
         fixture_seconds: list[float] = []
         do_bench_seconds: list[float] = []
-        for _ in range(FIDELITY_ROUNDS):
-            fixture_seconds.append(standalone_seconds(bench, fn))
-            do_bench_seconds.append(triton.testing.do_bench(fn, return_mode="median") / 1e3)
+        for round_index in range(FIDELITY_ROUNDS):
+            for measure in (fixture, reference) if round_index % 2 == 0 else (reference, fixture):
+                measure()
         fixture_tflops = shape.flops / statistics.median(fixture_seconds) / 1e12
         do_bench_tflops = shape.flops / statistics.median(do_bench_seconds) / 1e12
         difference = fixture_tflops / do_bench_tflops - 1
@@ -814,6 +840,7 @@ def new_document(*, device: str, quick: bool, repeats: int, policy: TimingPolicy
         "clock": clock,
         "policy": dataclasses.asdict(policy),
         "policy_is_fixture_default": policy == TimingPolicy(),
+        "memory_policy": dataclasses.asdict(MEMORY_POLICY),
         "conditions": [c.to_json() for c in conditions],
         "sizes": None if sizes is None else sizes.describe(),
         "environment": environment,
@@ -1176,14 +1203,13 @@ def gpu_monitor(device: str, log: Callable[[str], None]) -> GpuStateMonitor:
 
 
 def planned_measurements(options: Options, conditions: Sequence[Condition]) -> int:
-    """Measurements of the phases that run: a throwaway one, a baseline and repeats x
-    conditions each, and for
-    each timed phase a probe and the calibration steps of every injected condition."""
+    """Measurements with the run's policy, those of the timed phases that run: a throwaway
+    one, a baseline and repeats x conditions each, a probe and the calibration steps of every
+    injected condition. (The memory phase measures with the short MEMORY_POLICY.)"""
     timed = [p for p in options.phases if p in ("gemm", "train")]
     injected = sum(1 for c in conditions if c.fraction > 0)
-    measured = [p for p in options.phases if p != "memory" or options.device == "cuda"]
-    runs = len(measured) * (2 + options.repeats * len(conditions))
-    return runs + len(timed) * (1 + CALIBRATION_STEPS * injected)
+    per_phase = 2 + options.repeats * len(conditions) + 1 + CALIBRATION_STEPS * injected
+    return len(timed) * per_phase
 
 
 def run_benchmark(options: Options, *, log: Callable[[str], None]) -> dict[str, Any]:
@@ -1214,7 +1240,8 @@ def _run_phases(options: Options, *, log: Callable[[str], None]) -> dict[str, An
     log(f"plan: {measurements} measurements of at most ~"
         f"{policy.warmup_seconds + policy.budget_seconds:.2f} s of warmup and sampling each "
         f"(~{measurements * (policy.warmup_seconds + policy.budget_seconds):.0f} s), plus "
-        f"untimed steps and the fidelity check; budget {TIME_BUDGET_SECONDS:.0f} s")
+        f"untimed steps, the memory phase's short measurements and the fidelity check; "
+        f"budget {TIME_BUDGET_SECONDS:.0f} s")
     data["wall_seconds"]["setup"] = time.perf_counter() - started
     save_document(options.out, data)
     for phase in options.phases:
