@@ -42,6 +42,7 @@ from harness import distributed, environment, hardware, report, store
 from harness.distributed import DistributedRun, Launch, LockstepClock, RankOutcome
 from harness.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
 from harness.fixture import Perf
+from harness.measure import memory
 from harness.session import DEFAULT_CONFIRM_DELAY_SECONDS, Decision, PerfOptions, PerfSession
 from harness.timing import Clock, TimingPolicy, default_clock
 
@@ -480,8 +481,8 @@ class PerfRun:
         """After the test body: judge what it recorded; a regression fails the test.
 
         A regression is confirmed before it fails the build: after --perf-confirm-delay
-        seconds the test body runs once more (same fixtures, fresh measurements) and only the
-        second verdict counts, judged with `confirming=True` (the slowdown must persist beyond
+        seconds the test body runs once more (same fixtures, fresh measurements, torch's CUDA
+        cache emptied first) and only the second verdict counts, judged with `confirming=True` (the slowdown must persist beyond
         half the tolerance). A GPU that spent a moment at lower clocks, or a neighbour's burst
         on a shared host, then costs one re-run instead of a red nightly; a real regression
         persists.
@@ -498,6 +499,11 @@ class PerfRun:
             self.session.discard_test(item.nodeid)
             delay = self.session.options.confirm_delay_seconds
             time.sleep(delay)
+            # The first run's freed tensors are still reserved by the caching allocator: left
+            # there, they inflate the re-run's reserved and device memory (on 2 H200s a re-run
+            # read a single-GPU step's peak reserved as 20.26 GiB, 12.4% over its baseline and
+            # exactly what the first run's DDP step had reserved, 2026-11-21).
+            memory.release_cached_memory()
             try:
                 item.runtest()
             except BaseException as exc:

@@ -18,6 +18,7 @@ from harness.measure.memory import (
     device_memory_usage,
     device_memory_used_bytes,
     peak_memory,
+    release_cached_memory,
     reset_peak_memory,
 )
 from harness.measure.train_step import measure_train_step
@@ -329,7 +330,25 @@ def test_device_memory_without_cuda_says_so(helper: Any) -> None:
         helper(0)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.is_initialized(),
+                    reason="checks that CUDA is left uninitialised")
+def test_releasing_cached_memory_leaves_uninitialised_cuda_alone() -> None:
+    release_cached_memory()
+    assert not torch.cuda.is_initialized()
+
+
 # On a GPU machine
+
+
+@needs_cuda
+def test_releasing_cached_memory_returns_freed_blocks_to_the_driver() -> None:
+    release_cached_memory()
+    before = torch.cuda.memory_reserved()
+    block = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+    del block
+    assert torch.cuda.memory_reserved() >= before + 64 * 2**20
+    release_cached_memory()
+    assert torch.cuda.memory_reserved() <= before
 
 
 @needs_cuda

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness import environment, store
+from harness.measure import memory
 from harness.results import Metric, RunResults
 
 CONFTEST = """
@@ -286,6 +287,18 @@ def test_a_regression_is_confirmed_by_measuring_the_test_twice(
     result = run(suite, monkeypatch, "-s", seed=2, slowdown=1.1)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*run 1*", "*run 2*", "*measured twice, 0 s apart, and regressed both times*"])
+
+
+def test_the_confirming_run_starts_with_the_cuda_cache_emptied(
+        suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.makepyfile(test_kernel=COUNTING_TEST)
+    record_baseline(suite, monkeypatch)
+    releases: list[None] = []
+    monkeypatch.setattr(memory, "release_cached_memory", lambda: releases.append(None))
+    run(suite, monkeypatch, seed=2).assert_outcomes(passed=1)
+    assert releases == []  # nothing regressed, nothing re-run
+    run(suite, monkeypatch, seed=2, slowdown=1.1).assert_outcomes(failed=1)
+    assert len(releases) == 1
 
 
 def test_the_confirming_measurement_waits_the_confirm_delay(

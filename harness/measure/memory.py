@@ -6,6 +6,7 @@ other libraries' buffers, typically 0.5-2 GB per process. Both matter for "does 
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -31,6 +32,15 @@ class DeviceMemoryUsage:
             return "device memory of this process from NVML, CUDA context included"
         return ("NVML could not attribute memory to this process: this is the whole device's "
                 "used memory, other processes included")
+
+
+def release_cached_memory() -> None:
+    """Collect garbage and hand torch's cached CUDA blocks back to the driver, so that what runs
+    next starts with only its own memory reserved. Nothing to do while CUDA is uninitialised."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def _check_index(index: object) -> int:
