@@ -482,10 +482,10 @@ class PerfRun:
 
         A regression is confirmed before it fails the build: after --perf-confirm-delay
         seconds the test body runs once more (same fixtures, fresh measurements, torch's CUDA
-        cache emptied first) and only the second verdict counts, judged with `confirming=True` (the slowdown must persist beyond
-        half the tolerance). A GPU that spent a moment at lower clocks, or a neighbour's burst
-        on a shared host, then costs one re-run instead of a red nightly; a real regression
-        persists.
+        cache emptied first) and only the second verdict counts, judged with
+        `confirming=True` (the slowdown must persist beyond half the tolerance). A GPU that
+        spent a moment at lower clocks, or a neighbour's burst on a shared host, then costs one
+        re-run instead of a red nightly; a real regression persists.
         """
         try:
             result = yield  # the test's own exception propagates; nothing is judged then

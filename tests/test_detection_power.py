@@ -295,6 +295,23 @@ def test_calibration_finds_the_k_whose_time_is_the_target() -> None:
     assert len(measured) <= dp.CALIBRATION_STEPS
 
 
+def test_added_time_is_measured_against_an_unchanged_step_taken_just_before() -> None:
+    # A host that runs every step 10 ms slow from the third measurement on: measured against
+    # the first (the phase's baseline) the extra work would read 12 ms, not its 2 ms.
+    calls: list[str] = []
+    extra = object()
+
+    def step_seconds(injection: object) -> float:
+        calls.append("extra" if injection is extra else "unchanged")
+        slow = 10e-3 if len(calls) > 2 else 0.0
+        return 85e-3 + slow + (2e-3 if injection is extra else 0.0)
+
+    step_seconds(None)  # the baseline
+    step_seconds(None)
+    assert dp.paired_added_seconds(step_seconds, extra) == pytest.approx(2e-3)
+    assert calls[2:] == ["unchanged", "extra"]
+
+
 def test_calibration_rejects_a_target_that_is_not_a_positive_time() -> None:
     with pytest.raises(ValueError, match="target_seconds must be a positive number.*got 0"):
         dp.calibrate_k(0, lambda k: 1.0, seconds_per_k=1e-9)
