@@ -63,10 +63,12 @@ LINK_BOUND_SLACK = 1.02
 SMALL_MESSAGE_TOLERANCE = 1.0
 # Tolerance of the bandwidth-bound messages, per size. Over three runs on 4 H200s (2026-11-21)
 # the 256 MiB bus bandwidths spanned up to 6.8% (reduce-scatter 280.2, 299.3, 290.5 GB/s) and
-# the 1 GiB ones up to 2.5% (all-gather 314.5, 314.0, 322.0 GB/s); on 2 H200s a second machine
-# read reduce-scatter of 256 MiB 5.7% below the first. NCCL's choice of protocol and channels
-# moves the mid-size messages most; a lost NVLink or a PCIe fallback moves both far more.
-LARGE_MESSAGE_TOLERANCES: dict[int, float] = {256 * MIB: 0.10, 1024 * MIB: 0.05}
+# the 1 GiB ones up to 2.5% (all-gather 314.5, 314.0, 322.0 GB/s); over six runs on at least
+# three 2-H200 machines reduce-scatter spanned 6.0% at 256 MiB (219.6-233.7 GB/s) and 4.4% at
+# 1 GiB (259.2-271.1 GB/s). A confirming re-measurement must still be worse by half the tolerance, so
+# half of it covers the spread between machines of one kind: 15% and 10%. Falling back to PCIe
+# (at most 64 GB/s) or losing links moves far more, and MIN_LINK_FRACTION fails it outright.
+LARGE_MESSAGE_TOLERANCES: dict[int, float] = {256 * MIB: 0.15, 1024 * MIB: 0.10}
 # Latency: 8 KiB and 64 KiB move in well under a microsecond at NVLink speed, so their time is
 # NCCL's fixed cost per call (several microseconds) and 8x the bytes must cost < 2x the time.
 LATENCY_SIZES: tuple[int, int] = (8 * KIB, 64 * KIB)
