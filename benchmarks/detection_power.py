@@ -601,8 +601,8 @@ def paired_added_seconds(step_seconds: Callable[[Injection | None], float],
     """What `extra` adds to a step: the step's time with it minus the time of an unchanged
     step measured just before. Not minus the phase's baseline: taken in a slow moment of a
     shared host, that one measurement makes every injection look free (on an H200 the baseline
-    step read 94.4 ms while most unchanged ones read 85-90 ms, and the calibration then sized
-    GEMMs that added 8% as if they added 0.1-0.3%, 2026-11-21)."""
+    step read 94.4 ms while most unchanged ones read 85-90 ms, and the calibration then took
+    GEMMs that added about 2% and 9% for ones adding -0.3% to 0.3%, 2026-11-21)."""
     unchanged = step_seconds(None)
     return step_seconds(extra) - unchanged
 
