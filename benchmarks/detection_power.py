@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from harness.environment import (
     run_environment,
 )
 from harness.fixture import measure_between_snapshots
+from harness.measure.memory import release_cached_memory
 from harness.measure.train_step import measure_train_step
 from harness.model import build_model, lm_loss, random_batch
 from harness.results import Metric, SchemaError, metric_id
@@ -548,14 +548,6 @@ def run_repetitions(bench: Bench, phase: str,
     return order, records
 
 
-def release_memory(device: str) -> None:
-    """Free what the previous phase left, so it shows in neither the next's memory nor time."""
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
 def calibrate_gemm_injections(bench: Bench, reference_seconds: float, mn: int, *,
                               added_seconds: Callable[[Injection], float] | None = None
                               ) -> tuple[dict[str, Injection], dict[str, dict[str, Any]]]:
@@ -818,7 +810,7 @@ def run_fidelity(bench: Bench) -> dict[str, Any]:
                      "do_bench_tflops": do_bench_tflops, "relative_difference": difference,
                      "within_limit": abs(difference) <= FIDELITY_LIMIT})
         del a, b, out
-        release_memory(bench.device)
+        release_cached_memory()
     return {"limit": FIDELITY_LIMIT, "rounds": FIDELITY_ROUNDS,
             "triton": getattr(triton, "__version__", None), "rows": rows}
 
@@ -1258,7 +1250,7 @@ def _run_phases(options: Options, *, log: Callable[[str], None]) -> dict[str, An
     for phase in options.phases:
         phase_start = time.perf_counter()
         data["phases"][phase] = PHASE_RUNNERS[phase](bench)
-        release_memory(options.device)
+        release_cached_memory()
         data["wall_seconds"][phase] = time.perf_counter() - phase_start
         log(f"{phase}: done in {data['wall_seconds'][phase]:.1f} s "
             f"(total {time.perf_counter() - started:.1f} s of {TIME_BUDGET_SECONDS:.0f} s)")

@@ -11,7 +11,6 @@ checks it without a GPU.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import math
 import time
@@ -24,6 +23,7 @@ from torch import nn
 
 from harness.config import TransformerConfig, get_model
 from harness.formulas.params import param_breakdown
+from harness.measure.memory import release_cached_memory
 from harness.model import ROPE_THETA, DecoderLM, lm_loss
 
 # --------------------------------------------------------------------------------------------
@@ -325,10 +325,8 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer,
 def release_cuda_memory() -> None:
     """Free what earlier work left behind (unreachable tensors, cached allocator blocks) and
     start a new peak, so one measurement's memory never shows in the next."""
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
+    release_cached_memory()
+    if torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
 
 
