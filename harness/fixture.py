@@ -18,13 +18,25 @@ from typing import Any
 import torch
 
 from harness.config import TransformerConfig
-from harness.distributed import DistributedRun, collective_call, collective_metrics, format_size
+from harness.distributed import (
+    DistributedRun,
+    LockstepClock,
+    collective_call,
+    collective_metrics,
+    format_size,
+)
 from harness.environment import GpuStateMonitor, describe_snapshot, throttle_problem
 from harness.measure.dataloader import measure_dataloader
 from harness.measure.train_step import measure_train_step
 from harness.results import BETTER_VALUES, METRIC_KINDS, Measurement, Metric
 from harness.session import PerfSession
-from harness.timing import Clock, TimingPolicy, measure_time
+from harness.timing import (
+    Clock,
+    CudaEventClock,
+    QueuedCudaEventClock,
+    TimingPolicy,
+    measure_time,
+)
 
 # How often a throttled measurement is taken again before its metrics are marked unreliable:
 # one retry absorbs a passing burst (the previous test heated the GPU) without doubling the
@@ -188,14 +200,26 @@ class Perf:
         link = None if self.gpu is None else self.gpu.interconnect_bandwidth_bytes_per_s
 
         def produce() -> dict[str, Metric]:
-            seconds = measure_time(call, clock=self._clock, policy=self._policy,
-                                   device=self.device)
+            clock, queued = self._collective_clock(run)
+            seconds = measure_time(call, clock=clock, policy=self._policy, device=self.device)
             return collective_metrics(label, op, nbytes, run.world_size, seconds,
                                       link_bandwidth_bytes_per_s=link,
-                                      clock_name=str(getattr(self._clock, "name", "")),
+                                      clock_name=str(getattr(clock, "name", "")),
+                                      clock_note="" if queued is None else queued.host_bound_note(),
                                       tolerance=tolerance)
 
         return self._measure(label, produce)
+
+    def _collective_clock(self, run: DistributedRun
+                          ) -> tuple[Clock, QueuedCudaEventClock | None]:
+        """The clock collectives are timed with: on CUDA events, the same lockstep clock with
+        the calls queued behind a GPU-side wait (`QueuedCudaEventClock`), so that a slow host's
+        launches do not pass for NCCL's latency; any other clock (a test's fake) unchanged."""
+        clock = self._clock
+        if isinstance(clock, LockstepClock) and type(clock.inner) is CudaEventClock:
+            queued = QueuedCudaEventClock(str(run.torch_device))
+            return LockstepClock(queued, run), queued
+        return clock, None
 
     def metric(self, name: str, value_or_samples: float | Sequence[float], *, unit: str,
                better: str = "higher", kind: str = "other", tolerance: float | None = None,

@@ -184,6 +184,98 @@ class CudaEventClock:
         return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
 
 
+# Host time per call that a queued lead allows for. Issuing one NCCL collective from Python took
+# 27-75 us on 2-H200 hosts (2026-11-21: 8 KiB to 1 MiB collectives, whose device time is a few
+# microseconds, read 27 us per call on one host and 75 us on another); 150 us leaves 2x.
+QUEUED_HOST_SECONDS_PER_CALL = 150e-6
+# Fixed part of the lead: the first launch after a barrier, and the ranks' barrier exits, which
+# differ by tens of microseconds; 1 ms covers both many times over.
+QUEUED_LEAD_BASE_SECONDS = 1e-3
+# GPU cycles of the spin that measures the clock rate before the first lead: 1 ms at an H200's
+# 1980 MHz.
+QUEUED_FIRST_CYCLES = 2_000_000
+
+
+def queued_lead_seconds(iterations: int) -> float:
+    """How long `QueuedCudaEventClock` makes the GPU wait before the first of `iterations`
+    calls: long enough for the host to enqueue them all."""
+    return QUEUED_LEAD_BASE_SECONDS + _check_iterations(iterations) * QUEUED_HOST_SECONDS_PER_CALL
+
+
+class QueuedCudaEventClock(CudaEventClock):
+    """CUDA events around calls queued behind a GPU-side wait, so the device runs them back to
+    back: the time is the device's alone, not the rate at which the host launches them.
+
+    For work that costs the host more per call than the device: a small NCCL collective takes a
+    few microseconds on NVLink but tens to issue from Python, so `CudaEventClock` times the host's
+    speed, which differs from one machine of a kind to the next by 2-3x. Before the start event
+    the GPU spins (`torch.cuda._sleep`) for QUEUED_LEAD_BASE_SECONDS plus
+    QUEUED_HOST_SECONDS_PER_CALL per call while the host enqueues the calls. The spin is measured
+    on the GPU every time and its cycles rescaled to the clock rate seen, so it lasts as long as
+    meant at any clock. `host_bound_samples` counts the samples whose enqueueing outlasted the
+    spin: those may include host time, and the metric's note says so.
+    """
+
+    name = "cuda-events, queued"
+
+    def __init__(self, device: str = "cuda") -> None:
+        super().__init__(device)
+        self.cycles_per_second: float | None = None
+        self.samples = 0
+        self.host_bound_samples = 0
+
+    def time(self, fn: Callable[[], object], iterations: int) -> float:
+        """Seconds between two CUDA events around `iterations` calls queued behind the lead."""
+        _check_iterations(iterations)
+        stream = torch.cuda.current_stream(self.device)
+        if self.cycles_per_second is None:
+            self.cycles_per_second = self._spin(QUEUED_FIRST_CYCLES, stream)
+        cycles = max(1, round(self.lead_seconds(iterations) * self.cycles_per_second))
+        spin_start = torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        host_start = time.perf_counter()
+        spin_start.record(stream)
+        with torch.cuda.device(self.device):
+            torch.cuda._sleep(cycles)
+        start.record(stream)
+        for _ in range(iterations):
+            fn()
+        end.record(stream)
+        enqueue_seconds = time.perf_counter() - host_start
+        end.synchronize()
+        spin_seconds = spin_start.elapsed_time(start) / 1e3
+        self.cycles_per_second = cycles / spin_seconds
+        self.samples += 1
+        if enqueue_seconds > spin_seconds:
+            self.host_bound_samples += 1
+        return start.elapsed_time(end) / 1e3
+
+    def lead_seconds(self, iterations: int) -> float:
+        """Seconds the GPU waits before `iterations` calls: spent on every sample, outside the
+        time it returns (`harness.distributed.LockstepClock` counts it towards warmup and
+        budget)."""
+        return queued_lead_seconds(iterations)
+
+    def _spin(self, cycles: int, stream: torch.cuda.Stream) -> float:
+        """GPU cycles per second of a spin of `cycles`, timed on its own."""
+        before = torch.cuda.Event(enable_timing=True)
+        after = torch.cuda.Event(enable_timing=True)
+        before.record(stream)
+        with torch.cuda.device(self.device):
+            torch.cuda._sleep(cycles)
+        after.record(stream)
+        after.synchronize()
+        return cycles / (before.elapsed_time(after) / 1e3)
+
+    def host_bound_note(self) -> str:
+        """How many samples the host may have bounded, for a metric's note; "" when none."""
+        if not self.host_bound_samples:
+            return ""
+        return (f"{self.host_bound_samples} of {self.samples} samples (warmup included) "
+                f"outlasted the lead and may include host time")
+
+
 class FakeClock:
     """Seeded synthetic durations for tests without a GPU; `fn` is still called every time.
 

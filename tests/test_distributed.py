@@ -496,6 +496,20 @@ def test_the_lockstep_clock_reads_the_slowest_rank_after_a_barrier() -> None:
         LockstepClock(clock, run)  # type: ignore[arg-type]
 
 
+class _LeadingFakeClock(FakeClock):
+    """A fake clock whose calls wait behind a lead, like QueuedCudaEventClock."""
+
+    def lead_seconds(self, iterations: int) -> float:
+        return 1e-3 + iterations * 1e-4
+
+
+def test_the_lockstep_clock_counts_an_inner_lead_as_time_spent() -> None:
+    clock = LockstepClock(_LeadingFakeClock(seed=0, base_seconds=1e-3, noise_cv=0.0),
+                          _TwoRanks())  # type: ignore[arg-type]
+    assert clock.time(lambda: None, 4) == pytest.approx(1.5 * 4e-3), "the lead is not timed"
+    assert clock.now() == pytest.approx(1.5 * 4e-3 + 1.4e-3)
+
+
 def test_collective_metrics_follow_the_nccl_tests_convention() -> None:
     metrics = collective_metrics("all_reduce_1GiB", "all_reduce", 2**30, 8, [5e-3, 4e-3],
                                  link_bandwidth_bytes_per_s=450e9, clock_name="cuda-events")
@@ -507,6 +521,10 @@ def test_collective_metrics_follow_the_nccl_tests_convention() -> None:
     unknown = collective_metrics("x", "all_gather", 2**20, 2, [1e-3],
                                  link_bandwidth_bytes_per_s=None, clock_name="host")
     assert unknown["x_busbw"].theory is None
+    assert unknown["x"].note == "all_gather of 1MiB over 2 ranks, per call; host clock"
+    noted = collective_metrics("x", "all_gather", 2**20, 2, [1e-3], link_bandwidth_bytes_per_s=None,
+                               clock_name="cuda-events, queued", clock_note="1 of 9 samples ...")
+    assert noted["x"].note.endswith("; cuda-events, queued clock; 1 of 9 samples ...")
 
 
 def test_a_collective_size_must_split_into_whole_elements_on_every_rank() -> None:

@@ -13,16 +13,20 @@ from harness.hardware import gpu_spec
 from harness.results import Metric
 from harness.timing import (
     MIN_WARMUP_CALLS,
+    QUEUED_HOST_SECONDS_PER_CALL,
+    QUEUED_LEAD_BASE_SECONDS,
     CudaEventClock,
     FakeClock,
     HostClock,
     L2Flush,
+    QueuedCudaEventClock,
     TimingPolicy,
     check_device,
     default_clock,
     measure_time,
     measure_time_detailed,
     memory_side_cache_bytes,
+    queued_lead_seconds,
     relative_spread,
 )
 
@@ -316,7 +320,52 @@ def test_l2_flush_on_cpu_is_an_error() -> None:
         L2Flush("cpu")
 
 
+def test_queued_lead_leaves_the_host_time_for_every_call() -> None:
+    assert queued_lead_seconds(1) == pytest.approx(QUEUED_LEAD_BASE_SECONDS
+                                                   + QUEUED_HOST_SECONDS_PER_CALL)
+    assert queued_lead_seconds(100) - queued_lead_seconds(1) == pytest.approx(
+        99 * QUEUED_HOST_SECONDS_PER_CALL)
+    with pytest.raises(ValueError, match="iterations must be a positive integer, got 0"):
+        queued_lead_seconds(0)
+
+
+def test_queued_clock_needs_a_cuda_device() -> None:
+    with pytest.raises(ValueError, match="needs a CUDA device, got device='cpu'"):
+        QueuedCudaEventClock("cpu")
+
+
 # On a GPU machine
+
+
+def _host_bound_call(host_seconds: float) -> None:
+    """A tiny kernel issued after `host_seconds` of host work: the host bounds its rate."""
+    deadline = time.perf_counter() + host_seconds
+    while time.perf_counter() < deadline:
+        pass
+    torch.cuda._sleep(1000)
+
+
+@needs_cuda
+def test_queued_clock_times_the_device_not_the_host_launching_it() -> None:
+    calls = 20
+    # 100 us of host work per call: 2 ms to enqueue 20 calls, inside the lead of 4 ms.
+    plain = min(CudaEventClock().time(lambda: _host_bound_call(100e-6), calls)
+                for _ in range(3))
+    queued_clock = QueuedCudaEventClock()
+    queued = min(queued_clock.time(lambda: _host_bound_call(100e-6), calls) for _ in range(3))
+    assert plain >= calls * 100e-6
+    assert queued < 0.25 * plain
+    assert queued_clock.host_bound_samples == 0
+    assert queued_clock.host_bound_note() == ""
+
+
+@needs_cuda
+def test_queued_clock_counts_samples_the_host_outlasted() -> None:
+    clock = QueuedCudaEventClock()
+    # 400 us of host work per call outlasts the 150 us per call the lead allows.
+    clock.time(lambda: _host_bound_call(400e-6), 20)
+    assert clock.host_bound_samples == 1
+    assert clock.host_bound_note().startswith("1 of 1 samples (warmup included) outlasted")
 
 
 @needs_cuda
