@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -241,6 +242,18 @@ LLAMA_STYLE = TransformerConfig(
     mlp="swiglu", tied_embeddings=False, bias=False, norm="rmsnorm", position="rope",
     max_position_embeddings=2048, name="llama-style-336m")
 LLAMA_TRAINING = TransformerWorkload(LLAMA_STYLE, batch_size=4, seq_len=2048)
+
+# A step the GPU bounds, for measurements that must not time the host: Llama-2-7B's layer shapes
+# (hidden 4096, 32 heads, SwiGLU 11008, 32000-token vocabulary, untied), two of its 32 layers,
+# batch 8 x 1024 tokens; 667M parameters, 27.2 TFLOP of model FLOPs per step. On a 2-H200 host
+# (2026-11-21, torch.profiler over three steps) the host issued its 1-2 thousand kernels per step
+# in 12.5 ms of a 60 ms step and the GPU idled 1.5% of the time. LLAMA_TRAINING's 24 narrow
+# layers need about 1,900 launches per step: the host took 65-75 ms to issue a 67 ms step's
+# kernels, the GPU idled 37-57%, and under DDP (more host work per step) the step took 112-124
+# ms, bound by Python, not by communication.
+LLAMA_7B_TWO_LAYERS = dataclasses.replace(get_model("llama-2-7b"), num_layers=2,
+                                          name="llama-2-7b-2-layers")
+GPU_BOUND_TRAINING = TransformerWorkload(LLAMA_7B_TWO_LAYERS, batch_size=8, seq_len=1024)
 
 # Host-bound measurements: their time follows the host CPU (Python, kernel launches, worker
 # processes) as much as the GPU, and the host of a shared GPU runner varies far more between runs

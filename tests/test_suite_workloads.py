@@ -4,6 +4,7 @@ synthetic image pipeline, the data-wait loop)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -194,6 +195,19 @@ def test_every_training_workload_fits_an_80_gb_gpu_with_room_to_spare() -> None:
         # Half the GPU: eager autocast may keep more than the formula, and the suite must never
         # fail for lack of memory.
         assert estimate + CUDA_CONTEXT_BYTES_RANGE[1] < H100.memory_bytes / 2
+
+
+def test_the_gpu_bound_workload_is_two_llama_2_7b_layers_that_fit_an_80_gb_gpu() -> None:
+    workload = w.GPU_BOUND_TRAINING
+    cfg = workload.config
+    assert cfg.num_layers == 2
+    assert dataclasses.replace(cfg, num_layers=32, name="llama-2-7b") == get_model("llama-2-7b")
+    flops = train_flops(cfg, workload.batch_size, workload.seq_len).model
+    for mfu in (0.25, 0.5):  # tens of milliseconds per step on an H100, as above
+        assert 0.03 < flops / (mfu * H100.peak_flops("bf16")) < 0.3
+    estimate = training_memory(cfg, workload.batch_size, workload.seq_len,
+                               precision=w.TRAINING_PRECISION).total
+    assert estimate + CUDA_CONTEXT_BYTES_RANGE[1] < H100.memory_bytes / 2
 
 
 def test_memory_sweep_batches_grow_and_share_the_sequence_length() -> None:
