@@ -101,7 +101,7 @@ EXPOSED_COMM_BOUND_MULTIPLE = 2.0
 # on one rank): on one H200 it added 3.1% to GPU_BOUND_TRAINING's step (61.6 against 59.8 ms),
 # and -2.2% to +8.5% to the host-bound model's in three runs (2026-11-21). 10% of the single-GPU
 # step covers that; the rest is charged to communication. (On 2 and 4 H200s DDP added 6.7 and
-# 8.2 ms, against bounds of 5.9 and 8.9 ms: allowances of 17.8 and 23.9 ms.)
+# 8.2 ms, against bounds of 5.9 and 8.9 ms: allowances of 17.9 and 23.9 ms.)
 DDP_OVERHEAD = 0.10
 
 # FSDP2 with bf16 parameters and fp32 gradient reduction over fp32 sharded master weights is

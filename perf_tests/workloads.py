@@ -11,10 +11,10 @@ checks it without a GPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import time
-import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -246,9 +246,9 @@ LLAMA_TRAINING = TransformerWorkload(LLAMA_STYLE, batch_size=4, seq_len=2048)
 # A step the GPU bounds, for measurements that must not time the host: Llama-2-7B's layer shapes
 # (hidden 4096, 32 heads, SwiGLU 11008, 32000-token vocabulary, untied), two of its 32 layers,
 # batch 8 x 1024 tokens; 667M parameters, 27.2 TFLOP of model FLOPs per step. On a 2-H200 host
-# (2026-11-21, torch.profiler over three steps) the host issued its 1-2 thousand kernels per step
+# (2026-11-21, torch.profiler over three steps) the host made its 224 kernel launches per step
 # in 12.5 ms of a 60 ms step and the GPU idled 1.5% of the time. LLAMA_TRAINING's 24 narrow
-# layers need about 1,900 launches per step: the host took 65-75 ms to issue a 67 ms step's
+# layers make 1,918 launches per step: the host took 65-75 ms to issue a 67 ms step's
 # kernels, the GPU idled 37-57%, and under DDP (more host work per step) the step took 112-124
 # ms, bound by Python, not by communication.
 LLAMA_7B_TWO_LAYERS = dataclasses.replace(get_model("llama-2-7b"), num_layers=2,
