@@ -58,11 +58,11 @@ from harness.results import METRIC_KINDS, Metric, MetricKind
 # Relative tolerance of the median per metric kind (0.05 = 5%), used when neither the caller nor
 # the metrics give one.
 DEFAULT_TOLERANCES: dict[MetricKind, float] = {
-    # Step time and kernel time: 2%, from benchmarks/detection_power.py on an H200 (2026-11-21;
-    # README "Does the gate work?"): for a bf16 GEMM no false alarm in 20 unchanged
-    # re-measurements and 19 of 20 3% slowdowns caught, for a GPT-2 step no false alarm after
-    # confirmation; 5% could never catch a 3% slowdown. Work that follows the host CPU gets a
-    # wider tolerance per test (perf_tests/workloads.py).
+    # Step time and kernel time: 2%, from benchmarks/detection_power.py on an H200 (2026-11-21,
+    # fourth run; README "Does the gate work?"): no false alarm in 20 unchanged re-measurements
+    # of a bf16 GEMM or of a GPU-bound training step, and 17 and 20 of 20 3% slowdowns caught;
+    # at 3% only 10 of 20, at 5% none. Work that follows the host CPU gets a wider tolerance per
+    # test (perf_tests/workloads.py).
     "time": 0.02,
     # TFLOP/s, MFU, tokens/s are the reciprocal of a time: the same drift, the same tolerance.
     "throughput": 0.02,
