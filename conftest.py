@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, settings
 
 # A plain checkout (the GPU machine runs the suite without installing) has no entry point;
 # the name matches the entry point's, so an installed package is not registered twice.
-pytest_plugins = ["harness.plugin"]
+pytest_plugins = ["harness.pytest_plugin"]
 
 # "ci": few examples so the CPU suite stays within its budget on 2 cores; "dev": the default
 # depth for local runs; "thorough": for hunting counterexamples before a release.

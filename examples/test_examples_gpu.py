@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from harness.config import TransformerConfig
-from harness.fixture import Perf
+from harness.theory.config import TransformerConfig
+from harness.pytest_plugin.fixture import Perf
 from harness.measure.dataloader import window_size
 from harness.model import build_model, lm_loss, random_batch
 

@@ -8,27 +8,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.config import (TransformerConfig, config_from_hf, get_model, list_models,
+from harness.theory.config import (TransformerConfig, config_from_hf, get_model, list_models,
                             load_hf_config)
-from harness.formulas.flops import (Flops, achieved_tflops, decode_flops, forward_flops,
+from harness.theory.flops import (Flops, achieved_tflops, decode_flops, forward_flops,
                                     hfu, mfu, prefill_flops, quick_tflops_estimate, six_nd,
                                     train_flops, two_n)
-from harness.formulas.memory import (MemoryBreakdown, bytes_per_param, inference_memory,
+from harness.theory.memory import (MemoryBreakdown, bytes_per_param, inference_memory,
                                      kv_cache_bytes, training_memory)
-from harness.formulas.parallel import (data_parallel_size, global_batch_size, grad_accum_steps,
+from harness.theory.parallel import (data_parallel_size, global_batch_size, grad_accum_steps,
                                        tokens_per_step)
-from harness.formulas.params import non_embedding_params, num_params, param_breakdown
-from harness.formulas.sizing import gemm_quantization, sizing_findings
-from harness.hardware import GPUSpec, fingerprint, gpu_spec, register_gpu
-from harness.results import Measurement, Metric, RunResults
+from harness.theory.params import non_embedding_params, num_params, param_breakdown
+from harness.theory.sizing import gemm_quantization, sizing_findings
+from harness.theory.hardware import GPUSpec, fingerprint, gpu_spec, register_gpu
+from harness.gate.results import Measurement, Metric, RunResults
 
 # Names that need torch, resolved on first use so `import harness` stays light.
 _LAZY: dict[str, str] = {
     "build_model": "harness.model",
     "lm_loss": "harness.model",
     "random_batch": "harness.model",
-    "TimingPolicy": "harness.timing",
-    "measure_time": "harness.timing",
+    "TimingPolicy": "harness.measure.timing",
+    "measure_time": "harness.measure.timing",
     "measure_train_step": "harness.measure.train_step",
     "measure_dataloader": "harness.measure.dataloader",
 }

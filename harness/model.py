@@ -2,7 +2,7 @@
 
 The measured tests train this model, so it must have exactly the parameters and matmuls that the
 formulas count: `sum(p.numel())` equals `cfg.num_params()` for every config, and FlopCounterMode
-sees the matmuls of `harness.formulas.flops`. GPT style (learned positions, LayerNorm, GELU),
+sees the matmuls of `harness.theory.flops`. GPT style (learned positions, LayerNorm, GELU),
 LLaMA style (RoPE, RMSNorm, SwiGLU, GQA) and BLOOM style (ALiBi, embedding LayerNorm) all come
 from the same few modules; every block is pre-norm.
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from harness.config import TransformerConfig
+from harness.theory.config import TransformerConfig
 
 DeviceLike = Union[str, torch.device]
 # device= and dtype= for every parameter-holding module, so parameters are born where they live.

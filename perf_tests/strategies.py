@@ -13,10 +13,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from harness.config import MLP_KINDS, NORM_KINDS, POSITION_KINDS, TransformerConfig
-from harness.formulas.flops import RECOMPUTE_KINDS
-from harness.formulas.memory import OPTIMIZERS, PRECISIONS, ZERO_STAGES
-from harness.hardware import gpu_spec, known_gpus
+from harness.theory.config import MLP_KINDS, NORM_KINDS, POSITION_KINDS, TransformerConfig
+from harness.theory.flops import RECOMPUTE_KINDS
+from harness.theory.memory import OPTIMIZERS, PRECISIONS, ZERO_STAGES
+from harness.theory.hardware import gpu_spec, known_gpus
 
 STYLES: tuple[str, ...] = ("gpt", "llama", "bloom", "any")
 

@@ -14,7 +14,7 @@ import statistics
 import pytest
 import torch
 
-from harness.fixture import Perf
+from harness.pytest_plugin.fixture import Perf
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu

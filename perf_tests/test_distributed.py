@@ -6,7 +6,7 @@ Run under torchrun, one process per GPU, with NVLink SHARP off so that the ring 
 
     NCCL_NVLS_ENABLE=0 torchrun --nproc-per-node 2 -m pytest -m distributed perf_tests/
 
-Every rank measures; times are the slowest rank's (`harness.distributed.LockstepClock`); rank 0
+Every rank measures; times are the slowest rank's (`harness.distributed.group.LockstepClock`); rank 0
 judges and writes the baseline of this GPU count ("nvidia-h200-x2"). The training tests also run
 on one GPU (`--nproc-per-node 1`), the first point of the scaling series.
 """
@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.distributed import (
+from harness.distributed.group import (
     AllReduceByteCounter,
     DistributedRun,
     accumulate_gradients,
@@ -25,16 +25,16 @@ from harness.distributed import (
     fsdp2,
     shard_with_fsdp2,
 )
-from harness.fixture import Perf
-from harness.formulas.comm import (
+from harness.pytest_plugin.fixture import Perf
+from harness.theory.comm import (
     COLLECTIVES,
     communication_share,
     data_parallel_traffic,
     ddp_gradient_bytes_per_micro_step,
 )
-from harness.formulas.memory import DISTRIBUTED_BUFFER_BYTES_RANGE
+from harness.theory.memory import DISTRIBUTED_BUFFER_BYTES_RANGE
 from harness.model import build_model, lm_loss, random_batch
-from harness.results import Measurement
+from harness.gate.results import Measurement
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu
@@ -140,7 +140,7 @@ def _link_bandwidth(perf: Perf) -> float:
     link = None if perf.gpu is None else perf.gpu.interconnect_bandwidth_bytes_per_s
     if link is None:
         raise ValueError(f"the link bandwidth of {getattr(perf.gpu, 'name', 'this GPU')} is not "
-                         f"in harness.hardware's table; register a GPUSpec with "
+                         f"in harness.theory.hardware's table; register a GPUSpec with "
                          f"interconnect_bandwidth_bytes_per_s to judge collectives")
     return float(link)
 

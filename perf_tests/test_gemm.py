@@ -13,8 +13,8 @@ from typing import Callable
 import pytest
 import torch
 
-from harness.fixture import Perf
-from harness.results import Measurement
+from harness.pytest_plugin.fixture import Perf
+from harness.gate.results import Measurement
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu

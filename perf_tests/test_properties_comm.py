@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.formulas.comm import (
+from harness.theory.comm import (
     COLLECTIVES,
     GRADIENT_REDUCE_BYTES,
     bus_bandwidth,

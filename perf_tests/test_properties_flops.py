@@ -9,7 +9,7 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.formulas.flops import (
+from harness.theory.flops import (
     approximation_error,
     decode_flops,
     forward_flops,
@@ -18,7 +18,7 @@ from harness.formulas.flops import (
     six_nd,
     train_flops,
 )
-from harness.formulas.params import matmul_params, num_params
+from harness.theory.params import matmul_params, num_params
 from perf_tests.strategies import recompute_modes, transformer_configs, workloads
 
 # A GPT block as Megatron-LM's closed forms assume it: GELU MLP of 4h, multi-head attention.

@@ -10,15 +10,15 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.config import TransformerConfig
-from harness.formulas.memory import (
+from harness.theory.config import TransformerConfig
+from harness.theory.memory import (
     activation_bytes,
     inference_memory,
     kv_cache_bytes,
     layer_activation_bytes,
     training_memory,
 )
-from harness.formulas.params import num_params
+from harness.theory.params import num_params
 from perf_tests.strategies import (
     optimizers,
     parallel_layouts,

@@ -11,9 +11,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.config import TransformerConfig
-from harness.formulas.flops import train_flops
-from harness.formulas.params import num_params, param_breakdown
+from harness.theory.config import TransformerConfig
+from harness.theory.flops import train_flops
+from harness.theory.params import num_params, param_breakdown
 from harness.model import build_model, lm_loss, random_batch
 from perf_tests.strategies import transformer_configs, workloads
 

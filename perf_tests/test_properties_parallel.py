@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.formulas.parallel import (
+from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,
     data_parallel_size,

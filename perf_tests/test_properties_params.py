@@ -6,21 +6,21 @@ from __future__ import annotations
 
 from hypothesis import given
 
-from harness.config import TransformerConfig
-from harness.formulas.flops import (
+from harness.theory.config import TransformerConfig
+from harness.theory.flops import (
     decode_flops,
     forward_flops,
     forward_flops_breakdown,
     train_flops,
 )
-from harness.formulas.memory import kv_cache_bytes, layer_activation_bytes, training_memory
-from harness.formulas.params import (
+from harness.theory.memory import kv_cache_bytes, layer_activation_bytes, training_memory
+from harness.theory.params import (
     approx_params_gpt,
     attention_params,
     num_params,
     param_breakdown,
 )
-from harness.formulas.parallel import params_per_rank
+from harness.theory.parallel import params_per_rank
 from perf_tests.strategies import configs_with_layouts, transformer_configs, workloads
 
 MODEL_STATE_PARTS = ("weights", "master_weights", "gradients", "optimizer_states")

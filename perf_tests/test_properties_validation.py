@@ -9,16 +9,16 @@ from typing import Any, Callable
 import pytest
 from hypothesis import given
 
-from harness.config import TransformerConfig
-from harness.formulas.flops import decode_flops, forward_flops, train_flops
-from harness.formulas.memory import (
+from harness.theory.config import TransformerConfig
+from harness.theory.flops import decode_flops, forward_flops, train_flops
+from harness.theory.memory import (
     activation_bytes,
     inference_memory,
     kv_cache_bytes,
     layer_activation_bytes,
     training_memory,
 )
-from harness.formulas.parallel import (
+from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,
     data_parallel_size,
@@ -27,7 +27,7 @@ from harness.formulas.parallel import (
     params_per_rank,
     tokens_per_step,
 )
-from harness.formulas.sizing import sizing_findings
+from harness.theory.sizing import sizing_findings
 from perf_tests.strategies import bad_sizes, invalid_config_kwargs, transformer_configs
 
 # Each entry feeds one bad value into one size argument of one public function; the message must

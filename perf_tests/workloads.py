@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config import TransformerConfig, get_model
-from harness.formulas.params import param_breakdown
+from harness.theory.config import TransformerConfig, get_model
+from harness.theory.params import param_breakdown
 from harness.measure.memory import release_cached_memory
 from harness.model import ROPE_THETA, DecoderLM, lm_loss
 
@@ -180,8 +180,8 @@ def peak_flops_of(gpu: object, dtype: str) -> float:
     """Dense peak FLOP/s of the GPU for `dtype`; a clear error when the GPU is not in the
     table (a fraction of peak needs the right peak, never a guessed one)."""
     if gpu is None:
-        raise ValueError(f"the GPU is not in harness.hardware's table, so its {dtype} peak is "
-                         f"unknown; register it with harness.hardware.register_gpu(GPUSpec(...))")
+        raise ValueError(f"the GPU is not in harness.theory.hardware's table, so its {dtype} peak is "
+                         f"unknown; register it with harness.theory.hardware.register_gpu(GPUSpec(...))")
     return float(gpu.peak_flops(dtype))  # type: ignore[attr-defined]
 
 
@@ -189,8 +189,8 @@ def memory_bandwidth_of(gpu: object) -> float:
     """Datasheet memory bandwidth (bytes/s) of the GPU; a clear error when it is not in the
     table."""
     if gpu is None:
-        raise ValueError("the GPU is not in harness.hardware's table, so its memory bandwidth "
-                         "is unknown; register it with harness.hardware.register_gpu(GPUSpec(...))")
+        raise ValueError("the GPU is not in harness.theory.hardware's table, so its memory bandwidth "
+                         "is unknown; register it with harness.theory.hardware.register_gpu(GPUSpec(...))")
     return float(gpu.memory_bandwidth_bytes_per_s)  # type: ignore[attr-defined]
 
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from harness.config import get_model
-from harness.formulas.comm import (
+from harness.theory.config import get_model
+from harness.theory.comm import (
     COLLECTIVES,
     StepTraffic,
     algorithm_bandwidth,

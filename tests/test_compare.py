@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, compare, store
-from harness.results import Metric, RunResults
+from harness import cli
+from harness.cli import compare
+from harness.gate import store
+from harness.gate.results import Metric, RunResults
 
 FINGERPRINT = "nvidia-h100-80gb-hbm3-x1"
 ENVIRONMENT = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 1, "torch": "2.13.0",

@@ -1,5 +1,5 @@
 """Distributed runs on CPU: the torchrun launch end to end with gloo, and the pieces of
-`harness.distributed` on their own.
+`harness.distributed.group` on their own.
 
 Two real launches (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m pytest`)
 of a small generated project check what only a launch shows: both ranks run every test and reach
@@ -23,8 +23,10 @@ import pytest
 import torch
 
 import harness
-from harness import distributed, environment, store
-from harness.distributed import (
+from harness.distributed import group
+from harness.measure import environment
+from harness.gate import store
+from harness.distributed.group import (
     AllReduceByteCounter,
     InitMemory,
     Launch,
@@ -38,9 +40,9 @@ from harness.distributed import (
     launch_from_environment,
     required_ranks,
 )
-from harness.results import Metric, RunResults
-from harness.session import Decision
-from harness.timing import FakeClock
+from harness.gate.results import Metric, RunResults
+from harness.gate.session import Decision
+from harness.measure.timing import FakeClock
 
 # A launch of two ranks that hangs (a bug in the agreement) must fail this test, not CI: two
 # launches take 10-15 s each on a 2-core runner, four times that is a hang.
@@ -56,7 +58,7 @@ import json
 import os
 from pathlib import Path
 
-from harness import store
+from harness.gate import store
 
 RANK = os.environ["RANK"]
 HERE = Path(__file__).parent
@@ -95,7 +97,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.distributed import AllReduceByteCounter, accumulate_gradients
+from harness.distributed.group import AllReduceByteCounter, accumulate_gradients
 
 HERE = Path(__file__).parent
 
@@ -190,14 +192,14 @@ def _launch(project: Path, *args: str) -> LaunchResult:
     """Run the inner project under torchrun with 2 CPU ranks (gloo); the whole process group
     is killed when it outlives LAUNCH_TIMEOUT_SECONDS."""
     env = {key: value for key, value in os.environ.items()
-           if key not in distributed.LAUNCH_VARIABLES}
+           if key not in group.LAUNCH_VARIABLES}
     env["OMP_NUM_THREADS"] = "1"
     # The inner pytest runs outside the repository: make the checkout importable even when the
     # package is not installed.
     repo = str(Path(harness.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "pytest", "-p", "harness.plugin",
+               "--nproc-per-node", "2", "-m", "pytest", "-p", "harness.pytest_plugin",
                "-p", "no:cacheprovider", "--perf-device=cpu", f"--perf-budget={INNER_BUDGET}",
                f"--perf-dist-timeout={INNER_COLLECTIVE_TIMEOUT}", "--perf-confirm-delay=0",
                "-rs", *args]
@@ -340,7 +342,7 @@ def test_alone():
 @pytest.fixture
 def no_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain pytest process: no launcher variables, no CUDA."""
-    for name in distributed.LAUNCH_VARIABLES:
+    for name in group.LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(environment, "cuda_available", lambda: False)
 
@@ -348,7 +350,7 @@ def no_launch(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_distributed_tests_are_skipped_without_a_launch_saying_how_to_run_them(
         pytester: pytest.Pytester, no_launch: None) -> None:
     pytester.makepyfile(test_marked=MARKED)
-    result = pytester.runpytest("-p", "harness.plugin", "-rs")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_marked.py:*: distributed test: run under "
                                  "torchrun, e.g. `torchrun --nproc-per-node 2 -m pytest -m "
@@ -358,7 +360,7 @@ def test_distributed_tests_are_skipped_without_a_launch_saying_how_to_run_them(
 def test_dash_m_distributed_without_a_launch_stops_before_running_anything(
         pytester: pytest.Pytester, no_launch: None) -> None:
     pytester.makepyfile(test_marked=MARKED)
-    result = pytester.runpytest("-p", "harness.plugin", "-m", "distributed")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "-m", "distributed")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: -m 'distributed' selected 1 distributed test(s), but "
                                  "this pytest was not started by a launcher (WORLD_SIZE is not "
@@ -375,7 +377,7 @@ import pytest
 def test_nobody():
     pass
 """)
-    result = pytester.runpytest("-p", "harness.plugin")
+    result = pytester.runpytest("-p", "harness.pytest_plugin")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: test_bad.py::test_nobody: distributed(nprocs=...) must "
                                  "be a positive integer number of ranks, got 0"])
@@ -385,7 +387,7 @@ def test_a_half_set_launch_environment_is_a_usage_error_naming_the_variable(
         pytester: pytest.Pytester, no_launch: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     pytester.makepyfile(test_marked=MARKED)
-    result = pytester.runpytest("-p", "harness.plugin")
+    result = pytester.runpytest("-p", "harness.pytest_plugin")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: torch.distributed launch: RANK is not set, but "
                                  "WORLD_SIZE is*"])
@@ -394,7 +396,7 @@ def test_a_half_set_launch_environment_is_a_usage_error_naming_the_variable(
 def test_a_bad_collective_timeout_is_a_usage_error(pytester: pytest.Pytester,
                                                    no_launch: None) -> None:
     pytester.makepyfile(test_marked=MARKED)
-    result = pytester.runpytest("-p", "harness.plugin", "--perf-dist-timeout", "0")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "--perf-dist-timeout", "0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --perf-dist-timeout (command line): '0' is not valid; "
                                  "it must be a number of seconds greater than 0*"])

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import environment, store
+from harness.measure import environment
+from harness.gate import store
 
 MATMUL_TEST = """
 import torch
@@ -61,7 +62,7 @@ def test_measure_save_record_and_rerun_against_the_baseline(pytester: pytest.Pyt
                                                            tmp_path: Path) -> None:
     pytester.makepyfile(test_matmul=MATMUL_TEST)
     baselines = tmp_path / "baselines"
-    common = ("-p", "harness.plugin", "-p", "no:cacheprovider", "--perf-device=cpu",
+    common = ("-p", "harness.pytest_plugin", "-p", "no:cacheprovider", "--perf-device=cpu",
               f"--perf-budget={BUDGET}", f"--perf-baselines={baselines}")
 
     first = pytester.runpytest(*common, "--perf-update-baselines",

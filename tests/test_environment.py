@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import environment
-from harness.environment import (
+from harness.measure import environment
+from harness.measure.environment import (
     DISTORTING_THROTTLE_REASONS,
     NVML_THROTTLE_REASONS,
     FakeGpuMonitor,

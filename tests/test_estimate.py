@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 
 from harness.cli import main
-from harness.config import get_model
-from harness.estimate import default_seq_len, estimate, render_estimate
-from harness.formulas.flops import decode_flops, forward_flops, six_nd, train_flops
-from harness.formulas.memory import (
+from harness.theory.config import get_model
+from harness.theory.estimate import default_seq_len, estimate, render_estimate
+from harness.theory.flops import decode_flops, forward_flops, six_nd, train_flops
+from harness.theory.memory import (
     CUDA_CONTEXT_BYTES_RANGE,
     DISTRIBUTED_BUFFER_BYTES_RANGE,
     inference_memory,
     kv_cache_bytes,
     training_memory,
 )
-from harness.formulas.params import non_embedding_params
-from harness.hardware import gpu_spec
+from harness.theory.params import non_embedding_params
+from harness.theory.hardware import gpu_spec
 
 # A Llama-style config.json as transformers writes it (TinyLlama-1.1B's published shape).
 TINY_LLAMA = {

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.config import MODEL_ZOO, TransformerConfig, get_model
-from harness.formulas.flops import (
+from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
+from harness.theory.flops import (
     Flops,
     achieved_tflops,
     approximation_error,
@@ -28,7 +28,7 @@ from harness.formulas.flops import (
     train_flops,
     two_n,
 )
-from harness.formulas.params import matmul_params, num_params
+from harness.theory.params import matmul_params, num_params
 from harness.model import build_model, lm_loss, random_batch
 
 # A GPT block with a 4h MLP and no GQA: the shape every closed form in the literature assumes.

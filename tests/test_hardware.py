@@ -1,4 +1,4 @@
-"""The GPU table, name matching, registration, fingerprints and detection of `harness.hardware`."""
+"""The GPU table, name matching, registration, fingerprints and detection of `harness.theory.hardware`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness import hardware
-from harness.hardware import (
+from harness.theory import hardware
+from harness.theory.hardware import (
     DetectedGPU,
     GPUSpec,
     detect_gpus,

@@ -1,4 +1,4 @@
-"""Model-state, activation, KV-cache and whole-step memory of `harness.formulas.memory`."""
+"""Model-state, activation, KV-cache and whole-step memory of `harness.theory.memory`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from harness.config import TransformerConfig, get_model
-from harness.formulas.memory import (
+from harness.theory.config import TransformerConfig, get_model
+from harness.theory.memory import (
     AUTOCAST_PHASES,
     AUTOCAST_PRECISIONS,
     CUDA_CONTEXT_BYTES_RANGE,
@@ -35,7 +35,7 @@ from harness.formulas.memory import (
     model_state_bytes,
     training_memory,
 )
-from harness.formulas.parallel import params_per_rank
+from harness.theory.parallel import params_per_rank
 from harness.model import build_model, lm_loss, random_batch
 from perf_tests import workloads as w
 from perf_tests.strategies import (

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from harness.config import MODEL_ZOO, TransformerConfig, get_model
-from harness.formulas.params import param_breakdown
+from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
+from harness.theory.params import param_breakdown
 from harness.model import (
     alibi_causal_mask,
     alibi_slopes,

@@ -1,11 +1,11 @@
-"""Batch-size arithmetic and the tensor/pipeline-parallel checks of `harness.formulas.parallel`."""
+"""Batch-size arithmetic and the tensor/pipeline-parallel checks of `harness.theory.parallel`."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.config import TransformerConfig, get_model, list_models
-from harness.formulas.parallel import (
+from harness.theory.config import TransformerConfig, get_model, list_models
+from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,
     data_parallel_size,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import MODEL_ZOO, TransformerConfig, get_model
-from harness.formulas.params import (
+from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
+from harness.theory.params import (
     approx_params_gpt,
     attention_params,
     matmul_params,

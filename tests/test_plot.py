@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, plot, store
-from harness.results import Metric, RunResults
+from harness import cli
+from harness.cli import plot
+from harness.gate import store
+from harness.gate.results import Metric, RunResults
 
 H100 = "nvidia-h100-80gb-hbm3-x1"
 STEP_TIME = "perf_tests/test_gpt2.py::test_train_step::step_time"

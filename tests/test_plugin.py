@@ -16,17 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from harness import environment, store
+from harness.measure import environment
+from harness.gate import store
 from harness.measure import memory
-from harness.results import Metric, RunResults
+from harness.gate.results import Metric, RunResults
 
 CONFTEST = """
 import os
 
 import pytest
 
-from harness.environment import FakeGpuMonitor
-from harness.timing import FakeClock
+from harness.measure.environment import FakeGpuMonitor
+from harness.measure.timing import FakeClock
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str, 
     monkeypatch.setenv("FAKE_NOISE", str(noise))
     monkeypatch.setenv("FAKE_THROTTLED_SNAPSHOTS", str(throttled_snapshots))
     # No pause before confirming a regression: the tests of the pause set it themselves.
-    return pytester.runpytest("-p", "harness.plugin", "-p", "no:cacheprovider",
+    return pytester.runpytest("-p", "harness.pytest_plugin", "-p", "no:cacheprovider",
                               "--perf-device", "cpu", "--perf-confirm-delay", "0", *args)
 
 
@@ -94,7 +95,7 @@ def record_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_help_lists_the_perf_options_and_their_ini_keys(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("-p", "harness.plugin", "--help")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "--help")
     result.stdout.fnmatch_lines([
         "perf-harness: measured tests against stored baselines:",
         "*--perf-baselines=DIR*", "*--perf-update-baselines*", "*--perf-force*",
@@ -107,7 +108,7 @@ def test_help_lists_the_perf_options_and_their_ini_keys(pytester: pytest.Pyteste
 
 
 def test_markers_lists_gpu_and_distributed(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("-p", "harness.plugin", "--markers")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.gpu: measures on a CUDA device*",
                                  "@pytest.mark.distributed: reserved for multi-GPU*"])
 
@@ -126,7 +127,7 @@ def test_on_cpu():
 
 def test_gpu_tests_are_skipped_without_cuda_with_the_reason(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_gpu=GPU_TEST)
-    result = pytester.runpytest("-p", "harness.plugin", "-rs")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_gpu.py:*: no CUDA device visible: "
                                  "torch.cuda.is_available() is False*"])
@@ -135,7 +136,7 @@ def test_gpu_tests_are_skipped_without_cuda_with_the_reason(pytester: pytest.Pyt
 def test_dash_m_gpu_without_cuda_stops_before_running_anything(
         pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_gpu=GPU_TEST)
-    result = pytester.runpytest("-p", "harness.plugin", "-m", "gpu", "--perf-save=out.json")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "-m", "gpu", "--perf-save=out.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert not (pytester.path / "out.json").exists(), "an aborted run must not save results"
     result.stderr.fnmatch_lines(["ERROR: -m 'gpu' selected 1 GPU test(s), but no CUDA device "
@@ -148,7 +149,7 @@ def test_dash_m_gpu_with_perf_device_cpu_is_refused_even_with_cuda(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(environment, "cuda_available", lambda: True)
     pytester.makepyfile(test_gpu=GPU_TEST)
-    result = pytester.runpytest("-p", "harness.plugin", "-m", "gpu and not slow",
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "-m", "gpu and not slow",
                                 "--perf-device", "cpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*the perf device is cpu (--perf-device cpu); GPU tests "
@@ -157,7 +158,7 @@ def test_dash_m_gpu_with_perf_device_cpu_is_refused_even_with_cuda(
 
 def test_dash_m_not_gpu_runs_the_cpu_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_gpu=GPU_TEST)
-    result = pytester.runpytest("-p", "harness.plugin", "-m", "not gpu")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "-m", "not gpu")
     result.assert_outcomes(passed=1, deselected=1)
 
 
@@ -177,7 +178,7 @@ def test_dash_m_not_gpu_runs_the_cpu_tests(pytester: pytest.Pytester) -> None:
 def test_malformed_or_conflicting_options_are_usage_errors_naming_the_option(
         pytester: pytest.Pytester, args: list[str], message: str) -> None:
     pytester.makepyfile(test_nothing="def test_nothing(): pass")
-    result = pytester.runpytest("-p", "harness.plugin", *args)
+    result = pytester.runpytest("-p", "harness.pytest_plugin", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
 
@@ -192,14 +193,14 @@ def test_malformed_ini_values_name_the_ini_key_and_file(pytester: pytest.Pyteste
                                                         message: str) -> None:
     pytester.makeini(f"[pytest]\n{ini_line}\n")
     pytester.makepyfile(test_nothing="def test_nothing(): pass")
-    result = pytester.runpytest("-p", "harness.plugin")
+    result = pytester.runpytest("-p", "harness.pytest_plugin")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
 
 
 def test_override_ini_is_named_as_the_source(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_nothing="def test_nothing(): pass")
-    result = pytester.runpytest("-p", "harness.plugin", "-o", "perf_budget=-3")
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "-o", "perf_budget=-3")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: ini key perf_budget (from -o/--override-ini): '-3'*"])
 
@@ -263,7 +264,7 @@ def test_kernel(perf, perf_clock):
 SLOW_FIRST_RUN_CONFTEST = """
 import pytest
 
-from harness.timing import FakeClock
+from harness.measure.timing import FakeClock
 
 
 class SlowFirstRun(FakeClock):
@@ -316,7 +317,7 @@ def test_the_confirming_measurement_waits_the_confirm_delay(
 @pytest.mark.parametrize("value", ["-1", "nan", "3600", "soon"])
 def test_a_bad_confirm_delay_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
     pytester.makepyfile("def test_nothing():\n    pass\n")
-    result = pytester.runpytest("-p", "harness.plugin", "--perf-device", "cpu",
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "--perf-device", "cpu",
                                 f"--perf-confirm-delay={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--perf-confirm-delay*not valid*seconds from 0 to under 3600*"])

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from harness.report import (
+from harness.gate.report import (
     format_change,
     format_value,
     render_baseline_changes,
@@ -15,8 +15,8 @@ from harness.report import (
     render_summary,
     render_verdict_detail,
 )
-from harness.results import Metric, RunResults
-from harness.verdict import Outcome, Verdict, judge
+from harness.gate.results import Metric, RunResults
+from harness.gate.verdict import Outcome, Verdict, judge
 
 NODE = "perf_tests/test_train.py::test_gpt2_step"
 BASE_ENV = {"torch": "2.4.0", "cuda": "12.4", "driver": "550.54", "gpu_name": "NVIDIA H100"}

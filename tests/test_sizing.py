@@ -1,11 +1,11 @@
-"""Source 001's sizing rules and the tile/wave quantization model of `harness.formulas.sizing`."""
+"""Source 001's sizing rules and the tile/wave quantization model of `harness.theory.sizing`."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.config import TransformerConfig, get_model
-from harness.formulas.sizing import (
+from harness.theory.config import TransformerConfig, get_model
+from harness.theory.sizing import (
     Finding,
     gemm_quantization,
     largest_power_of_two_dividing,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import SCHEMA_VERSION, Metric, RunResults
-from harness.store import (
+from harness.gate.results import SCHEMA_VERSION, Metric, RunResults
+from harness.gate.store import (
     StoreError,
     baseline_path,
     history,

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from harness.config import TransformerConfig, get_model
-from harness.formulas.flops import train_flops
-from harness.formulas.memory import CUDA_CONTEXT_BYTES_RANGE, kv_cache_bytes, training_memory
-from harness.hardware import gpu_spec
+from harness.theory.config import TransformerConfig, get_model
+from harness.theory.flops import train_flops
+from harness.theory.memory import CUDA_CONTEXT_BYTES_RANGE, kv_cache_bytes, training_memory
+from harness.theory.hardware import gpu_spec
 from harness.model import build_model, random_batch
 from perf_tests import workloads as w
 

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.hardware import gpu_spec
-from harness.results import Metric
-from harness.timing import (
+from harness.theory.hardware import gpu_spec
+from harness.gate.results import Metric
+from harness.measure.timing import (
     MIN_WARMUP_CALLS,
     QUEUED_HOST_SECONDS_PER_CALL,
     QUEUED_LEAD_BASE_SECONDS,

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from harness.results import Metric
-from harness.verdict import (
+from harness.gate.results import Metric
+from harness.gate.verdict import (
     DEFAULT_ALPHA,
     DEFAULT_TOLERANCES,
     Outcome,

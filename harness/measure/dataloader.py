@@ -12,8 +12,8 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from harness.results import Metric
-from harness.timing import Clock, HostClock, check_device
+from harness.gate.results import Metric
+from harness.measure.timing import Clock, HostClock, check_device
 
 
 def batch_tensors(batch: object) -> list[torch.Tensor]:

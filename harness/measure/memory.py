@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pynvml
 import torch
 
-from harness.environment import nvml_handle
-from harness.timing import check_device
+from harness.measure.environment import nvml_handle
+from harness.measure.timing import check_device
 
 
 @dataclass(frozen=True)

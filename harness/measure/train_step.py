@@ -3,8 +3,8 @@
 FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one untimed step: those are
 hardware-like FLOPs (recomputation from activation checkpointing and the fused-attention
 backward included, causal masking ignored). With a `TransformerConfig` the analytic model and
-hardware FLOPs of `harness.formulas.flops.train_flops` give MFU and HFU, and
-`harness.formulas.memory.training_memory` the memory estimate the measured peak is compared with.
+hardware FLOPs of `harness.theory.flops.train_flops` give MFU and HFU, and
+`harness.theory.memory.training_memory` the memory estimate the measured peak is compared with.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.config import TransformerConfig
+from harness.theory.config import TransformerConfig
 from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
-from harness.results import Metric
-from harness.timing import Clock, TimingPolicy, check_device, measure_time_detailed
+from harness.gate.results import Metric
+from harness.measure.timing import Clock, TimingPolicy, check_device, measure_time_detailed
 
 if TYPE_CHECKING:
-    from harness.formulas.memory import MemoryBreakdown
-    from harness.hardware import GPUSpec
+    from harness.theory.memory import MemoryBreakdown
+    from harness.theory.hardware import GPUSpec
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
 
@@ -121,7 +121,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
     analytic = peak = estimate = shape = None
     dropout = _uses_dropout(model)
     if config is not None:
-        from harness.formulas.flops import train_flops
+        from harness.theory.flops import train_flops
 
         shape = _tokens_shape(x)
 
@@ -129,7 +129,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
         if gpu is not None:
             peak = gpu.peak_flops(peak_dtype)
         # Estimated on CPU too, where it is not reported, so that bad settings fail everywhere.
-        from harness.formulas.memory import training_memory
+        from harness.theory.memory import training_memory
 
         try:
             estimate = training_memory(config, *shape, precision=precision,
@@ -197,7 +197,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
             note="FlopCounterMode count of one step; theory: analytic hardware FLOPs "
                  f"(recompute={recompute!r}, causal={causal}); a change means the model changed")
     if analytic is not None and peak is not None and gpu is not None:
-        from harness.formulas.flops import hfu, mfu
+        from harness.theory.flops import hfu, mfu
 
         where = f"peak {peak / 1e12:.1f} TFLOP/s ({peak_dtype}) of {gpu.name}"
         metrics["mfu"] = Metric(

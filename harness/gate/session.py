@@ -28,10 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import report, store
-from harness.results import Metric, RunResults, metric_id, split_metric_id
-from harness.timing import TimingPolicy
-from harness.verdict import Outcome, Verdict, judge
+from harness.gate import report
+from harness.gate import store
+from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
+from harness.measure.timing import TimingPolicy
+from harness.gate.verdict import Outcome, Verdict, judge
 
 DecisionOutcome = Literal["passed", "failed", "skipped"]
 
@@ -57,7 +58,7 @@ class PerfOptions:
     tolerance: float | None = None
     budget_seconds: float | None = None
     # Seconds a collective of a distributed run waits for the other ranks (None: the default of
-    # harness.distributed).
+    # harness.distributed.group).
     dist_timeout_seconds: float | None = None
     # Pause before the re-measurement that confirms a regression (0: none).
     confirm_delay_seconds: float = DEFAULT_CONFIRM_DELAY_SECONDS
@@ -102,7 +103,7 @@ class PerfSession:
         self.environment = environment
         self.fingerprint: str = fingerprint
         self.gpu = gpu
-        # The harness.distributed.DistributedRun of a run launched by torchrun, else None.
+        # The harness.distributed.group.DistributedRun of a run launched by torchrun, else None.
         self.distributed = distributed
         self.policy = timing_policy(options)
         self.reference: RunResults | None = None
@@ -153,7 +154,7 @@ class PerfSession:
     def record(self, nodeid: str, metric: Metric) -> str:
         """Store one metric of test `nodeid`; returns its metric id. A name clash is an error."""
         if not isinstance(metric, Metric):
-            raise ValueError(f"metric must be a harness.results.Metric, got {metric!r}")
+            raise ValueError(f"metric must be a harness.gate.results.Metric, got {metric!r}")
         self.check_names_free(nodeid, [metric.name])
         mid = metric_id(nodeid, metric.name)
         self.metrics[mid] = metric

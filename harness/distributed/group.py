@@ -18,7 +18,7 @@ ranks ("nvidia-h200-x2", "cpu-x2").
 
 Staying in step. Ranks that disagree about anything run different collectives next and hang, so:
 - timing goes through `LockstepClock`: every sample starts after a barrier and is the slowest
-  rank's time (all_reduce MAX), so the adaptive sampling of `harness.timing` takes the same
+  rank's time (all_reduce MAX), so the adaptive sampling of `harness.measure.timing` takes the same
   decisions on every rank;
 - after each test the ranks exchange how their test body ended (`RankOutcome`) and all follow
   rank 0's verdict, or all fail when any rank's body raised (`agreed_decision`);
@@ -42,10 +42,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from harness.formulas.comm import COLLECTIVES, bus_bandwidth, bus_bandwidth_factor
-from harness.results import Metric
-from harness.session import Decision
-from harness.timing import Clock
+from harness.theory.comm import COLLECTIVES, bus_bandwidth, bus_bandwidth_factor
+from harness.gate.results import Metric
+from harness.gate.session import Decision
+from harness.measure.timing import Clock
 
 # The variables torchrun sets for every worker (torch.distributed.run docs, "Environment
 # Variables"); `init_process_group`'s env:// method reads RANK, WORLD_SIZE, MASTER_ADDR and
@@ -389,11 +389,11 @@ class LockstepClock:
     and is the slowest rank's time (all_reduce MAX) for the same calls.
 
     The slowest rank is the one that matters: in synchronous data-parallel training every rank
-    waits for it. Identical readings make `harness.timing`'s warmup, calibration and stopping
+    waits for it. Identical readings make `harness.measure.timing`'s warmup, calibration and stopping
     rules decide identically on all ranks, so ranks whose `fn` runs collectives stay in step.
     `now()` is the agreed time spent in `time` so far, the time source warmup and budget run on;
     it includes the wait of an inner clock that holds the GPU back before its calls
-    (`lead_seconds(iterations)`, `harness.timing.QueuedCudaEventClock`), the same on every rank:
+    (`lead_seconds(iterations)`, `harness.measure.timing.QueuedCudaEventClock`), the same on every rank:
     counting only the timed calls, a warmup of 0.5 s ran 500 samples of 1 ms, each behind a lead
     of 30-50 ms, and a test of two small collectives took 32-37 s on 2 H200s.
     """

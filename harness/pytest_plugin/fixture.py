@@ -17,20 +17,20 @@ from typing import Any
 
 import torch
 
-from harness.config import TransformerConfig
-from harness.distributed import (
+from harness.theory.config import TransformerConfig
+from harness.distributed.group import (
     DistributedRun,
     LockstepClock,
     collective_call,
     collective_metrics,
     format_size,
 )
-from harness.environment import GpuStateMonitor, describe_snapshot, throttle_problem
+from harness.measure.environment import GpuStateMonitor, describe_snapshot, throttle_problem
 from harness.measure.dataloader import measure_dataloader
 from harness.measure.train_step import measure_train_step
-from harness.results import BETTER_VALUES, METRIC_KINDS, Measurement, Metric
-from harness.session import PerfSession
-from harness.timing import (
+from harness.gate.results import BETTER_VALUES, METRIC_KINDS, Measurement, Metric
+from harness.gate.session import PerfSession
+from harness.measure.timing import (
     Clock,
     CudaEventClock,
     QueuedCudaEventClock,
@@ -68,7 +68,7 @@ class Perf:
     `device` is the session's device ("cuda" or "cpu"); `gpu` the GPUSpec of the local GPU on
     CUDA runs (None on CPU, or for a GPU the spec table does not know); `distributed` the
     process group of a run launched by torchrun (None otherwise), whose clock is then a
-    `harness.distributed.LockstepClock`: every rank gets the slowest rank's times.
+    `harness.distributed.group.LockstepClock`: every rank gets the slowest rank's times.
     """
 
     def __init__(self, *, session: PerfSession, nodeid: str, clock: Clock,

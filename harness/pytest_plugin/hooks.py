@@ -1,7 +1,7 @@
 """pytest plugin: the `--perf-*` options, the `gpu` marker, the `perf` fixture and the verdicts.
 
-Loaded by the "harness.plugin" entry point of an installed perf-harness, or by
-`pytest_plugins = ["harness.plugin"]` in a checkout's conftest.py (the names match, so it is
+Loaded by the "harness.pytest_plugin" entry point of an installed perf-harness, or by
+`pytest_plugins = ["harness.pytest_plugin"]` in a checkout's conftest.py (the names match, so it is
 never registered twice). The plugin only validates options and wires pytest's hooks to
 `session.PerfSession`, which records, judges, saves and writes baselines.
 
@@ -16,7 +16,7 @@ plugins load, and an existing path given as a separate argument counts as a test
 
 Under torchrun (`torchrun --nproc-per-node 2 -m pytest -m distributed`) every rank runs pytest:
 the plugin joins the process group, rank 0 alone prints, judges, saves and writes baselines, and
-all ranks reach the same verdict for every test (see `harness.distributed`). `distributed` tests
+all ranks reach the same verdict for every test (see `harness.distributed.group`). `distributed` tests
 are skipped, or refused under `-m distributed`, without such a launch.
 """
 
@@ -38,13 +38,17 @@ from typing import Any, Literal
 import pynvml
 import pytest
 
-from harness import distributed, environment, hardware, report, store
-from harness.distributed import DistributedRun, Launch, LockstepClock, RankOutcome
-from harness.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
-from harness.fixture import Perf
+from harness.distributed import group
+from harness.measure import environment
+from harness.theory import hardware
+from harness.gate import report
+from harness.gate import store
+from harness.distributed.group import DistributedRun, Launch, LockstepClock, RankOutcome
+from harness.measure.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
+from harness.pytest_plugin.fixture import Perf
 from harness.measure import memory
-from harness.session import DEFAULT_CONFIRM_DELAY_SECONDS, Decision, PerfOptions, PerfSession
-from harness.timing import Clock, TimingPolicy, default_clock
+from harness.gate.session import DEFAULT_CONFIRM_DELAY_SECONDS, Decision, PerfOptions, PerfSession
+from harness.measure.timing import Clock, TimingPolicy, default_clock
 
 OPTIONS_KEY = pytest.StashKey[PerfOptions]()
 SESSION_KEY = pytest.StashKey[PerfSession]()
@@ -108,7 +112,7 @@ OPTIONS: tuple[_Option, ...] = (
             f"{DEFAULT_CONFIRM_DELAY_SECONDS:g})", "SECONDS"),
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
-            f"{distributed.DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
+            f"{group.DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
 )
 
 
@@ -299,7 +303,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     """Ranks other than 0 of a torchrun launch write no JUnit XML (--junitxml): rank 0 writes
     the launch's, whose outcomes every rank shares; two ranks would race for one file."""
     try:
-        launch = distributed.launch_from_environment(os.environ)
+        launch = group.launch_from_environment(os.environ)
     except ValueError:
         return  # pytest_configure reports it as a usage error
     if launch is not None and launch.rank != 0 and getattr(config.option, "xmlpath", None):
@@ -317,7 +321,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", DISTRIBUTED_MARKER)
     options = read_options(config)
     try:
-        launch = distributed.launch_from_environment(os.environ)
+        launch = group.launch_from_environment(os.environ)
     except ValueError as exc:
         raise pytest.UsageError(f"torch.distributed launch: {exc}") from None
     if launch is not None and launch.rank != 0:
@@ -360,7 +364,7 @@ def _required_ranks(item: pytest.Item) -> int | None:
     if marker is None:
         return None
     try:
-        return distributed.required_ranks(marker.args, marker.kwargs)
+        return group.required_ranks(marker.args, marker.kwargs)
     except ValueError as exc:
         raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
 
@@ -390,9 +394,9 @@ class PerfRun:
     def _start_distributed(self) -> DistributedRun | None:
         if self.launch is None:
             return None
-        timeout = self.options.dist_timeout_seconds or distributed.DEFAULT_TIMEOUT_SECONDS
+        timeout = self.options.dist_timeout_seconds or group.DEFAULT_TIMEOUT_SECONDS
         try:
-            return distributed.start(self.launch, self.options.device, timeout_seconds=timeout)
+            return group.start(self.launch, self.options.device, timeout_seconds=timeout)
         except (ValueError, RuntimeError) as exc:
             raise pytest.UsageError(f"rank {self.launch.rank} could not join the process "
                                     f"group ({self.options.device}): {exc}") from None
@@ -544,7 +548,7 @@ class PerfRun:
             return
         self.raised_here.add(item.nodeid)
         self.distributed.agree_on_outcome(RankOutcome(rank=self.distributed.rank,
-                                                      error=distributed.describe_error(exc)))
+                                                      error=group.describe_error(exc)))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Remember failures (they block a baseline refresh) and which test bodies passed; on
@@ -644,7 +648,7 @@ class PerfRun:
 def _perf_session(request: pytest.FixtureRequest) -> PerfSession:
     perf_session = request.config.stash.get(SESSION_KEY, None)
     if perf_session is None:
-        raise RuntimeError("the perf session was not started: harness.plugin is loaded but its "
+        raise RuntimeError("the perf session was not started: harness.pytest_plugin is loaded but its "
                            "pytest_sessionstart did not run")
     return perf_session
 

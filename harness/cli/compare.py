@@ -25,9 +25,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import report, store
-from harness.results import Metric, RunResults
-from harness.verdict import Outcome, Verdict, judge, sort_for_report
+from harness.gate import report
+from harness.gate import store
+from harness.gate.results import Metric, RunResults
+from harness.gate.verdict import Outcome, Verdict, judge, sort_for_report
 
 # Exit codes of the command (see the module docstring).
 EXIT_OK = 0

@@ -13,8 +13,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.results import Metric, RunResults, split_metric_id
-from harness.verdict import (
+from harness.gate.results import Metric, RunResults, split_metric_id
+from harness.gate.verdict import (
     REPORT_ORDER,
     Outcome,
     Verdict,

@@ -58,7 +58,7 @@ class GPUSpec:
     the GPU's NVLink (or Infinity Fabric) links together, or its PCIe x16 link for parts without
     them. Datasheets print NVLink bidirectionally ("900 GB/s" on an H100 SXM is 450 GB/s each
     way); a ring collective sends and receives at once, so its bus bandwidth is bounded by the
-    one-way figure (`harness.formulas.comm`).
+    one-way figure (`harness.theory.comm`).
     """
 
     name: str
@@ -319,7 +319,7 @@ def gpu_spec(name: str) -> GPUSpec:
         raise ValueError(
             f"unknown GPU {name!r}: its peak FLOP/s are not in the table, and guessing would "
             f"make MFU meaningless. Known GPUs: {', '.join(known_gpus())}. Register it with "
-            f"harness.hardware.register_gpu(GPUSpec(name=..., vendor=..., memory_bytes=..., "
+            f"harness.register_gpu(GPUSpec(name=..., vendor=..., memory_bytes=..., "
             f"memory_bandwidth_bytes_per_s=..., num_sms=..., peak_tflops={{'bf16': ...}}, "
             f"l2_cache_bytes=..., aliases=({name!r},)))")
     return spec
@@ -445,5 +445,5 @@ def local_spec(index: int = 0) -> GPUSpec:
         raise ValueError(f"GPU {index} ({detected.name}) has {detected.num_sms} SMs but the "
                          f"table's {spec.name} has {spec.num_sms}: a MIG slice or a different "
                          f"variant, whose peak is not the table's; register its spec with "
-                         f"harness.hardware.register_gpu(..., replace=True)")
+                         f"harness.register_gpu(..., replace=True)")
     return spec

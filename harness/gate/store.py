@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from harness.results import RunResults, SchemaError
+from harness.gate.results import RunResults, SchemaError
 
 HISTORY_DIRNAME = "history"
 

@@ -16,16 +16,16 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.config import TransformerConfig, get_model, load_hf_config
-from harness.formulas.comm import (
+from harness.theory.config import TransformerConfig, get_model, load_hf_config
+from harness.theory.comm import (
     StepTraffic,
     communication_share,
     data_parallel_traffic,
     pipeline_parallel_bytes,
     tensor_parallel_traffic,
 )
-from harness.formulas.flops import decode_flops, forward_flops, six_nd, train_flops
-from harness.formulas.memory import (
+from harness.theory.flops import decode_flops, forward_flops, six_nd, train_flops
+from harness.theory.memory import (
     CUDA_CONTEXT_BYTES_RANGE,
     DISTRIBUTED_BUFFER_BYTES_RANGE,
     OPTIMIZERS,
@@ -36,7 +36,7 @@ from harness.formulas.memory import (
     kv_cache_bytes,
     training_memory,
 )
-from harness.formulas.parallel import (
+from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,
     data_parallel_size,
@@ -44,9 +44,9 @@ from harness.formulas.parallel import (
     params_per_rank,
     tokens_per_step,
 )
-from harness.formulas.params import approx_params_gpt, non_embedding_params, param_breakdown
-from harness.formulas.sizing import sizing_findings
-from harness.hardware import GPUSpec, gpu_spec
+from harness.theory.params import approx_params_gpt, non_embedding_params, param_breakdown
+from harness.theory.sizing import sizing_findings
+from harness.theory.hardware import GPUSpec, gpu_spec
 
 # Assumed model FLOPs utilisation for time estimates. Source 001: Megatron-LM's published A100
 # runs reach 41.5% (22B) to 56.3% (1T) MFU, and its H100 example achieves 400 of 989 TFLOP/s

@@ -282,7 +282,7 @@ def run_environment(device: str, *, repo_dir: Path | None = None,
                          f"got {world_size!r}")
     import torch
 
-    from harness import hardware
+    from harness.theory import hardware
 
     gpus = hardware.detect_gpus()
     if device == "cuda":

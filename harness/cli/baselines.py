@@ -15,9 +15,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness import report, store
-from harness.results import Metric, RunResults
-from harness.verdict import DEFAULT_TOLERANCES
+from harness.gate import report
+from harness.gate import store
+from harness.gate.results import Metric, RunResults
+from harness.gate.verdict import DEFAULT_TOLERANCES
 
 DEFAULT_DIRECTORY = Path("baselines")
 

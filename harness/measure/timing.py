@@ -253,7 +253,7 @@ class QueuedCudaEventClock(CudaEventClock):
 
     def lead_seconds(self, iterations: int) -> float:
         """Seconds the GPU waits before `iterations` calls: spent on every sample, outside the
-        time it returns (`harness.distributed.LockstepClock` counts it towards warmup and
+        time it returns (`harness.distributed.group.LockstepClock` counts it towards warmup and
         budget)."""
         return queued_lead_seconds(iterations)
 
@@ -364,7 +364,7 @@ class L2Flush:
 
 def memory_side_cache_bytes(gpu_name: str) -> int:
     """Bytes of a cache below L2 that a flush must also evict; 0 for GPUs not in the table."""
-    from harness.hardware import gpu_spec
+    from harness.theory.hardware import gpu_spec
 
     try:
         return gpu_spec(gpu_name).memory_side_cache_bytes

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from harness.results import METRIC_KINDS, Metric, MetricKind
+from harness.gate.results import METRIC_KINDS, Metric, MetricKind
 
 # Relative tolerance of the median per metric kind (0.05 = 5%), used when neither the caller nor
 # the metrics give one.

@@ -127,7 +127,7 @@ class TransformerConfig:
 
     def num_params(self) -> int:
         """Exact parameter count: every weight, bias, norm and embedding (tied counted once)."""
-        from harness.formulas.params import num_params
+        from harness.theory.params import num_params
 
         return num_params(self)
 

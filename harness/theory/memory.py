@@ -29,14 +29,14 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-from harness.config import TransformerConfig
-from harness.formulas.parallel import (
+from harness.theory.config import TransformerConfig
+from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,
     params_per_rank,
 )
-from harness.formulas.params import attention_params, mlp_params, norm_params
-from harness.formulas.validation import (ceil_div, require_bool, require_choice,
+from harness.theory.params import attention_params, mlp_params, norm_params
+from harness.checks import (ceil_div, require_bool, require_choice,
                                          require_config, require_positive_int)
 
 GIB = 2**30

@@ -13,10 +13,10 @@ from typing import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "estimate": ("harness.estimate", "what a model should cost: parameters, FLOPs, memory, fit"),
-    "compare": ("harness.compare", "compare two saved result files with the plugin's verdicts"),
-    "baselines": ("harness.baselines_cli", "list, show and trace the stored baselines"),
-    "plot": ("harness.plot", "draw a metric's history as a PNG (needs matplotlib)"),
+    "estimate": ("harness.theory.estimate", "what a model should cost: parameters, FLOPs, memory, fit"),
+    "compare": ("harness.cli.compare", "compare two saved result files with the plugin's verdicts"),
+    "baselines": ("harness.cli.baselines", "list, show and trace the stored baselines"),
+    "plot": ("harness.cli.plot", "draw a metric's history as a PNG (needs matplotlib)"),
 }
 
 # Exit code for input a user must fix (missing, truncated or foreign file; bad arguments).

@@ -3,7 +3,7 @@ argument, its value and what would be valid, never a traceback from deep inside 
 
 from __future__ import annotations
 
-from harness.config import TransformerConfig
+from harness.theory.config import TransformerConfig
 
 
 def require_config(cfg: object) -> TransformerConfig:
