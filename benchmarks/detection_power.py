@@ -35,21 +35,21 @@ import pynvml
 import torch
 from tabulate import tabulate
 
-from harness.theory.config import TransformerConfig, get_model
+from harness.gate.results import Metric, SchemaError, metric_id
+from harness.gate.session import DEFAULT_CONFIRM_DELAY_SECONDS
+from harness.gate.verdict import DEFAULT_ALPHA, Outcome, judge
 from harness.measure.environment import (
     GpuStateMonitor,
     NullGpuMonitor,
     default_gpu_monitor,
     run_environment,
 )
-from harness.pytest_plugin.fixture import measure_between_snapshots
 from harness.measure.memory import release_cached_memory
+from harness.measure.timing import Clock, TimingPolicy, default_clock, measure_time
 from harness.measure.train_step import measure_train_step
 from harness.model import build_model, lm_loss, random_batch
-from harness.gate.results import Metric, SchemaError, metric_id
-from harness.gate.session import DEFAULT_CONFIRM_DELAY_SECONDS
-from harness.measure.timing import Clock, TimingPolicy, default_clock, measure_time
-from harness.gate.verdict import DEFAULT_ALPHA, Outcome, judge
+from harness.pytest_plugin.fixture import measure_between_snapshots
+from harness.theory.config import TransformerConfig, get_model
 from perf_tests.workloads import GPU_BOUND_TRAINING
 
 # Name and version of the JSON written here; `load_document` rejects anything else.

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from harness.theory.config import TransformerConfig
-from harness.pytest_plugin.fixture import Perf
 from harness.measure.dataloader import window_size
 from harness.model import build_model, lm_loss, random_batch
+from harness.pytest_plugin.fixture import Perf
+from harness.theory.config import TransformerConfig
 
 pytestmark = pytest.mark.gpu
 

@@ -8,19 +8,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.theory.config import (TransformerConfig, config_from_hf, get_model, list_models,
-                            load_hf_config)
-from harness.theory.flops import (Flops, achieved_tflops, decode_flops, forward_flops,
-                                    hfu, mfu, prefill_flops, quick_tflops_estimate, six_nd,
-                                    train_flops, two_n)
-from harness.theory.memory import (MemoryBreakdown, bytes_per_param, inference_memory,
-                                     kv_cache_bytes, training_memory)
-from harness.theory.parallel import (data_parallel_size, global_batch_size, grad_accum_steps,
-                                       tokens_per_step)
+from harness.gate.results import Measurement, Metric, RunResults
+from harness.theory.config import (
+    TransformerConfig,
+    config_from_hf,
+    get_model,
+    list_models,
+    load_hf_config,
+)
+from harness.theory.flops import (
+    Flops,
+    achieved_tflops,
+    decode_flops,
+    forward_flops,
+    hfu,
+    mfu,
+    prefill_flops,
+    quick_tflops_estimate,
+    six_nd,
+    train_flops,
+    two_n,
+)
+from harness.theory.hardware import GPUSpec, fingerprint, gpu_spec, register_gpu
+from harness.theory.memory import (
+    MemoryBreakdown,
+    bytes_per_param,
+    inference_memory,
+    kv_cache_bytes,
+    training_memory,
+)
+from harness.theory.parallel import (
+    data_parallel_size,
+    global_batch_size,
+    grad_accum_steps,
+    tokens_per_step,
+)
 from harness.theory.params import non_embedding_params, num_params, param_breakdown
 from harness.theory.sizing import gemm_quantization, sizing_findings
-from harness.theory.hardware import GPUSpec, fingerprint, gpu_spec, register_gpu
-from harness.gate.results import Measurement, Metric, RunResults
 
 # Names that need torch, resolved on first use so `import harness` stays light.
 _LAZY: dict[str, str] = {

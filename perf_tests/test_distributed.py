@@ -25,6 +25,8 @@ from harness.distributed.group import (
     fsdp2,
     shard_with_fsdp2,
 )
+from harness.gate.results import Measurement
+from harness.model import build_model, lm_loss, random_batch
 from harness.pytest_plugin.fixture import Perf
 from harness.theory.comm import (
     COLLECTIVES,
@@ -33,8 +35,6 @@ from harness.theory.comm import (
     ddp_gradient_bytes_per_micro_step,
 )
 from harness.theory.memory import DISTRIBUTED_BUFFER_BYTES_RANGE
-from harness.model import build_model, lm_loss, random_batch
-from harness.gate.results import Measurement
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu

@@ -8,13 +8,13 @@ fraction above 1 is impossible, so it means a wrong peak table or a broken clock
 from __future__ import annotations
 
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from harness.pytest_plugin.fixture import Perf
 from harness.gate.results import Measurement
+from harness.pytest_plugin.fixture import Perf
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.model import build_model, random_batch
 from harness.pytest_plugin.fixture import Perf
 from harness.theory.flops import forward_flops
 from harness.theory.memory import kv_cache_bytes
-from harness.model import build_model, random_batch
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu

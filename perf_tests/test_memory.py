@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.pytest_plugin.fixture import Perf
-from harness.theory.memory import CUDA_CONTEXT_BYTES_RANGE, kv_cache_bytes, training_memory
 from harness.measure.memory import cuda_context_bytes
 from harness.model import build_model, random_batch
+from harness.pytest_plugin.fixture import Perf
+from harness.theory.memory import CUDA_CONTEXT_BYTES_RANGE, kv_cache_bytes, training_memory
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu

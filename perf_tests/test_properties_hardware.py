@@ -10,13 +10,13 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from harness.theory.config import get_model
+from harness.theory.hardware import DTYPES, gpu_spec, known_gpus, normalize_gpu_name
 from harness.theory.sizing import (
     TENSOR_CORE_ALIGNMENT,
     gemm_quantization,
     sizing_findings,
     swiglu_ffn_candidates,
 )
-from harness.theory.hardware import DTYPES, gpu_spec, known_gpus, normalize_gpu_name
 from perf_tests.strategies import (
     configs_with_layouts,
     gpu_names,

@@ -11,10 +11,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
+from harness.model import build_model, lm_loss, random_batch
 from harness.theory.config import TransformerConfig
 from harness.theory.flops import train_flops
 from harness.theory.params import num_params, param_breakdown
-from harness.model import build_model, lm_loss, random_batch
 from perf_tests.strategies import transformer_configs, workloads
 
 # Building and differentiating even a tiny model on meta costs ~0.1-0.2 s of dispatch: keep the

@@ -14,13 +14,13 @@ from harness.theory.flops import (
     train_flops,
 )
 from harness.theory.memory import kv_cache_bytes, layer_activation_bytes, training_memory
+from harness.theory.parallel import params_per_rank
 from harness.theory.params import (
     approx_params_gpt,
     attention_params,
     num_params,
     param_breakdown,
 )
-from harness.theory.parallel import params_per_rank
 from perf_tests.strategies import configs_with_layouts, transformer_configs, workloads
 
 MODEL_STATE_PARTS = ("weights", "master_weights", "gradients", "optimizer_states")

@@ -4,7 +4,8 @@ lengths and parallel degrees for every public formula."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.gate.results import Measurement
+from harness.model import build_model, lm_loss, random_batch
 from harness.pytest_plugin.fixture import Perf
 from harness.theory.flops import flop_counter_flops
-from harness.model import build_model, lm_loss, random_batch
-from harness.gate.results import Measurement
 from perf_tests import workloads as w
 
 pytestmark = pytest.mark.gpu

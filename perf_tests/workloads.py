@@ -15,17 +15,17 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.theory.config import TransformerConfig, get_model
-from harness.theory.params import param_breakdown
 from harness.measure.memory import release_cached_memory
 from harness.model import ROPE_THETA, DecoderLM, lm_loss
+from harness.theory.config import TransformerConfig, get_model
+from harness.theory.params import param_breakdown
 
 # --------------------------------------------------------------------------------------------
 # GEMMs
@@ -221,7 +221,7 @@ class TransformerWorkload:
         """Tokens per step: batch_size * seq_len."""
         return self.batch_size * self.seq_len
 
-    def with_batch(self, batch_size: int) -> "TransformerWorkload":
+    def with_batch(self, batch_size: int) -> TransformerWorkload:
         """The same model and sequence length at another batch size."""
         return TransformerWorkload(self.config, batch_size, self.seq_len)
 

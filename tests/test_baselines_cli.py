@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import baselines
 from harness import cli
+from harness.cli import baselines
 from harness.gate import store
 from harness.gate.results import Metric, RunResults
 

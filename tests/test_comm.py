@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from harness.theory.config import get_model
 from harness.theory.comm import (
     COLLECTIVES,
     StepTraffic,
@@ -23,6 +22,7 @@ from harness.theory.comm import (
     ring_time_lower_bound,
     tensor_parallel_traffic,
 )
+from harness.theory.config import get_model
 
 GIB = 2**30
 H100_LINK = 450e9  # NVLink 4, 900 GB/s bidirectional: 450 GB/s each way

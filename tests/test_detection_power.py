@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 
-from harness.measure.environment import FakeGpuMonitor
 from harness.gate.results import Metric, SchemaError
-from harness.measure.timing import FakeClock, TimingPolicy, measure_time
 from harness.gate.verdict import DEFAULT_ALPHA, DEFAULT_TOLERANCES
+from harness.measure.environment import FakeGpuMonitor
+from harness.measure.timing import FakeClock, TimingPolicy, measure_time
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "detection_power.py"
 

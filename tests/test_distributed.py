@@ -24,8 +24,6 @@ import torch
 
 import harness
 from harness.distributed import group
-from harness.measure import environment
-from harness.gate import store
 from harness.distributed.group import (
     AllReduceByteCounter,
     InitMemory,
@@ -40,8 +38,10 @@ from harness.distributed.group import (
     launch_from_environment,
     required_ranks,
 )
+from harness.gate import store
 from harness.gate.results import Metric, RunResults
 from harness.gate.session import Decision
+from harness.measure import environment
 from harness.measure.timing import FakeClock
 
 # A launch of two ranks that hangs (a bug in the agreement) must fail this test, not CI: two

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure import environment
 from harness.gate import store
+from harness.measure import environment
 
 MATMUL_TEST = """
 import torch

@@ -13,6 +13,7 @@ from harness.cli import main
 from harness.theory.config import get_model
 from harness.theory.estimate import default_seq_len, estimate, render_estimate
 from harness.theory.flops import decode_flops, forward_flops, six_nd, train_flops
+from harness.theory.hardware import gpu_spec
 from harness.theory.memory import (
     CUDA_CONTEXT_BYTES_RANGE,
     DISTRIBUTED_BUFFER_BYTES_RANGE,
@@ -21,7 +22,6 @@ from harness.theory.memory import (
     training_memory,
 )
 from harness.theory.params import non_embedding_params
-from harness.theory.hardware import gpu_spec
 
 # A Llama-style config.json as transformers writes it (TinyLlama-1.1B's published shape).
 TINY_LLAMA = {

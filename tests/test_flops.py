@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from harness.model import build_model, lm_loss, random_batch
 from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
 from harness.theory.flops import (
     Flops,
@@ -29,7 +30,6 @@ from harness.theory.flops import (
     two_n,
 )
 from harness.theory.params import matmul_params, num_params
-from harness.model import build_model, lm_loss, random_batch
 
 # A GPT block with a 4h MLP and no GQA: the shape every closed form in the literature assumes.
 GPT_LIKE = TransformerConfig(num_layers=24, hidden_size=2048, num_heads=16, vocab_size=51200)

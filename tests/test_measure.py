@@ -3,7 +3,8 @@ device memory helpers. CPU only, with the fake clock where the numbers must be e
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,6 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.theory.config import TransformerConfig
 from harness.measure.dataloader import batch_tensors, measure_dataloader, window_size
 from harness.measure.memory import (
     cuda_context_bytes,
@@ -21,8 +21,9 @@ from harness.measure.memory import (
     release_cached_memory,
     reset_peak_memory,
 )
-from harness.measure.train_step import measure_train_step
 from harness.measure.timing import FakeClock, HostClock, TimingPolicy
+from harness.measure.train_step import measure_train_step
+from harness.theory.config import TransformerConfig
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -128,9 +129,9 @@ def test_train_step_with_a_host_clock_measures_real_time() -> None:
 
 
 def test_tiny_gpt_with_config_and_gpu_reports_tokens_and_mfu_below_hfu() -> None:
+    from harness.model import build_model, lm_loss, random_batch
     from harness.theory.flops import train_flops
     from harness.theory.hardware import gpu_spec
-    from harness.model import build_model, lm_loss, random_batch
 
     torch.manual_seed(0)
     model = build_model(TINY_GPT, device="cpu")
@@ -151,9 +152,9 @@ def test_tiny_gpt_with_config_and_gpu_reports_tokens_and_mfu_below_hfu() -> None
 
 
 def test_full_recompute_counts_more_flops_and_keeps_mfu_below_hfu() -> None:
+    from harness.model import build_model, lm_loss, random_batch
     from harness.theory.flops import train_flops
     from harness.theory.hardware import gpu_spec
-    from harness.model import build_model, lm_loss, random_batch
 
     torch.manual_seed(0)
     plain = build_model(TINY_GPT, device="cpu")
@@ -214,8 +215,8 @@ def test_train_step_rejects_bad_arguments_with_a_clear_message(changes: dict,
     ({"optimizer_name": "lion-9000"}, "optimizer_name='lion-9000'.*must be one of"),
 ])
 def test_bad_analytic_settings_fail_before_any_step(changes: dict, message: str) -> None:
-    from harness.theory.hardware import gpu_spec
     from harness.model import build_model, random_batch
+    from harness.theory.hardware import gpu_spec
 
     model = build_model(TINY_GPT, device="cpu")
     calls: list[int] = []
@@ -353,9 +354,9 @@ def test_releasing_cached_memory_returns_freed_blocks_to_the_driver() -> None:
 
 @needs_cuda
 def test_cuda_train_step_reports_memory_beside_its_estimate() -> None:
-    from harness.theory.hardware import gpu_spec
-    from harness.model import build_model, lm_loss, random_batch
     from harness.measure.timing import CudaEventClock
+    from harness.model import build_model, lm_loss, random_batch
+    from harness.theory.hardware import gpu_spec
 
     torch.manual_seed(0)
     model = build_model(TINY_GPT, device="cuda")

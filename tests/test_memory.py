@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from harness.model import build_model, lm_loss, random_batch
 from harness.theory.config import TransformerConfig, get_model
 from harness.theory.memory import (
     AUTOCAST_PHASES,
@@ -36,7 +38,6 @@ from harness.theory.memory import (
     training_memory,
 )
 from harness.theory.parallel import params_per_rank
-from harness.model import build_model, lm_loss, random_batch
 from perf_tests import workloads as w
 from perf_tests.strategies import (
     optimizers,

@@ -7,8 +7,6 @@ import math
 import pytest
 import torch
 
-from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
-from harness.theory.params import param_breakdown
 from harness.model import (
     alibi_causal_mask,
     alibi_slopes,
@@ -18,6 +16,8 @@ from harness.model import (
     random_batch,
     rope_cos_sin,
 )
+from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
+from harness.theory.params import param_breakdown
 
 # One tiny model per architectural style of the zoo (same switches, small sizes).
 TINY: dict[str, TransformerConfig] = {

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure import environment
 from harness.gate import store
-from harness.measure import memory
 from harness.gate.results import Metric, RunResults
+from harness.measure import environment, memory
 
 CONFTEST = """
 import os

@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
+from harness.model import build_model, random_batch
 from harness.theory.config import TransformerConfig, get_model
 from harness.theory.flops import train_flops
-from harness.theory.memory import CUDA_CONTEXT_BYTES_RANGE, kv_cache_bytes, training_memory
 from harness.theory.hardware import gpu_spec
-from harness.model import build_model, random_batch
+from harness.theory.memory import CUDA_CONTEXT_BYTES_RANGE, kv_cache_bytes, training_memory
 from perf_tests import workloads as w
 
 # The 80 GB H100 the suite is sized for, by the spec table.

@@ -9,7 +9,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.theory.hardware import gpu_spec
 from harness.gate.results import Metric
 from harness.measure.timing import (
     MIN_WARMUP_CALLS,
@@ -29,6 +28,7 @@ from harness.measure.timing import (
     queued_lead_seconds,
     relative_spread,
 )
+from harness.theory.hardware import gpu_spec
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

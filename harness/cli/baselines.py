@@ -15,8 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.gate import report
-from harness.gate import store
+from harness.gate import report, store
 from harness.gate.results import Metric, RunResults
 from harness.gate.verdict import DEFAULT_TOLERANCES
 

@@ -25,8 +25,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.gate import report
-from harness.gate import store
+from harness.gate import report, store
 from harness.gate.results import Metric, RunResults
 from harness.gate.verdict import Outcome, Verdict, judge, sort_for_report
 

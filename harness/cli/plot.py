@@ -18,9 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.cli.baselines import (
+    DEFAULT_DIRECTORY,
+    effective_tolerance,
+    find_metric_id,
+    unknown_fingerprint,
+)
 from harness.gate import store
-from harness.cli.baselines import (DEFAULT_DIRECTORY, effective_tolerance, find_metric_id,
-                                   unknown_fingerprint)
 from harness.gate.results import Better, Metric, RunResults, split_metric_id
 
 Source = Literal["baseline", "results"]

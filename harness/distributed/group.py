@@ -42,10 +42,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from harness.theory.comm import COLLECTIVES, bus_bandwidth, bus_bandwidth_factor
 from harness.gate.results import Metric
 from harness.gate.session import Decision
 from harness.measure.timing import Clock
+from harness.theory.comm import COLLECTIVES, bus_bandwidth, bus_bandwidth_factor
 
 # The variables torchrun sets for every worker (torch.distributed.run docs, "Environment
 # Variables"); `init_process_group`'s env:// method reads RANK, WORLD_SIZE, MASTER_ADDR and

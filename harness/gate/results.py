@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 # Version of the on-disk format, independent of the package version. Loaders reject others.
 SCHEMA_VERSION = 1
@@ -105,7 +106,7 @@ class Metric:
         med = self.median
         return self.iqr / abs(med) if med else 0.0
 
-    def with_changes(self, **changes: Any) -> "Metric":
+    def with_changes(self, **changes: Any) -> Metric:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
@@ -124,7 +125,7 @@ class Metric:
         }
 
     @classmethod
-    def from_json(cls, name: str, data: Mapping[str, Any], where: str) -> "Metric":
+    def from_json(cls, name: str, data: Mapping[str, Any], where: str) -> Metric:
         """Parse one metric; `where` names the file and metric id for error messages."""
         if not isinstance(data, Mapping):
             raise SchemaError(f"{where}: expected an object, got {type(data).__name__}")
@@ -193,7 +194,7 @@ class RunResults:
         }
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> "RunResults":
+    def from_json(cls, data: Any, where: str) -> RunResults:
         """Parse and validate a document; `where` (usually the file path) prefixes every error."""
         if not isinstance(data, dict):
             raise SchemaError(f"{where}: expected a JSON object at the top level")

@@ -28,11 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.gate import report
-from harness.gate import store
+from harness.gate import report, store
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
-from harness.measure.timing import TimingPolicy
 from harness.gate.verdict import Outcome, Verdict, judge
+from harness.measure.timing import TimingPolicy
 
 DecisionOutcome = Literal["passed", "failed", "skipped"]
 

@@ -17,8 +17,9 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import pynvml
 

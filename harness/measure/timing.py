@@ -14,8 +14,9 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 

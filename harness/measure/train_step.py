@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.theory.config import TransformerConfig
-from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
 from harness.gate.results import Metric
+from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
 from harness.measure.timing import Clock, TimingPolicy, check_device, measure_time_detailed
+from harness.theory.config import TransformerConfig
 
 if TYPE_CHECKING:
-    from harness.theory.memory import MemoryBreakdown
     from harness.theory.hardware import GPUSpec
+    from harness.theory.memory import MemoryBreakdown
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
 

@@ -5,8 +5,15 @@ Loaded by the entry point of an installed perf-harness, or by
 is never registered twice). Disable it with `-p no:harness.pytest_plugin`.
 """
 
-from harness.pytest_plugin.hooks import (perf, perf_clock, perf_device, perf_gpu_monitor,
-                                         pytest_addoption, pytest_cmdline_main, pytest_configure)
+from harness.pytest_plugin.hooks import (
+                                         perf,
+                                         perf_clock,
+                                         perf_device,
+                                         perf_gpu_monitor,
+                                         pytest_addoption,
+                                         pytest_cmdline_main,
+                                         pytest_configure,
+)
 
 __all__ = ["perf", "perf_clock", "perf_device", "perf_gpu_monitor", "pytest_addoption",
            "pytest_cmdline_main", "pytest_configure"]

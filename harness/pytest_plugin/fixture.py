@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from harness.theory.config import TransformerConfig
 from harness.distributed.group import (
     DistributedRun,
     LockstepClock,
@@ -25,11 +24,10 @@ from harness.distributed.group import (
     collective_metrics,
     format_size,
 )
-from harness.measure.environment import GpuStateMonitor, describe_snapshot, throttle_problem
-from harness.measure.dataloader import measure_dataloader
-from harness.measure.train_step import measure_train_step
 from harness.gate.results import BETTER_VALUES, METRIC_KINDS, Measurement, Metric
 from harness.gate.session import PerfSession
+from harness.measure.dataloader import measure_dataloader
+from harness.measure.environment import GpuStateMonitor, describe_snapshot, throttle_problem
 from harness.measure.timing import (
     Clock,
     CudaEventClock,
@@ -37,6 +35,8 @@ from harness.measure.timing import (
     TimingPolicy,
     measure_time,
 )
+from harness.measure.train_step import measure_train_step
+from harness.theory.config import TransformerConfig
 
 # How often a throttled measurement is taken again before its metrics are marked unreliable:
 # one retry absorbs a passing burst (the previous test heated the GPU) without doubling the

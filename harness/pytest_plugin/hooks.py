@@ -23,7 +23,6 @@ are skipped, or refused under `-m distributed`, without such a launch.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 import re
@@ -39,16 +38,14 @@ import pynvml
 import pytest
 
 from harness.distributed import group
-from harness.measure import environment
-from harness.theory import hardware
-from harness.gate import report
-from harness.gate import store
 from harness.distributed.group import DistributedRun, Launch, LockstepClock, RankOutcome
-from harness.measure.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
-from harness.pytest_plugin.fixture import Perf
-from harness.measure import memory
+from harness.gate import report, store
 from harness.gate.session import DEFAULT_CONFIRM_DELAY_SECONDS, Decision, PerfOptions, PerfSession
+from harness.measure import environment, memory
+from harness.measure.environment import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
 from harness.measure.timing import Clock, TimingPolicy, default_clock
+from harness.pytest_plugin.fixture import Perf
+from harness.theory import hardware
 
 OPTIONS_KEY = pytest.StashKey[PerfOptions]()
 SESSION_KEY = pytest.StashKey[PerfSession]()

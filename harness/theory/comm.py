@@ -27,9 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness.checks import require_choice, require_positive_int
 from harness.theory.config import TransformerConfig
 from harness.theory.memory import RECOMPUTE_CHOICES, TRAINING_PRECISIONS, ZERO_STAGES
-from harness.checks import require_choice, require_positive_int
 
 COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter")
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 MLP_KINDS: tuple[str, ...] = ("gelu", "relu", "swiglu", "geglu")
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
@@ -131,7 +132,7 @@ class TransformerConfig:
 
         return num_params(self)
 
-    def replace(self, **changes: Any) -> "TransformerConfig":
+    def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with some fields changed, validated again."""
         return dataclasses.replace(self, **changes)
 

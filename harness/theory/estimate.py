@@ -16,7 +16,6 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.theory.config import TransformerConfig, get_model, load_hf_config
 from harness.theory.comm import (
     StepTraffic,
     communication_share,
@@ -24,7 +23,9 @@ from harness.theory.comm import (
     pipeline_parallel_bytes,
     tensor_parallel_traffic,
 )
+from harness.theory.config import TransformerConfig, get_model, load_hf_config
 from harness.theory.flops import decode_flops, forward_flops, six_nd, train_flops
+from harness.theory.hardware import GPUSpec, gpu_spec
 from harness.theory.memory import (
     CUDA_CONTEXT_BYTES_RANGE,
     DISTRIBUTED_BUFFER_BYTES_RANGE,
@@ -46,7 +47,6 @@ from harness.theory.parallel import (
 )
 from harness.theory.params import approx_params_gpt, non_embedding_params, param_breakdown
 from harness.theory.sizing import sizing_findings
-from harness.theory.hardware import GPUSpec, gpu_spec
 
 # Assumed model FLOPs utilisation for time estimates. Source 001: Megatron-LM's published A100
 # runs reach 41.5% (22B) to 56.3% (1T) MFU, and its H100 example achieves 400 of 989 TFLOP/s

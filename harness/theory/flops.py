@@ -28,9 +28,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness.checks import require_config, require_positive_int
 from harness.theory.config import TransformerConfig
 from harness.theory.params import num_params
-from harness.checks import require_config, require_positive_int
 
 RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
 

@@ -18,9 +18,10 @@ matching work on any machine.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -120,7 +121,7 @@ class GPUSpec:
         """The dtype keys this GPU has a peak for, in DTYPES order."""
         return tuple(d for d in DTYPES if d in self.peak_tflops)
 
-    def peak_flops(self, dtype: "str | torch.dtype") -> float:
+    def peak_flops(self, dtype: str | torch.dtype) -> float:
         """Dense peak in FLOP/s for a dtype: "bf16", "bfloat16", "torch.bfloat16" or the torch
         dtype itself; a ValueError lists the dtypes this GPU has."""
         text = str(dtype).strip().lower()

@@ -26,9 +26,16 @@ Megatron-LM model also leaves out transient activation gradients during backward
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
+from harness.checks import (
+    ceil_div,
+    require_bool,
+    require_choice,
+    require_config,
+    require_positive_int,
+)
 from harness.theory.config import TransformerConfig
 from harness.theory.parallel import (
     check_pipeline_parallel,
@@ -36,8 +43,6 @@ from harness.theory.parallel import (
     params_per_rank,
 )
 from harness.theory.params import attention_params, mlp_params, norm_params
-from harness.checks import (ceil_div, require_bool, require_choice,
-                                         require_config, require_positive_int)
 
 GIB = 2**30
 

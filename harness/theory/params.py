@@ -16,8 +16,8 @@ Conventions:
 
 from __future__ import annotations
 
-from harness.theory.config import TransformerConfig
 from harness.checks import require_config
+from harness.theory.config import TransformerConfig
 
 
 def norm_params(cfg: TransformerConfig) -> int:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.theory.config import TransformerConfig
 from harness.checks import ceil_div, require_positive_int
+from harness.theory.config import TransformerConfig
 
 # Source 001: Tensor Cores are fully used when GEMM dimensions are multiples of 16 bytes on V100
 # and 128 bytes on A100 and later, i.e. 8 and 64 two-byte elements; "on A100 it is 64".
