@@ -21,10 +21,10 @@ from harness.distributed.group import (
     AllReduceByteCounter,
     DistributedRun,
     accumulate_gradients,
-    format_size,
     fsdp2,
     shard_with_fsdp2,
 )
+from harness.gate.formatting import format_size
 from harness.gate.results import Measurement
 from harness.model import build_model, lm_loss, random_batch
 from harness.pytest_plugin.fixture import Perf

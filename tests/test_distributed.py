@@ -34,11 +34,11 @@ from harness.distributed.group import (
     agreed_decision,
     collective_call,
     collective_metrics,
-    format_size,
     launch_from_environment,
     required_ranks,
 )
 from harness.gate import store
+from harness.gate.formatting import format_size
 from harness.gate.results import Metric, RunResults
 from harness.gate.session import Decision
 from harness.measure import environment

@@ -7,9 +7,8 @@ import re
 
 import pytest
 
+from harness.gate.formatting import format_change, format_value
 from harness.gate.report import (
-    format_change,
-    format_value,
     render_baseline_changes,
     render_markdown,
     render_summary,

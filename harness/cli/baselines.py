@@ -15,7 +15,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.gate import report, store
+from harness.gate import store
+from harness.gate.formatting import format_percent, format_value
 from harness.gate.results import Metric, RunResults
 from harness.gate.verdict import DEFAULT_TOLERANCES
 
@@ -86,11 +87,6 @@ def effective_tolerance(metric: Metric) -> tuple[float, bool]:
     return DEFAULT_TOLERANCES[metric.kind], True
 
 
-def format_percent(fraction: float, *, signed: bool = False) -> str:
-    """0.031 -> "3.1 %" (or "+3.1 %" when signed)."""
-    return f"{fraction * 100:+.1f} %" if signed else f"{fraction * 100:.1f} %"
-
-
 def render_list(directory: Path) -> str:
     """One row per stored fingerprint: metric count, created date, GPU and torch version."""
     rows = []
@@ -114,7 +110,7 @@ def render_show(results: RunResults, source: Path) -> str:
         tolerance, is_default = effective_tolerance(metric)
         rows.append([
             mid,
-            report.format_value(metric.median, metric.unit),
+            format_value(metric.median, metric.unit),
             format_percent(metric.spread),
             metric.count,
             format_percent(tolerance) + (" (default)" if is_default else ""),
@@ -140,7 +136,7 @@ def render_history(entries: Sequence[tuple[Path, RunResults]], metric_id: str) -
         change = "" if previous in (None, 0) else format_percent(metric.median / previous - 1,
                                                                  signed=True)
         rows.append([results.created or "?", path.name,
-                     report.format_value(metric.median, metric.unit),
+                     format_value(metric.median, metric.unit),
                      format_percent(metric.spread), str(metric.count), change])
         previous = metric.median
     about = "" if described is None else f" [{described.unit}, {described.better} is better]"

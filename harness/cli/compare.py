@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.gate import report, store
+from harness.gate.formatting import format_value
 from harness.gate.results import Metric, RunResults
 from harness.gate.verdict import Outcome, Verdict, judge, sort_for_report
 
@@ -118,7 +119,7 @@ def render_missing(missing: dict[str, Metric], *, markdown: bool) -> str:
     lines = [heading]
     for mid, metric in missing.items():
         shown_id = f"`{mid}`" if markdown else mid
-        lines.append(f"{bullet}{shown_id} (baseline {report.format_value(metric.median, metric.unit)})")
+        lines.append(f"{bullet}{shown_id} (baseline {format_value(metric.median, metric.unit)})")
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from harness.gate.formatting import format_size
 from harness.gate.results import Metric
 from harness.gate.session import Decision
 from harness.measure.timing import Clock
@@ -425,16 +426,6 @@ class LockstepClock:
 
 # ---------------------------------------------------------------------------------------------
 # Collectives
-
-
-def format_size(nbytes: int) -> str:
-    """A metric-name friendly size: 8192 -> '8KiB', 2**30 -> '1GiB', 1000 -> '1000B'."""
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
-        raise ValueError(f"nbytes must be a positive integer, got {nbytes!r}")
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes % size == 0:
-            return f"{nbytes // size}{unit}"
-    return f"{nbytes}B"
 
 
 def _gather_into(output: torch.Tensor, chunk: torch.Tensor) -> None:

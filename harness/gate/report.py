@@ -7,12 +7,12 @@ the callers print or post what these functions return.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tabulate import tabulate
 
+from harness.gate.formatting import format_change, format_value
 from harness.gate.results import Metric, RunResults, split_metric_id
 from harness.gate.verdict import (
     REPORT_ORDER,
@@ -22,62 +22,8 @@ from harness.gate.verdict import (
     sort_for_report,
 )
 
-# Significant digits of a value in a report: 4 resolves a 0.1% change of a median, finer than any
-# tolerance, without a wall of digits ("12.35 ms", "612.4 TFLOP/s").
-SIGNIFICANT_DIGITS = 4
-
-TIME_UNITS: tuple[str, ...] = ("s", "sec", "seconds")
-BYTE_UNITS: tuple[str, ...] = ("B", "bytes")
-RATIO_UNITS: tuple[str, ...] = ("ratio", "fraction")  # 0.417 is shown as "41.7 %"
-PERCENT_UNITS: tuple[str, ...] = ("%", "percent")  # already in percent: 41.7 is "41.7 %"
-# Base units shown with decimal (SI) prefixes: FLOP and FLOP/s as in GPU data sheets, B/s as
-# bandwidth (GB/s) is conventionally decimal.
-SI_UNITS: tuple[str, ...] = ("FLOP", "FLOP/s", "B/s")
-
-# (threshold, divisor, name) from the largest down; the first threshold the value reaches wins.
-TIME_SCALES: tuple[tuple[float, float, str], ...] = (
-    (1.0, 1.0, "s"), (1e-3, 1e-3, "ms"), (1e-6, 1e-6, "us"), (0.0, 1e-9, "ns"))
-BYTE_SCALES: tuple[tuple[float, float, str], ...] = tuple(
-    (1024.0 ** power, 1024.0 ** power, name)
-    for power, name in reversed(list(enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi")))))
-SI_PREFIXES: tuple[tuple[float, str], ...] = (
-    (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
-
 SUMMARY_HEADERS: tuple[str, ...] = ("test", "metric", "baseline", "measured", "change", "verdict")
 DEFAULT_MARKDOWN_TITLE = "Performance report"
-
-
-def format_value(value: float, unit: str) -> str:
-    """A value with a readable unit: "12.3 ms", "612.4 TFLOP/s", "14.2 GiB", "41.7 %".
-
-    Seconds pick s/ms/us/ns, bytes B/KiB/MiB/GiB/TiB, FLOP, FLOP/s and B/s an SI prefix; a
-    "ratio" is shown in percent. Any other unit keeps the value as it is, to 4 significant digits.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"value must be a finite number, got {value!r}")
-    if not isinstance(unit, str):
-        raise ValueError(f"unit must be a string such as 's', 'B' or 'TFLOP/s', got {unit!r}")
-    if unit in TIME_UNITS:
-        return _scaled(value, TIME_SCALES)
-    if unit in BYTE_UNITS:
-        scales = tuple((threshold, divisor, f"{prefix}B")
-                       for threshold, divisor, prefix in BYTE_SCALES)
-        return _scaled(value, scales)
-    if unit in RATIO_UNITS:
-        return f"{value * 100:.1f} %"
-    if unit in PERCENT_UNITS:
-        return f"{value:.1f} %"
-    if unit in SI_UNITS:
-        scales = tuple((factor, factor, f"{prefix}{unit}") for factor, prefix in SI_PREFIXES)
-        return _scaled(value, scales + ((0.0, 1.0, unit),))
-    return f"{_significant(value)} {unit}".rstrip()
-
-
-def format_change(change: float | None) -> str:
-    """A relative change with its sign: "+10.2 %", "-3.1 %"; "" when there is none."""
-    if change is None:
-        return ""
-    return f"{change * 100:+.1f} %"
 
 
 def render_summary(verdicts: Sequence[Verdict]) -> str:
@@ -261,35 +207,6 @@ def _range(metric: Metric | None) -> str:
     if low == high:
         return format_value(low, metric.unit)
     return f"{format_value(low, metric.unit)} .. {format_value(high, metric.unit)}"
-
-
-def _scaled(value: float, scales: tuple[tuple[float, float, str], ...]) -> str:
-    """`value` in the largest scale it reaches; the smallest scale below all; 0 in the base."""
-    if value == 0:
-        return f"0 {_base_name(scales)}"
-    # Rounded first, so that 0.99996 s is "1 s", not "1,000 ms".
-    magnitude = abs(float(f"{value:.{SIGNIFICANT_DIGITS - 1}e}"))
-    for threshold, divisor, name in scales:
-        if magnitude >= threshold:
-            return f"{_significant(value / divisor)} {name}"
-    _, divisor, name = scales[-1]
-    return f"{_significant(value / divisor)} {name}"
-
-
-def _base_name(scales: tuple[tuple[float, float, str], ...]) -> str:
-    """The name of the scale with divisor 1 (the unit itself)."""
-    return next(name for _, divisor, name in scales if divisor == 1.0)
-
-
-def _significant(value: float) -> str:
-    """`value` to SIGNIFICANT_DIGITS digits in fixed notation, thousands separated."""
-    if value == 0:
-        return "0"
-    decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(value))))
-    text = f"{value:,.{decimals}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text
 
 
 def _shown(value: Any) -> str:

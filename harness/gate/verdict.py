@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from harness.gate.formatting import format_percent
 from harness.gate.results import METRIC_KINDS, Metric, MetricKind
 
 # Relative tolerance of the median per metric kind (0.05 = 5%), used when neither the caller nor
@@ -240,7 +241,7 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
                 p_value: float | None = None, rule: str = "") -> Verdict:
         if confirming:
             reason = (f"{reason} [confirming re-measurement: {CONFIRM_TOLERANCE_FRACTION:g} x "
-                      f"the {_unsigned(full_tolerance)} tolerance]")
+                      f"the {format_percent(full_tolerance, space=False)} tolerance]")
         return Verdict(metric_id=metric_id, outcome=outcome, measured=measured,
                        baseline=baseline, change=change, tolerance=chosen_tolerance,
                        p_value=p_value, reason=reason, environment_differences=differences,
@@ -265,7 +266,7 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
     change = (measured.median - baseline.median) / abs(baseline.median)
     if not measured.reliable:
         return verdict(Outcome.UNRELIABLE, f"measured unreliably "
-                       f"({measured.note or 'no reason recorded'}); median {_signed(change)} "
+                       f"({measured.note or 'no reason recorded'}); median {format_percent(change, signed=True, space=False)} "
                        f"not judged", change=change)
     if not baseline.reliable:
         return verdict(Outcome.UNRELIABLE, f"the baseline was recorded unreliably "
@@ -281,8 +282,8 @@ def _judge_change(measured: Metric, baseline: Metric, change: float, tolerance: 
     worsening = change if measured.better == "lower" else -change
     beyond = abs(change) > tolerance
     direction = "worse" if worsening > 0 else "better"
-    moved = (f"median {_signed(change)} vs baseline, {direction} ({measured.better} is better), "
-             f"beyond the {_unsigned(tolerance)} tolerance")
+    moved = (f"median {format_percent(change, signed=True, space=False)} vs baseline, {direction} ({measured.better} is better), "
+             f"beyond the {format_percent(tolerance, space=False)} tolerance")
     n1, n2 = measured.count, baseline.count
 
     if min(n1, n2) >= 2 and _constant(measured) and _constant(baseline):
@@ -295,7 +296,7 @@ def _judge_change(measured: Metric, baseline: Metric, change: float, tolerance: 
         supported, p_value = abs(change) > SPREAD_MULTIPLE * spread, None
         why = (f"{n1} vs {n2} samples are too few for a rank test at alpha {alpha:g}; "
                f"{'beyond' if supported else 'within'} {SPREAD_MULTIPLE:g} x the spread "
-               f"{_unsigned(spread)}")
+               f"{format_percent(spread, space=False)}")
     else:
         # Test in the direction the median moved: worse for a regression, better otherwise.
         measured_larger = change > 0 or (change == 0 and measured.better == "lower")
@@ -307,13 +308,13 @@ def _judge_change(measured: Metric, baseline: Metric, change: float, tolerance: 
                f"({n1} vs {n2} samples)")
 
     if not beyond:
-        return verdict(Outcome.UNCHANGED, f"median {_signed(change)} vs baseline, within the "
-                       f"{_unsigned(tolerance)} tolerance", change=change, p_value=p_value,
+        return verdict(Outcome.UNCHANGED, f"median {format_percent(change, signed=True, space=False)} vs baseline, within the "
+                       f"{format_percent(tolerance, space=False)} tolerance", change=change, p_value=p_value,
                        rule=rule)
     if not supported:
         return verdict(Outcome.UNRELIABLE, f"{moved}, but the samples do not support it: {why}; "
-                       f"too noisy to decide (spread {_unsigned(measured.spread)} measured, "
-                       f"{_unsigned(baseline.spread)} baseline)", change=change,
+                       f"too noisy to decide (spread {format_percent(measured.spread, space=False)} measured, "
+                       f"{format_percent(baseline.spread, space=False)} baseline)", change=change,
                        p_value=p_value, rule=rule)
     if worsening > 0:
         return verdict(Outcome.REGRESSION, f"{moved}; {why}", change=change, p_value=p_value,
@@ -372,14 +373,6 @@ def _chosen_tolerance(explicit: float | None, measured: Metric, baseline: Metric
 
 def _constant(metric: Metric) -> bool:
     return max(metric.samples) == min(metric.samples)
-
-
-def _signed(fraction: float) -> str:
-    return f"{fraction * 100:+.1f}%"
-
-
-def _unsigned(fraction: float) -> str:
-    return f"{fraction * 100:.1f}%"
 
 
 def _finite_samples(values: Sequence[float], name: str) -> list[float]:

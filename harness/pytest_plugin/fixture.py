@@ -22,8 +22,8 @@ from harness.distributed.group import (
     LockstepClock,
     collective_call,
     collective_metrics,
-    format_size,
 )
+from harness.gate.formatting import format_size
 from harness.gate.results import BETTER_VALUES, METRIC_KINDS, Measurement, Metric
 from harness.gate.session import PerfSession
 from harness.measure.dataloader import measure_dataloader

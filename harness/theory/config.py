@@ -141,6 +141,15 @@ class TransformerConfig:
         return dataclasses.asdict(self)
 
 
+def require_config(cfg: object) -> TransformerConfig:
+    """`cfg` itself when it is a TransformerConfig: every formula starts with this check."""
+    if not isinstance(cfg, TransformerConfig):
+        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__} "
+                         f"({cfg!r}); build one with harness.TransformerConfig(...) or "
+                         f"harness.get_model(name)")
+    return cfg
+
+
 def _divisors_near(n: int, around: int) -> list[int]:
     divisors = [d for d in range(1, min(n, 4 * around + 8) + 1) if n % d == 0]
     return sorted(divisors, key=lambda d: abs(d - around))[:4]

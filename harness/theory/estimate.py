@@ -16,6 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness.gate.formatting import format_bytes, format_count, format_flops, format_seconds
 from harness.theory.comm import (
     StepTraffic,
     communication_share,
@@ -409,39 +410,6 @@ def _parallel_memory(cfg: TransformerConfig, *, batch_size: int, seq: int, num_g
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
-
-
-def _scaled(value: float, units: tuple[str, ...], base: float) -> str:
-    index = 0
-    while abs(value) >= base and index < len(units) - 1:
-        value /= base
-        index += 1
-    return f"{value:,.2f} {units[index]}".rstrip()
-
-
-def format_count(n: float) -> str:
-    """6738415616 -> '6.74 B'."""
-    return _scaled(n, ("", "K", "M", "B", "T"), 1000)
-
-
-def format_bytes(n: float) -> str:
-    """Binary units, as nvidia-smi and torch.cuda report memory: 2**30 -> '1.00 GiB'."""
-    return _scaled(n, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"), 1024)
-
-
-def format_flops(n: float) -> str:
-    """Decimal units: 1.2e12 -> '1.20 TFLOP'."""
-    return _scaled(n, ("FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP", "EFLOP", "ZFLOP"),
-                   1000)
-
-
-def format_seconds(seconds: float) -> str:
-    """'12.3 ms' below a second, '4.56 s' below an hour, then hours."""
-    if seconds < 1:
-        return f"{seconds * 1e3:,.2f} ms"
-    if seconds < 3600:
-        return f"{seconds:,.2f} s"
-    return f"{seconds / 3600:,.2f} h"
 
 
 def _section(title: str, rows: list[list[Any]], headers: tuple[str, ...] = ()) -> str:

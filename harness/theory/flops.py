@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.checks import require_config, require_positive_int
-from harness.theory.config import TransformerConfig
+from harness.checks import require_positive_int
+from harness.theory.config import TransformerConfig, require_config
 from harness.theory.params import num_params
 
 RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")

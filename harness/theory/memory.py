@@ -33,10 +33,9 @@ from harness.checks import (
     ceil_div,
     require_bool,
     require_choice,
-    require_config,
     require_positive_int,
 )
-from harness.theory.config import TransformerConfig
+from harness.theory.config import TransformerConfig, require_config
 from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,

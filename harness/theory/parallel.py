@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.checks import ceil_div, require_config, require_positive_int
-from harness.theory.config import TransformerConfig
+from harness.checks import ceil_div, require_positive_int
+from harness.theory.config import TransformerConfig, require_config
 from harness.theory.params import attention_params, mlp_params, norm_params, param_breakdown
 
 # Megatron-LM pads the vocabulary to a multiple of `make_vocab_size_divisible_by` (default 128)

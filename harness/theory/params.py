@@ -16,8 +16,7 @@ Conventions:
 
 from __future__ import annotations
 
-from harness.checks import require_config
-from harness.theory.config import TransformerConfig
+from harness.theory.config import TransformerConfig, require_config
 
 
 def norm_params(cfg: TransformerConfig) -> int:
