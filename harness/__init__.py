@@ -9,13 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.gate.results import Measurement, Metric, RunResults
-from harness.theory.config import (
-    TransformerConfig,
-    config_from_hf,
-    get_model,
-    list_models,
-    load_hf_config,
-)
+from harness.theory.config import TransformerConfig
 from harness.theory.flops import (
     Flops,
     achieved_tflops,
@@ -30,13 +24,11 @@ from harness.theory.flops import (
     two_n,
 )
 from harness.theory.hardware import GPUSpec, fingerprint, gpu_spec, register_gpu
-from harness.theory.memory import (
-    MemoryBreakdown,
-    bytes_per_param,
-    inference_memory,
-    kv_cache_bytes,
-    training_memory,
-)
+from harness.theory.hf import config_from_hf, load_hf_config
+from harness.theory.memory.breakdown import MemoryBreakdown
+from harness.theory.memory.inference import inference_memory, kv_cache_bytes
+from harness.theory.memory.states import bytes_per_param
+from harness.theory.memory.training import training_memory
 from harness.theory.parallel import (
     data_parallel_size,
     global_batch_size,
@@ -45,14 +37,15 @@ from harness.theory.parallel import (
 )
 from harness.theory.params import non_embedding_params, num_params, param_breakdown
 from harness.theory.sizing import gemm_quantization, sizing_findings
+from harness.theory.zoo import get_model, list_models
 
 # Names that need torch, resolved on first use so `import harness` stays light.
 _LAZY: dict[str, str] = {
     "build_model": "harness.model",
     "lm_loss": "harness.model",
     "random_batch": "harness.model",
-    "TimingPolicy": "harness.measure.timing",
-    "measure_time": "harness.measure.timing",
+    "TimingPolicy": "harness.measure.sampling",
+    "measure_time": "harness.measure.sampling",
     "measure_train_step": "harness.measure.train_step",
     "measure_dataloader": "harness.measure.dataloader",
 }

@@ -60,6 +60,14 @@ def require_fraction(name: str, value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def require_positive_fraction(name: str, value: object) -> float:
+    """`value` as a float when it is a number in (0, 1]: a share that cannot be zero, such as an
+    assumed utilisation."""
+    if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a fraction in (0, 1], e.g. 0.4 for 40%, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def require_choice(name: str, value: object, choices: Sequence[T]) -> T:
     """`value` when it is one of `choices` (compared by equality; bool never matches 0 or 1)."""
     for choice in choices:
@@ -80,8 +88,3 @@ def require_text(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip() or "\n" in value or "\r" in value:
         raise ValueError(f"{name} must be a non-empty string on one line, got {value!r}")
     return value
-
-
-def ceil_div(numerator: int, denominator: int) -> int:
-    """Integer division rounded up."""
-    return -(-numerator // denominator)

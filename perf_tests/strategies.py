@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from harness.theory.config import MLP_KINDS, NORM_KINDS, POSITION_KINDS, TransformerConfig
 from harness.theory.flops import RECOMPUTE_KINDS
 from harness.theory.hardware import gpu_spec, known_gpus
-from harness.theory.memory import OPTIMIZERS, PRECISIONS, ZERO_STAGES
+from harness.theory.memory.states import OPTIMIZERS, PRECISIONS, ZERO_STAGES
 
 STYLES: tuple[str, ...] = ("gpt", "llama", "bloom", "any")
 

@@ -9,7 +9,6 @@ import re
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from harness.theory.config import get_model
 from harness.theory.hardware import DTYPES, gpu_spec, known_gpus, normalize_gpu_name
 from harness.theory.sizing import (
     TENSOR_CORE_ALIGNMENT,
@@ -17,6 +16,7 @@ from harness.theory.sizing import (
     sizing_findings,
     swiglu_ffn_candidates,
 )
+from harness.theory.zoo import get_model
 from perf_tests.strategies import (
     configs_with_layouts,
     gpu_names,

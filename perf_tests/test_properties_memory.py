@@ -11,13 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.theory.config import TransformerConfig
-from harness.theory.memory import (
-    activation_bytes,
-    inference_memory,
-    kv_cache_bytes,
-    layer_activation_bytes,
-    training_memory,
-)
+from harness.theory.memory.activations import activation_bytes, layer_activation_bytes
+from harness.theory.memory.inference import inference_memory, kv_cache_bytes
+from harness.theory.memory.training import training_memory
 from harness.theory.params import num_params
 from perf_tests.strategies import (
     optimizers,

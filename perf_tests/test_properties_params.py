@@ -4,6 +4,8 @@ tensor/pipeline-parallel share of one rank never exceeds the whole."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given
 
 from harness.theory.config import TransformerConfig
@@ -13,7 +15,9 @@ from harness.theory.flops import (
     forward_flops_breakdown,
     train_flops,
 )
-from harness.theory.memory import kv_cache_bytes, layer_activation_bytes, training_memory
+from harness.theory.memory.activations import layer_activation_bytes
+from harness.theory.memory.inference import kv_cache_bytes
+from harness.theory.memory.training import training_memory
 from harness.theory.parallel import params_per_rank
 from harness.theory.params import (
     approx_params_gpt,
@@ -89,8 +93,8 @@ def test_fewer_kv_heads_strictly_lower_params_flops_and_kv_cache(cfg, workload):
         costs.append((num_params(grouped), forward_flops(grouped, *workload),
                       train_flops(grouped, *workload).model,
                       decode_flops(grouped, *workload), kv_cache_bytes(grouped, *workload)))
-    for fewer, more in zip(costs, costs[1:]):
-        assert all(a < b for a, b in zip(fewer, more))
+    for fewer, more in pairwise(costs):
+        assert all(a < b for a, b in zip(fewer, more, strict=True))
 
 
 @given(transformer_configs())

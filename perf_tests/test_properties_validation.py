@@ -12,13 +12,9 @@ from hypothesis import given
 
 from harness.theory.config import TransformerConfig
 from harness.theory.flops import decode_flops, forward_flops, train_flops
-from harness.theory.memory import (
-    activation_bytes,
-    inference_memory,
-    kv_cache_bytes,
-    layer_activation_bytes,
-    training_memory,
-)
+from harness.theory.memory.activations import activation_bytes, layer_activation_bytes
+from harness.theory.memory.inference import inference_memory, kv_cache_bytes
+from harness.theory.memory.training import training_memory
 from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,

@@ -22,7 +22,7 @@ from harness.theory.comm import (
     ring_time_lower_bound,
     tensor_parallel_traffic,
 )
-from harness.theory.config import get_model
+from harness.theory.zoo import get_model
 
 GIB = 2**30
 H100_LINK = 450e9  # NVLink 4, 900 GB/s bidirectional: 450 GB/s each way
@@ -133,7 +133,7 @@ def test_communication_share_without_overlap() -> None:
 
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: bus_bandwidth_factor("broadcast", 2),
-     "op must be one of all_reduce, all_gather, reduce_scatter; got 'broadcast'"),
+     "op must be one of 'all_reduce', 'all_gather', 'reduce_scatter'; got 'broadcast'"),
     (lambda: bus_bandwidth_factor("all_reduce", 0), "world_size must be a positive integer, got 0"),
     (lambda: algorithm_bandwidth(GIB, 0.0), "seconds must be a positive finite number, got 0.0"),
     (lambda: algorithm_bandwidth(-1, 1.0), "nbytes must be a non-negative finite number, got -1"),
@@ -154,7 +154,7 @@ def test_communication_share_without_overlap() -> None:
     (lambda: communication_share(1.0, 0.0),
      "compute_seconds must be a positive finite number, got 0.0"),
     (lambda: StepTraffic(all_gather_bytes=-5),
-     "StepTraffic.all_gather_bytes must be a non-negative integer number of bytes, got -5"),
+     "StepTraffic.all_gather_bytes must be a non-negative integer, got -5"),
 ])
 def test_bad_input_is_a_value_error_naming_the_argument(call, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):

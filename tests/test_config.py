@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from harness.theory.config import config_from_hf, get_model, load_hf_config
+from harness.theory.hf import config_from_hf, load_hf_config
+from harness.theory.zoo import get_model
 
 # The config.json files as published on the Hugging Face hub (keys that do not describe the
 # architecture, such as token ids and dropout, are kept to show that they are ignored).

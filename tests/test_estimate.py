@@ -10,18 +10,15 @@ from typing import Any
 import pytest
 
 from harness.cli import main
-from harness.theory.config import get_model
-from harness.theory.estimate import default_seq_len, estimate, render_estimate
+from harness.cli.estimate import render_estimate
+from harness.theory.estimate import default_seq_len, estimate
 from harness.theory.flops import decode_flops, forward_flops, six_nd, train_flops
 from harness.theory.hardware import gpu_spec
-from harness.theory.memory import (
-    CUDA_CONTEXT_BYTES_RANGE,
-    DISTRIBUTED_BUFFER_BYTES_RANGE,
-    inference_memory,
-    kv_cache_bytes,
-    training_memory,
-)
+from harness.theory.memory.breakdown import CUDA_CONTEXT_BYTES_RANGE, DISTRIBUTED_BUFFER_BYTES_RANGE
+from harness.theory.memory.inference import inference_memory, kv_cache_bytes
+from harness.theory.memory.training import training_memory
 from harness.theory.params import non_embedding_params
+from harness.theory.zoo import get_model
 
 # A Llama-style config.json as transformers writes it (TinyLlama-1.1B's published shape).
 TINY_LLAMA = {
@@ -106,7 +103,7 @@ def test_json_agrees_with_the_formulas(capsys):
 def test_concurrent_requests_are_the_most_that_fit_beside_the_cuda_context():
     cfg = get_model("llama-3-8b")
     result = estimate(cfg, seq_len=8192, gpu="A100")
-    requests = result["inference"]["max_concurrent_requests"]
+    requests = result.inference.max_concurrent_requests
     capacity = gpu_spec("A100").memory_bytes - CUDA_CONTEXT_BYTES_RANGE[1]
     assert requests >= 1
     assert inference_memory(cfg, requests, 8192).total <= capacity
@@ -115,33 +112,33 @@ def test_concurrent_requests_are_the_most_that_fit_beside_the_cuda_context():
 
 def test_model_whose_weights_alone_overflow_the_gpu_serves_no_requests():
     result = estimate(get_model("llama-2-70b"), seq_len=4096, gpu="H100")
-    assert result["inference"]["max_concurrent_requests"] == 0
+    assert result.inference.max_concurrent_requests == 0
 
 
 def test_model_that_does_not_fit_says_so(capsys):
     assert main(["estimate", "llama-2-70b", "--gpu", "H100", "--optimizer", "adamw"]) == 0
     out = capsys.readouterr().out
     assert "does NOT fit: short by" in out
-    assert estimate(get_model("llama-2-70b"), gpu="H100")["training_memory"]["fits"] is False
+    assert estimate(get_model("llama-2-70b"), gpu="H100").training_memory.fits is False
 
 
 def test_small_model_fits_and_says_how_much_is_spare(capsys):
     assert main(["estimate", "gpt2", "--gpu", "A100"]) == 0
     assert "fits, " in capsys.readouterr().out
-    assert estimate(get_model("gpt2"), gpu="A100")["training_memory"]["fits"] is True
+    assert estimate(get_model("gpt2"), gpu="A100").training_memory.fits is True
 
 
 def test_default_sequence_is_the_model_context_capped_at_2048():
     assert default_seq_len(get_model("gpt2")) == 1024
     assert default_seq_len(get_model("mistral-7b")) == 2048
-    assert estimate(get_model("gpt2"))["workload"]["seq_len"] == 1024
+    assert estimate(get_model("gpt2")).workload.seq_len == 1024
 
 
 def test_causal_flag_halves_the_attention_in_every_flops_figure(capsys):
     cfg = get_model("gpt2")
     result = _run_json(capsys, "gpt2", "--causal")
     assert result["flops"]["model_per_step"] == train_flops(cfg, 1, 1024, causal=True).model
-    assert "causal attention halved" in render_estimate(result)
+    assert "causal attention halved" in render_estimate(estimate(cfg, causal=True))
 
 
 def test_render_is_a_pure_function_of_the_result(capsys):
@@ -157,6 +154,7 @@ def test_render_is_a_pure_function_of_the_result(capsys):
     (["gpt2", "--seq", "-5"], "--seq must be a positive integer, got -5"),
     (["gpt2", "--seq", "4096"], "seq_len=4096"),
     (["gpt2", "--mfu", "1.5"], "--mfu must be a fraction in (0, 1]"),
+    (["gpt2", "--mfu", "0"], "--mfu must be a fraction in (0, 1]"),
     (["llama-2-7b", "--tp", "3", "--num-gpus", "3"], "tp=3 does not divide num_heads=32"),
     (["gpt2", "--num-gpus", "3", "--tp", "2"], "num_gpus=3"),
     (["gpt2", "--recompute", "sometimes"], "'sometimes'"),
@@ -250,7 +248,8 @@ def test_a_gpu_without_a_link_figure_leaves_the_time_bounds_open(capsys):
     assert comm["link_bandwidth_bytes_per_s"] is None
     assert comm["seconds_lower_bound"] is None and comm["share_without_overlap"] is None
     assert comm["data_parallel"]["bytes_sent_per_gpu"] > 0
-    assert "no link bandwidth known: pass --link-bandwidth" in render_estimate(result)
+    assert "no link bandwidth known: pass --link-bandwidth" in render_estimate(
+        estimate(get_model("gpt2"), gpu="MI250X", num_gpus=2))
 
 
 def test_more_gpus_than_a_node_notes_that_the_network_is_slower(capsys):
@@ -304,5 +303,20 @@ def test_a_bad_link_bandwidth_exits_2_naming_the_flag(capsys):
     assert main(["estimate", "gpt2", "--link-bandwidth", "0"]) == 2
     assert "--link-bandwidth must be a positive number of GB/s, got 0.0" in \
         capsys.readouterr().err
-    with pytest.raises(ValueError, match="link_bandwidth must be a positive number of bytes/s"):
+    with pytest.raises(ValueError, match="link_bandwidth must be a positive finite number"):
         estimate(get_model("gpt2"), link_bandwidth=-1.0)
+
+
+def test_json_is_the_estimate_as_plain_data(capsys):
+    printed = _run_json(capsys, "llama-2-7b", "--num-gpus", "8", "--tp", "2", "--pp", "2")
+    result = estimate(get_model("llama-2-7b"), num_gpus=8, tp=2, pp=2)
+    assert printed == json.loads(json.dumps(result.to_dict()))
+    assert list(printed) == ["model", "workload", "parameters", "flops", "training_memory",
+                             "parallel", "parallel_memory", "communication", "time", "inference",
+                             "sizing", "notes"]
+
+
+def test_the_estimate_is_frozen():
+    result = estimate(get_model("gpt2"))
+    with pytest.raises(AttributeError):
+        result.workload.seq_len = 2  # type: ignore[misc]

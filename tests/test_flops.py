@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.model import build_model, lm_loss, random_batch
-from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
+from harness.theory.config import TransformerConfig
 from harness.theory.flops import (
     Flops,
     achieved_tflops,
@@ -30,6 +30,7 @@ from harness.theory.flops import (
     two_n,
 )
 from harness.theory.params import matmul_params, num_params
+from harness.theory.zoo import MODEL_ZOO, get_model
 
 # A GPT block with a 4h MLP and no GQA: the shape every closed form in the literature assumes.
 GPT_LIKE = TransformerConfig(num_layers=24, hidden_size=2048, num_heads=16, vocab_size=51200)
@@ -123,16 +124,16 @@ def test_full_recompute_hardware_flops_equal_narayanan_eq3() -> None:
     # Narayanan et al. 2021, eq. 3 (source 003, section 4.3): 96 b s l h^2 (1 + s/6h + V/16lh);
     # the logits layer is counted 3x (forward + backward), not recomputed.
     cfg, b, s = GPT_LIKE, 4, 2048
-    l, h, v = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
-    closed = 96 * b * s * l * h * h * (1 + Fraction(s, 6 * h) + Fraction(v, 16 * l * h))
+    L, h, v = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
+    closed = 96 * b * s * L * h * h * (1 + Fraction(s, 6 * h) + Fraction(v, 16 * L * h))
     assert train_flops(cfg, b, s, recompute="full").hardware == closed
 
 
 def test_model_flops_equal_the_72_form_with_v_over_12lh() -> None:
     # Without recomputation: 72 b s l h^2 (1 + s/6h + V/12lh) (Korthikanti et al. 2022, app. A).
     cfg, b, s = GPT_LIKE, 4, 2048
-    l, h, v = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
-    closed = 72 * b * s * l * h * h * (1 + Fraction(s, 6 * h) + Fraction(v, 12 * l * h))
+    L, h, v = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
+    closed = 72 * b * s * L * h * h * (1 + Fraction(s, 6 * h) + Fraction(v, 12 * L * h))
     flops = train_flops(cfg, b, s, recompute="none")
     assert flops.model == closed
     assert flops.hardware == flops.model
@@ -143,8 +144,8 @@ def test_megatron_deepspeed_factor_three_form_undercounts_logits_by_a_quarter() 
     # V/16lh is right only for the factor 4 (logits 6bshV out of 96); with 3 it charges the
     # logits 4.5 bshV instead of 6 bshV.
     cfg, b, s = GPT_LIKE, 4, 2048
-    l, h, v = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
-    code_form = 24 * 3 * b * s * l * h * h * (1 + Fraction(s, 6 * h) + Fraction(v, 16 * l * h))
+    L, h, v = cfg.num_layers, cfg.hidden_size, cfg.vocab_size
+    code_form = 24 * 3 * b * s * L * h * h * (1 + Fraction(s, 6 * h) + Fraction(v, 16 * L * h))
     assert train_flops(cfg, b, s).model - code_form == Fraction(3, 2) * b * s * h * v
 
 
@@ -152,35 +153,35 @@ def test_megatron_deepspeed_factor_three_form_undercounts_logits_by_a_quarter() 
 
 def test_forward_per_layer_is_24bsh2_plus_4bs2h() -> None:
     cfg, b, s = GPT_LIKE, 2, 1024
-    h, l = cfg.hidden_size, cfg.num_layers
+    h, L = cfg.hidden_size, cfg.num_layers
     parts = forward_flops_breakdown(cfg, b, s)
     layers = sum(v for k, v in parts.items() if k != "logits")
-    assert layers == l * (24 * b * s * h * h + 4 * b * s * s * h)
+    assert layers == L * (24 * b * s * h * h + 4 * b * s * s * h)
     assert parts["logits"] == 2 * b * s * h * cfg.vocab_size
 
 
 def test_forward_parts_match_the_source_table() -> None:
     cfg, b, s = GPT_LIKE, 2, 1024
-    h, l = cfg.hidden_size, cfg.num_layers
+    h, L = cfg.hidden_size, cfg.num_layers
     parts = forward_flops_breakdown(cfg, b, s)
-    assert parts["qkv_projection"] == l * 6 * b * s * h * h
-    assert parts["attention_scores"] == l * 2 * b * s * s * h
-    assert parts["attention_values"] == l * 2 * b * s * s * h
-    assert parts["attention_output"] == l * 2 * b * s * h * h
-    assert parts["mlp"] == l * 16 * b * s * h * h
+    assert parts["qkv_projection"] == L * 6 * b * s * h * h
+    assert parts["attention_scores"] == L * 2 * b * s * s * h
+    assert parts["attention_values"] == L * 2 * b * s * s * h
+    assert parts["attention_output"] == L * 2 * b * s * h * h
+    assert parts["mlp"] == L * 16 * b * s * h * h
 
 
 def test_prefill_is_24lh2bs_plus_4lhbs2_plus_2bshv() -> None:
     cfg, b, s = GPT_LIKE, 3, 512
-    h, l, v = cfg.hidden_size, cfg.num_layers, cfg.vocab_size
-    assert prefill_flops(cfg, b, s) == 24 * l * h * h * b * s + 4 * l * h * b * s * s \
+    h, L, v = cfg.hidden_size, cfg.num_layers, cfg.vocab_size
+    assert prefill_flops(cfg, b, s) == 24 * L * h * h * b * s + 4 * L * h * b * s * s \
         + 2 * b * s * h * v
 
 
 def test_decode_is_24lh2b_plus_4lhb_s_plus_1_plus_2bhv() -> None:
     cfg, b, s = GPT_LIKE, 3, 512
-    h, l, v = cfg.hidden_size, cfg.num_layers, cfg.vocab_size
-    assert decode_flops(cfg, b, s) == 24 * l * h * h * b + 4 * l * h * b * (s + 1) + 2 * b * h * v
+    h, L, v = cfg.hidden_size, cfg.num_layers, cfg.vocab_size
+    assert decode_flops(cfg, b, s) == 24 * L * h * h * b + 4 * L * h * b * (s + 1) + 2 * b * h * v
 
 
 def test_decode_with_gqa_is_two_flops_per_matmul_weight_plus_attention_over_the_cache() -> None:
@@ -261,9 +262,9 @@ def test_flops_rejects_model_above_hardware() -> None:
 
 def test_recompute_overhead_of_full_recompute_is_about_a_third() -> None:
     flops = train_flops(GPT_LIKE, 1, 2048, recompute="full")
-    l, h, s, v = GPT_LIKE.num_layers, GPT_LIKE.hidden_size, 2048, GPT_LIKE.vocab_size
+    L, h, s, v = GPT_LIKE.num_layers, GPT_LIKE.hidden_size, 2048, GPT_LIKE.vocab_size
     # Extra forward of the layers over 3 forwards of everything: (1+s/6h) / (3(1+s/6h+V/12lh)).
-    expected = (1 + Fraction(s, 6 * h)) / (3 * (1 + Fraction(s, 6 * h) + Fraction(v, 12 * l * h)))
+    expected = (1 + Fraction(s, 6 * h)) / (3 * (1 + Fraction(s, 6 * h) + Fraction(v, 12 * L * h)))
     assert flops.recompute_overhead == pytest.approx(float(expected), rel=1e-12)
 
 
@@ -354,7 +355,7 @@ def test_mfu_rejects_bad_input_naming_the_argument(kwargs: dict, message: str) -
     (lambda: forward_flops(GPT_LIKE, 1, 12.5), "seq_len must be a positive integer, got 12.5"),
     (lambda: forward_flops(GPT_LIKE, 1, 8, causal=1), "causal must be True or False, got 1"),
     (lambda: train_flops(GPT_LIKE, 1, 8, recompute="partial"),
-     "recompute must be one of none, selective, full; got 'partial'"),
+     "recompute must be one of 'none', 'selective', 'full'; got 'partial'"),
     (lambda: decode_flops(GPT_LIKE, 1, -1), "context_len must be a non-negative integer"),
     (lambda: six_nd(0, 10), "num_params must be a positive integer, got 0"),
     (lambda: quick_tflops_estimate(52, 2048, 1024, 127, 64, recompute="yes"),

@@ -16,29 +16,33 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from harness.model import build_model, lm_loss, random_batch
-from harness.theory.config import TransformerConfig, get_model
-from harness.theory.memory import (
+from harness.theory.config import TransformerConfig
+from harness.theory.memory.activations import activation_bytes, layer_activation_bytes
+from harness.theory.memory.autocast import (
     AUTOCAST_PHASES,
-    AUTOCAST_PRECISIONS,
-    CUDA_CONTEXT_BYTES_RANGE,
-    DISTRIBUTED_BUFFER_BYTES_RANGE,
-    GIB,
-    PRECISIONS,
-    TRAINING_PRECISIONS,
-    MemoryBreakdown,
-    activation_bytes,
     autocast_layer_activation_bytes,
     autocast_step_phases,
-    bytes_per_param,
-    fits,
-    inference_memory,
-    kv_cache_bytes,
-    layer_activation_bytes,
-    model_state_bytes,
-    training_memory,
 )
+from harness.theory.memory.breakdown import (
+    CUDA_CONTEXT_BYTES_RANGE,
+    DISTRIBUTED_BUFFER_BYTES_RANGE,
+    MemoryBreakdown,
+    fits,
+)
+from harness.theory.memory.inference import inference_memory, kv_cache_bytes
+from harness.theory.memory.states import (
+    AUTOCAST_PRECISIONS,
+    PRECISIONS,
+    TRAINING_PRECISIONS,
+    bytes_per_param,
+    model_state_bytes,
+)
+from harness.theory.memory.training import training_memory
 from harness.theory.parallel import params_per_rank
-from perf_tests import workloads as w
+from harness.theory.units import GIB
+from harness.theory.zoo import get_model
+from harness.workloads.models import LLAMA_STYLE
+from harness.workloads.training import TRAINING_WORKLOADS
 from perf_tests.strategies import (
     optimizers,
     parallel_layouts,
@@ -381,7 +385,7 @@ def test_inference_memory_of_llama_2_7b() -> None:
 
 
 def test_inference_rejects_non_positive_bytes_per_param() -> None:
-    with pytest.raises(ValueError, match="bytes_per_param must be a positive number, got 0"):
+    with pytest.raises(ValueError, match="bytes_per_param must be a positive finite number, got 0"):
         inference_memory(get_model("gpt2"), 1, 128, bytes_per_param=0)
 
 
@@ -762,14 +766,14 @@ H100_SWEEP_PEAK_GIB = {1: 7.499, 2: 10.47, 4: 16.4, 8: 28.38}
 # (dropout=False) it was compared with, whose Megatron-LM model this module keeps unchanged.
 H100_TRAINING_PEAK_OVER_BF16_MIXED = {"gpt-none": 1.022, "gpt-full": 0.859,
                                       "llama-none": 1.156, "llama-full": 0.822}
-# The theory should describe these within 5%; the suite's band (perf_tests.workloads
+# The theory should describe these within 5%; the suite's band (harness.workloads.training
 # .MEMORY_ESTIMATE_BAND, 15%) leaves room for GPUs and torch versions not measured here.
 H100_AGREEMENT = 0.05
 
 
 def test_autocast_estimate_reproduces_the_h100_memory_sweep() -> None:
     for batch, measured in H100_SWEEP_PEAK_GIB.items():
-        estimate = training_memory(w.LLAMA_STYLE, batch, 2048, precision="bf16-autocast",
+        estimate = training_memory(LLAMA_STYLE, batch, 2048, precision="bf16-autocast",
                                    dropout=False).total
         assert measured * GIB / estimate == pytest.approx(1, abs=H100_AGREEMENT), batch
 
@@ -777,7 +781,7 @@ def test_autocast_estimate_reproduces_the_h100_memory_sweep() -> None:
 @pytest.mark.parametrize("case", list(H100_TRAINING_PEAK_OVER_BF16_MIXED))
 def test_autocast_estimate_reproduces_the_h100_training_peaks(case: str) -> None:
     name, recompute = case.split("-")
-    workload = w.TRAINING_WORKLOADS[name]
+    workload = TRAINING_WORKLOADS[name]
     shape = (workload.config, workload.batch_size, workload.seq_len)
     measured = H100_TRAINING_PEAK_OVER_BF16_MIXED[case] * training_memory(
         *shape, precision="bf16-mixed", recompute=recompute, dropout=False).total

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.theory.config import TransformerConfig, get_model, list_models
+from harness.theory.config import TransformerConfig
 from harness.theory.parallel import (
     check_pipeline_parallel,
     check_tensor_parallel,
@@ -15,6 +15,7 @@ from harness.theory.parallel import (
     params_per_rank,
     tokens_per_step,
 )
+from harness.theory.zoo import get_model, list_models
 
 
 def test_data_parallel_size_follows_source_001_examples() -> None:

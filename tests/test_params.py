@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import sys
+from pathlib import Path
+
 import pytest
 
-from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
+import harness.theory
+import harness.theory.config
+from harness.theory.config import TransformerConfig
 from harness.theory.params import (
     approx_params_gpt,
     attention_params,
+    layer_params,
     matmul_params,
     mlp_params,
     non_embedding_params,
@@ -15,6 +22,7 @@ from harness.theory.params import (
     num_params,
     param_breakdown,
 )
+from harness.theory.zoo import MODEL_ZOO, get_model
 
 # Published totals: the sum of tensor sizes in each model's released checkpoint (Hugging Face
 # safetensors metadata / model cards). The formula must match them to the parameter.
@@ -154,3 +162,33 @@ def test_textbook_approximation_is_exact_for_an_untied_gpt_without_positions() -
 def test_non_config_argument_is_a_value_error_naming_the_type() -> None:
     with pytest.raises(ValueError, match="cfg must be a harness.TransformerConfig, got dict"):
         num_params({"num_layers": 2})  # type: ignore[arg-type]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, function-level imports included."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_the_config_counts_its_parameters_without_importing_params() -> None:
+    config = Path(harness.theory.config.__file__)
+    assert not any(name.startswith("harness.theory") for name in _imports(config))
+    cfg = get_model("llama-2-7b")
+    assert cfg.num_params() == num_params(cfg) == sum(param_breakdown(cfg).values())
+    assert layer_params(cfg) == cfg.layer_params() == (
+        attention_params(cfg) + mlp_params(cfg) + 2 * norm_params(cfg))
+
+
+def test_the_theory_imports_only_the_standard_library_itself_and_the_checks() -> None:
+    root = Path(harness.theory.__file__).parent
+    for path in root.rglob("*.py"):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            allowed = (top in sys.stdlib_module_names or name == "harness.checks"
+                       or name.startswith("harness.theory"))
+            assert allowed, f"{path.relative_to(root)} imports {name}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.theory.config import TransformerConfig, get_model
+from harness.theory.config import TransformerConfig
 from harness.theory.sizing import (
     Finding,
     gemm_quantization,
@@ -12,6 +12,7 @@ from harness.theory.sizing import (
     sizing_findings,
     swiglu_ffn_candidates,
 )
+from harness.theory.zoo import get_model
 
 
 def by_rule(findings: list[Finding]) -> dict[str, Finding]:

@@ -1,2 +1,8 @@
 """The theory: what a model should cost (parameters, FLOPs, memory, communication) and what a GPU
-can do at best. Pure Python: nothing here imports torch."""
+can do at best. Pure Python: nothing here imports torch, and nothing outside `harness.theory` and
+`harness.checks`.
+
+Imports run one way: config (TransformerConfig and its parameter counts) <- zoo, hf, params <-
+flops, parallel, sizing <- memory/ <- comm <- estimate (the typed `Estimate`); units (byte units,
+ceil_div) is under them all, hardware (the GPU table) needs only units.
+"""

@@ -24,12 +24,25 @@ Everything is in bytes and seconds; bandwidths in bytes/s. No torch import.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from harness.checks import require_choice, require_positive_int
-from harness.theory.config import TransformerConfig
-from harness.theory.memory import RECOMPUTE_CHOICES, TRAINING_PRECISIONS, ZERO_STAGES
+from harness.checks import (
+    require_bool,
+    require_choice,
+    require_non_negative,
+    require_non_negative_int,
+    require_positive,
+    require_positive_int,
+)
+from harness.theory.config import TransformerConfig, require_config
+from harness.theory.flops import RECOMPUTE_KINDS
+from harness.theory.memory.states import (
+    TRAINING_PRECISIONS,
+    ZERO_STAGES,
+    activation_element_bytes,
+)
+from harness.theory.parallel import params_per_rank
 
 COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter")
 
@@ -54,24 +67,10 @@ TP_ALL_REDUCES_PER_LAYER = 4
 TP_RECOMPUTED_ALL_REDUCES_PER_LAYER = 2
 
 
-def _require_number(name: str, value: object, *, positive: bool) -> float:
-    if (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        return float(value)
-    kind = "a positive" if positive else "a non-negative"
-    raise ValueError(f"{name} must be {kind} finite number, got {value!r}")
-
-
-def _require_collective(op: object) -> str:
-    if not isinstance(op, str) or op not in COLLECTIVES:
-        raise ValueError(f"op must be one of {', '.join(COLLECTIVES)}; got {op!r}")
-    return op
-
-
 def bus_bandwidth_factor(op: str, world_size: int) -> float:
     """Bytes each rank sends per byte of the collective's size S: 2(n-1)/n for all-reduce,
     (n-1)/n for all-gather and reduce-scatter (nccl-tests); 0 for a single rank."""
-    _require_collective(op)
+    require_choice("op", op, COLLECTIVES)
     n = require_positive_int("world_size", world_size)
     steps = 2 * (n - 1) if op == "all_reduce" else n - 1
     return steps / n
@@ -80,15 +79,15 @@ def bus_bandwidth_factor(op: str, world_size: int) -> float:
 def ring_steps(op: str, world_size: int) -> int:
     """Sequential send steps of the ring algorithm: 2(n-1) for all-reduce (a reduce-scatter then
     an all-gather), n-1 for all-gather and reduce-scatter."""
-    _require_collective(op)
+    require_choice("op", op, COLLECTIVES)
     n = require_positive_int("world_size", world_size)
     return 2 * (n - 1) if op == "all_reduce" else n - 1
 
 
 def algorithm_bandwidth(nbytes: float, seconds: float) -> float:
     """nccl-tests' algbw = S / t in bytes/s, S the collective's whole buffer."""
-    size = _require_number("nbytes", nbytes, positive=False)
-    return size / _require_number("seconds", seconds, positive=True)
+    size = require_non_negative("nbytes", nbytes)
+    return size / require_positive("seconds", seconds)
 
 
 def bus_bandwidth(op: str, nbytes: float, seconds: float, world_size: int) -> float:
@@ -99,7 +98,7 @@ def bus_bandwidth(op: str, nbytes: float, seconds: float, world_size: int) -> fl
 
 def bytes_sent_per_rank(op: str, nbytes: float, world_size: int) -> float:
     """Bytes every rank sends (and receives) in a ring collective of size `nbytes`."""
-    size = _require_number("nbytes", nbytes, positive=False)
+    size = require_non_negative("nbytes", nbytes)
     return size * bus_bandwidth_factor(op, world_size)
 
 
@@ -113,9 +112,8 @@ def ring_time_lower_bound(op: str, nbytes: float, world_size: int,
     (`GPUSpec.interconnect_bandwidth_bytes_per_s`); `latency_seconds` the cost of one step (a
     few microseconds over NVLink); 0 gives the bandwidth-only bound.
     """
-    bandwidth = _require_number("link_bandwidth_bytes_per_s", link_bandwidth_bytes_per_s,
-                                positive=True)
-    latency = _require_number("latency_seconds", latency_seconds, positive=False)
+    bandwidth = require_positive("link_bandwidth_bytes_per_s", link_bandwidth_bytes_per_s)
+    latency = require_non_negative("latency_seconds", latency_seconds)
     return (ring_steps(op, world_size) * latency
             + bytes_sent_per_rank(op, nbytes, world_size) / bandwidth)
 
@@ -132,10 +130,7 @@ class StepTraffic:
 
     def __post_init__(self) -> None:
         for name in ("all_reduce_bytes", "all_gather_bytes", "reduce_scatter_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"StepTraffic.{name} must be a non-negative integer number of "
-                                 f"bytes, got {value!r}")
+            require_non_negative_int(f"StepTraffic.{name}", getattr(self, name))
 
     def payloads(self) -> dict[str, int]:
         """{collective: bytes} in COLLECTIVES order."""
@@ -216,12 +211,11 @@ def tensor_parallel_traffic(cfg: TransformerConfig, batch_size: int, seq_len: in
     traffic is the same with or without it. The vocabulary-parallel embedding and loss add a
     few small collectives per micro-batch that are left out.
     """
-    if not isinstance(cfg, TransformerConfig):
-        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
+    cfg = require_config(cfg)
     b = require_positive_int("batch_size", batch_size)
     s = require_positive_int("seq_len", seq_len)
     count = require_positive_int("layers", layers)
-    require_choice("recompute", recompute, RECOMPUTE_CHOICES)
+    require_choice("recompute", recompute, RECOMPUTE_KINDS)
     element = require_positive_int("bytes_per_element", bytes_per_element)
     gas = require_positive_int("grad_accum_steps", grad_accum_steps)
     per_layer = TP_ALL_REDUCES_PER_LAYER + (TP_RECOMPUTED_ALL_REDUCES_PER_LAYER
@@ -237,15 +231,13 @@ def pipeline_parallel_bytes(cfg: TransformerConfig, batch_size: int, seq_len: in
     collective): per micro-batch the b*s*h activations to the next stage and their gradient to
     the previous one. With sequence parallelism each tensor-parallel rank holds, and sends,
     1/tp of the sequence."""
-    if not isinstance(cfg, TransformerConfig):
-        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
+    cfg = require_config(cfg)
     b = require_positive_int("batch_size", batch_size)
     s = require_positive_int("seq_len", seq_len)
     element = require_positive_int("bytes_per_element", bytes_per_element)
     gas = require_positive_int("grad_accum_steps", grad_accum_steps)
     t = require_positive_int("tp", tp)
-    if not isinstance(sp, bool):
-        raise ValueError(f"sp must be True or False, got {sp!r}")
+    require_bool("sp", sp)
     activation = b * s * cfg.hidden_size * element
     return 2 * gas * (activation // t if sp else activation)
 
@@ -255,6 +247,110 @@ def communication_share(communication_seconds: float, compute_seconds: float) ->
     comm / (comm + compute), in [0, 1). Overlap (DDP's bucketed all-reduce during backward,
     FSDP's prefetched all-gathers) hides part of it, so this is the most communication can
     cost a step at these times."""
-    comm = _require_number("communication_seconds", communication_seconds, positive=False)
-    compute = _require_number("compute_seconds", compute_seconds, positive=True)
+    comm = require_non_negative("communication_seconds", communication_seconds)
+    compute = require_positive("compute_seconds", compute_seconds)
     return comm / (comm + compute)
+
+
+@dataclass(frozen=True)
+class DataParallelCommunication:
+    """Data parallelism's share of a step: the gradients (and, with ZeRO, parameters) of the
+    `params_per_gpu` parameters one GPU holds, over `ranks` replicas."""
+
+    ranks: int
+    params_per_gpu: int
+    zero_stage: int
+    payload_bytes: Mapping[str, int]
+    payload_bytes_per_micro_step: float
+    bytes_sent_per_gpu: float
+    seconds_lower_bound: float | None
+
+
+@dataclass(frozen=True)
+class TensorParallelCommunication:
+    """Tensor parallelism's share of a step: activation all-reduces over `ranks` GPUs."""
+
+    ranks: int
+    payload_bytes: Mapping[str, int]
+    bytes_sent_per_gpu: float
+    seconds_lower_bound: float | None
+
+
+@dataclass(frozen=True)
+class PipelineCommunication:
+    """Pipeline parallelism's share of a step: activations and their gradients between stages."""
+
+    stages: int
+    bytes_sent_per_gpu: int
+    seconds_lower_bound: float | None
+
+
+@dataclass(frozen=True)
+class StepCommunication:
+    """What each kind of parallelism moves per optimizer step on the busiest GPU, the time
+    bounds at `link_bandwidth_bytes_per_s` (None where no bandwidth is known), and the share of
+    the step they would take without overlap."""
+
+    link_bandwidth_bytes_per_s: float | None
+    link_source: str
+    data_parallel: DataParallelCommunication
+    tensor_parallel: TensorParallelCommunication | None
+    pipeline_parallel: PipelineCommunication | None
+    seconds_lower_bound: float | None
+    compute_seconds: float
+    share_without_overlap: float | None
+
+
+def step_communication(cfg: TransformerConfig, *, batch_size: int, seq_len: int, dp: int,
+                       tp: int, pp: int, sp: bool, zero_stage: int, grad_accum_steps: int,
+                       recompute: str, precision: str, compute_seconds: float,
+                       link_bandwidth: float | None, link_source: str) -> StepCommunication:
+    """Bytes each kind of parallelism moves per optimizer step on the busiest GPU, their time
+    lower bounds at `link_bandwidth` (one-way bytes/s; None: unknown, no bounds), and the share
+    of a step of `compute_seconds` they would take unoverlapped. `link_source` says where the
+    bandwidth came from.
+
+    Data parallelism reduces the gradients of the parameters one GPU holds (`params_per_rank`,
+    first pipeline stage) over dp ranks (`data_parallel_traffic`); tensor parallelism
+    all-reduces activations over tp ranks; pipeline parallelism sends activations and their
+    gradients between stages. Latency is left out: these are bandwidth bounds.
+    """
+    link = None if link_bandwidth is None else require_positive("link_bandwidth", link_bandwidth)
+    element = activation_element_bytes(precision)
+
+    def seconds(traffic: StepTraffic, ranks: int) -> float | None:
+        return None if link is None else traffic.time_lower_bound(ranks, link)
+
+    held = params_per_rank(cfg, tp, pp)
+    dp_traffic = data_parallel_traffic(held, zero_stage=zero_stage,
+                                       grad_accum_steps=grad_accum_steps, precision=precision)
+    data = DataParallelCommunication(
+        ranks=dp, params_per_gpu=held, zero_stage=zero_stage,
+        payload_bytes=dp_traffic.payloads(),
+        payload_bytes_per_micro_step=dp_traffic.total_bytes / grad_accum_steps,
+        bytes_sent_per_gpu=dp_traffic.bytes_sent_per_rank(dp),
+        seconds_lower_bound=seconds(dp_traffic, dp))
+    tensor = None
+    if tp > 1:
+        tp_traffic = tensor_parallel_traffic(cfg, batch_size, seq_len, layers=cfg.num_layers // pp,
+                                             recompute=recompute, bytes_per_element=element,
+                                             grad_accum_steps=grad_accum_steps)
+        tensor = TensorParallelCommunication(
+            ranks=tp, payload_bytes=tp_traffic.payloads(),
+            bytes_sent_per_gpu=tp_traffic.bytes_sent_per_rank(tp),
+            seconds_lower_bound=seconds(tp_traffic, tp))
+    pipeline = None
+    if pp > 1:
+        sent = pipeline_parallel_bytes(cfg, batch_size, seq_len, bytes_per_element=element,
+                                       grad_accum_steps=grad_accum_steps, tp=tp, sp=sp)
+        pipeline = PipelineCommunication(
+            stages=pp, bytes_sent_per_gpu=sent,
+            seconds_lower_bound=None if link is None else sent / link)
+    bounds = [part.seconds_lower_bound for part in (data, tensor, pipeline) if part is not None]
+    total = None if link is None else sum(bound for bound in bounds if bound is not None)
+    return StepCommunication(
+        link_bandwidth_bytes_per_s=link_bandwidth, link_source=link_source,
+        data_parallel=data, tensor_parallel=tensor, pipeline_parallel=pipeline,
+        seconds_lower_bound=total, compute_seconds=compute_seconds,
+        share_without_overlap=(None if total is None
+                               else communication_share(total, compute_seconds)))

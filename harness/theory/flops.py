@@ -25,13 +25,20 @@ Conventions (every function here follows them):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from harness.checks import require_positive_int
+from harness.checks import (
+    require_bool,
+    require_choice,
+    require_non_negative,
+    require_non_negative_int,
+    require_positive,
+    require_positive_int,
+)
 from harness.theory.config import TransformerConfig, require_config
 from harness.theory.params import num_params
 
+# Activation recomputation, as every formula (FLOPs, memory, communication) spells it.
 RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
 
 # Training costs three forward passes: forward + backward (gradients for inputs and for weights,
@@ -49,9 +56,7 @@ class Flops:
 
     def __post_init__(self) -> None:
         for name in ("model", "hardware"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"Flops.{name} must be a non-negative integer, got {value!r}")
+            require_non_negative_int(f"Flops.{name}", getattr(self, name))
         if self.model > self.hardware:
             raise ValueError(f"Flops.model={self.model} exceeds Flops.hardware={self.hardware}; "
                              f"hardware FLOPs include recomputation and are never fewer")
@@ -60,33 +65,6 @@ class Flops:
     def recompute_overhead(self) -> float:
         """Extra work from recomputation as a fraction of the model FLOPs (0.0 without)."""
         return (self.hardware - self.model) / self.model if self.model else 0.0
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _check_positive_finite(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_non_negative_finite(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
-    return float(value)
-
-
-def _check_recompute(recompute: object) -> str:
-    if recompute not in RECOMPUTE_KINDS:
-        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_KINDS)}; "
-                         f"got {recompute!r}")
-    return str(recompute)
 
 
 def forward_flops_breakdown(cfg: TransformerConfig, batch_size: int, seq_len: int,
@@ -100,7 +78,7 @@ def forward_flops_breakdown(cfg: TransformerConfig, batch_size: int, seq_len: in
     cfg = require_config(cfg)
     b = require_positive_int("batch_size", batch_size)
     s = require_positive_int("seq_len", seq_len)
-    _check_bool("causal", causal)
+    require_bool("causal", causal)
     h, kv, f, layers = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size, cfg.num_layers
     tokens = b * s
     mlp_matrices = 3 if cfg.gated_mlp else 2
@@ -141,7 +119,7 @@ def train_flops(cfg: TransformerConfig, batch_size: int, seq_len: int, recompute
     (QK^T and softmax.V) once, "full" one forward of the transformer layers (not of the output
     layer, which Megatron-LM never recomputes).
     """
-    recompute = _check_recompute(recompute)
+    recompute = require_choice("recompute", recompute, RECOMPUTE_KINDS)
     parts = forward_flops_breakdown(cfg, batch_size, seq_len, causal)
     model = TRAIN_FORWARD_MULTIPLE * sum(parts.values())
     if recompute == "selective":
@@ -163,7 +141,7 @@ def flop_counter_flops(cfg: TransformerConfig, batch_size: int, seq_len: int,
     layer beyond the hardware FLOPs. Where SDPA falls back to the math path (meta tensors) it
     sees plain bmm ops whose backward is exactly 2 x forward (`fused_attention=False`).
     """
-    _check_bool("fused_attention", fused_attention)
+    require_bool("fused_attention", fused_attention)
     counted = train_flops(cfg, batch_size, seq_len, recompute=recompute, causal=False).hardware
     if fused_attention:
         counted += forward_flops_breakdown(cfg, batch_size, seq_len)["attention_scores"]
@@ -180,9 +158,7 @@ def decode_flops(cfg: TransformerConfig, batch_size: int, context_len: int) -> i
     """
     cfg = require_config(cfg)
     b = require_positive_int("batch_size", batch_size)
-    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 0:
-        raise ValueError(f"context_len must be a non-negative integer (0 = empty cache), "
-                         f"got {context_len!r}")
+    require_non_negative_int("context_len", context_len)  # 0: an empty cache
     one_token = forward_flops_breakdown(cfg, b, 1)
     keys = context_len + 1
     attention_core = 2 * (cfg.num_layers * 2 * b * cfg.hidden_size * keys)
@@ -215,13 +191,13 @@ def approximation_error(cfg: TransformerConfig, batch_size: int, seq_len: int,
 
 def macs_to_flops(macs: float) -> float:
     """FLOPs from multiply-accumulate counts (fvcore, ptflops, DeepSpeed report MACs): x2."""
-    _check_non_negative_finite("macs", macs)
+    require_non_negative("macs", macs)
     return 2 * macs
 
 
 def flops_to_macs(flops: float) -> float:
     """Multiply-accumulate count from FLOPs: /2."""
-    _check_non_negative_finite("flops", flops)
+    require_non_negative("flops", flops)
     return flops / 2
 
 
@@ -233,12 +209,12 @@ def quick_tflops_estimate(model_size_billion: float, seq_len: int, global_batch_
     It is 6N (8N with full recomputation) per token and ignores attention, so it slightly
     underestimates; use `train_flops` for the exact count.
     """
-    size = _check_positive_finite("model_size_billion", model_size_billion)
+    size = require_positive("model_size_billion", model_size_billion)
     s = require_positive_int("seq_len", seq_len)
     gbs = require_positive_int("global_batch_size", global_batch_size)
-    seconds = _check_positive_finite("seconds_per_iter", seconds_per_iter)
+    seconds = require_positive("seconds_per_iter", seconds_per_iter)
     gpus = require_positive_int("num_gpus", num_gpus)
-    _check_bool("recompute", recompute)
+    require_bool("recompute", recompute)
     # 4 = forward + backward (2) + recomputed forward; 3 without recomputation; 2 FLOPs per MAC.
     passes = 4 if recompute else 3
     # size in 1e9 parameters over a 1e3 divisor gives 1e12 (TFLOP/s).
@@ -247,18 +223,18 @@ def quick_tflops_estimate(model_size_billion: float, seq_len: int, global_batch_
 
 def achieved_tflops(flops: float, seconds: float, num_gpus: int = 1) -> float:
     """TFLOP/s per GPU: flops done in `seconds` by `num_gpus` GPUs together."""
-    f = _check_non_negative_finite("flops", flops)
-    t = _check_positive_finite("seconds", seconds)
+    f = require_non_negative("flops", flops)
+    t = require_positive("seconds", seconds)
     gpus = require_positive_int("num_gpus", num_gpus)
     return f / (t * gpus) / 1e12
 
 
 def _utilization(flops_name: str, flops: float, seconds: float, num_gpus: int,
                  peak_flops_per_gpu: float) -> float:
-    f = _check_non_negative_finite(flops_name, flops)
-    t = _check_positive_finite("seconds", seconds)
+    f = require_non_negative(flops_name, flops)
+    t = require_positive("seconds", seconds)
     gpus = require_positive_int("num_gpus", num_gpus)
-    peak = _check_positive_finite("peak_flops_per_gpu", peak_flops_per_gpu)
+    peak = require_positive("peak_flops_per_gpu", peak_flops_per_gpu)
     return f / (t * gpus * peak)
 
 

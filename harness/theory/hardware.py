@@ -1,4 +1,4 @@
-"""GPU specifications (dense peak FLOP/s per dtype, memory, bandwidth), detection and fingerprints.
+"""GPU specifications (dense peak FLOP/s per dtype, memory, bandwidth) and fingerprints.
 
 MFU is only as honest as its denominator, so an unknown GPU is an error, never a silent fallback
 to some other GPU's peak (tools that assume an A100's 312 TFLOP/s report MFU over 100% on newer
@@ -9,10 +9,10 @@ means a dense fp32 GEMM without TF32: CUDA cores on NVIDIA, matrix cores on AMD.
 Memory sizes are the datasheet capacities read as binary units (HBM and GDDR capacities are
 powers of two per stack or chip, so "80 GB" is 80 GiB); the driver reserves some of it (an
 H100 80GB reports 79.6 GiB, an L40S with ECC on 44.5 GiB), so read the exact total from
-`detect_gpus()`. Bandwidths are the datasheet's decimal TB/s.
+`harness.measure.devices.detect_gpus()`. Bandwidths are the datasheet's decimal TB/s.
 
-torch and pynvml are imported inside the functions that need them, so the table and the name
-matching work on any machine.
+Pure Python, no torch or pynvml: finding the GPUs of this machine, and the spec of the local one,
+is `harness.measure.devices`'s.
 """
 
 from __future__ import annotations
@@ -21,10 +21,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+from harness.checks import (
+    require_bool,
+    require_non_negative_int,
+    require_positive,
+    require_positive_int,
+    require_text,
+)
+from harness.theory.units import GIB, MIB
 
 DTYPES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
@@ -39,8 +44,6 @@ _DTYPE_ALIASES: dict[str, str] = {
     "float8_e4m3fnuz": "fp8", "float8_e5m2fnuz": "fp8",
 }
 
-GIB = 2**30
-MIB = 2**20
 TB_PER_S = 1e12
 GB_PER_S = 1e9
 
@@ -75,29 +78,15 @@ class GPUSpec:
     interconnect_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"GPUSpec.name must be a non-empty string, got {self.name!r}")
-        if not isinstance(self.vendor, str) or not self.vendor.strip():
-            raise ValueError(f"GPUSpec.vendor must be a non-empty string, got {self.vendor!r}")
+        require_text("GPUSpec.name", self.name)
+        require_text("GPUSpec.vendor", self.vendor)
         for attribute in ("memory_bytes", "num_sms", "l2_cache_bytes"):
-            value = getattr(self, attribute)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPUSpec.{attribute} must be a positive integer, got {value!r}")
-        side_cache = self.memory_side_cache_bytes
-        if isinstance(side_cache, bool) or not isinstance(side_cache, int) or side_cache < 0:
-            raise ValueError(f"GPUSpec.memory_side_cache_bytes must be a non-negative integer, "
-                             f"got {side_cache!r}")
-        link = self.interconnect_bandwidth_bytes_per_s
-        if link is not None and (isinstance(link, bool) or not isinstance(link, (int, float))
-                                 or not 0 < link < float("inf")):
-            raise ValueError(f"GPUSpec.interconnect_bandwidth_bytes_per_s must be a positive "
-                             f"number of bytes/s per direction, or None when unknown; got "
-                             f"{link!r}")
-        bandwidth = self.memory_bandwidth_bytes_per_s
-        if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) \
-                or not bandwidth > 0:
-            raise ValueError(f"GPUSpec.memory_bandwidth_bytes_per_s must be positive, got "
-                             f"{bandwidth!r}")
+            require_positive_int(f"GPUSpec.{attribute}", getattr(self, attribute))
+        require_non_negative_int("GPUSpec.memory_side_cache_bytes", self.memory_side_cache_bytes)
+        if self.interconnect_bandwidth_bytes_per_s is not None:  # None: not in the table
+            require_positive("GPUSpec.interconnect_bandwidth_bytes_per_s",
+                             self.interconnect_bandwidth_bytes_per_s)
+        require_positive("GPUSpec.memory_bandwidth_bytes_per_s", self.memory_bandwidth_bytes_per_s)
         if not isinstance(self.peak_tflops, Mapping) or not self.peak_tflops:
             raise ValueError(f"GPUSpec.peak_tflops must map some of {', '.join(DTYPES)} to "
                              f"dense TFLOP/s, got {self.peak_tflops!r}")
@@ -105,14 +94,11 @@ class GPUSpec:
             if dtype not in DTYPES:
                 raise ValueError(f"GPUSpec.peak_tflops has unknown dtype {dtype!r}; use "
                                  f"{', '.join(DTYPES)}")
-            if isinstance(tflops, bool) or not isinstance(tflops, (int, float)) \
-                    or not tflops > 0 or tflops == float("inf"):
-                raise ValueError(f"GPUSpec.peak_tflops[{dtype!r}] must be a positive number of "
-                                 f"TFLOP/s, got {tflops!r}")
-        if isinstance(self.aliases, str) or not all(
-                isinstance(alias, str) and alias.strip() for alias in self.aliases):
-            raise ValueError(f"GPUSpec.aliases must be a tuple of non-empty names, got "
-                             f"{self.aliases!r}")
+            require_positive(f"GPUSpec.peak_tflops[{dtype!r}]", tflops)
+        if isinstance(self.aliases, str):
+            raise ValueError(f"GPUSpec.aliases must be a tuple of names, got {self.aliases!r}")
+        for alias in self.aliases:
+            require_text("each of GPUSpec.aliases", alias)
         object.__setattr__(self, "peak_tflops", MappingProxyType(dict(self.peak_tflops)))
         object.__setattr__(self, "aliases", tuple(self.aliases))
 
@@ -121,9 +107,10 @@ class GPUSpec:
         """The dtype keys this GPU has a peak for, in DTYPES order."""
         return tuple(d for d in DTYPES if d in self.peak_tflops)
 
-    def peak_flops(self, dtype: str | torch.dtype) -> float:
+    def peak_flops(self, dtype: object) -> float:
         """Dense peak in FLOP/s for a dtype: "bf16", "bfloat16", "torch.bfloat16" or the torch
-        dtype itself; a ValueError lists the dtypes this GPU has."""
+        dtype itself (read by its name, so this module needs no torch); a ValueError lists the
+        dtypes this GPU has."""
         text = str(dtype).strip().lower()
         text = text[len("torch."):] if text.startswith("torch.") else text
         key = _DTYPE_ALIASES.get(text)
@@ -273,7 +260,7 @@ def normalize_gpu_name(name: str) -> str:
     """The key names are matched by: lower case, "-" and "_" as spaces, runs of spaces
     collapsed, and a leading vendor word ("nvidia", "tesla", "amd", "amd instinct") dropped.
     "NVIDIA A100-SXM4-80GB" -> "a100 sxm4 80gb"; "AMD Instinct MI300X" -> "mi300x"."""
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name.strip():  # any spacing is normalised below
         raise ValueError(f"a GPU name must be a non-empty string, got {name!r}")
     text = re.sub(r"[\s_\-]+", " ", name.strip().lower())
     for prefix in ("amd instinct ", "nvidia ", "tesla ", "amd "):
@@ -331,8 +318,7 @@ def register_gpu(spec: GPUSpec, *, replace: bool = False) -> None:
     GPU is a ValueError unless replace=True, which points those names at `spec`."""
     if not isinstance(spec, GPUSpec):
         raise ValueError(f"spec must be a GPUSpec, got {type(spec).__name__}")
-    if not isinstance(replace, bool):
-        raise ValueError(f"replace must be True or False, got {replace!r}")
+    require_bool("replace", replace)
     keys = {normalize_gpu_name(n) for n in (spec.name, *spec.aliases)}
     taken = sorted(k for k in keys if k in _REGISTRY and _REGISTRY[k] != spec)
     if taken and not replace:
@@ -350,101 +336,9 @@ def fingerprint(gpu_name: str, count: int) -> str:
     if not isinstance(gpu_name, str):
         raise ValueError(f"gpu_name must be a string such as 'NVIDIA H100 80GB HBM3' or 'cpu', "
                          f"got {gpu_name!r}")
-    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-        raise ValueError(f"count must be a positive integer number of devices, got {count!r}")
+    require_positive_int("count", count)
     slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
     if not slug:
         raise ValueError(f"gpu_name {gpu_name!r} has no letters or digits to build a "
                          f"fingerprint from")
     return slug if count == 1 else f"{slug}-x{count}"
-
-
-@dataclass(frozen=True)
-class DetectedGPU:
-    """A GPU visible to this process. `uuid` is as the source reports it: torch without and
-    NVML with nvidia-smi's "GPU-" prefix; `num_sms` is known only through torch."""
-
-    index: int
-    name: str
-    memory_bytes: int
-    num_sms: int | None = None
-    uuid: str | None = None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _detect_with_torch() -> list[DetectedGPU] | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    gpus = []
-    for index in range(torch.cuda.device_count()):
-        properties = torch.cuda.get_device_properties(index)
-        uuid = getattr(properties, "uuid", None)
-        gpus.append(DetectedGPU(index=index, name=properties.name,
-                                memory_bytes=int(properties.total_memory),
-                                num_sms=int(properties.multi_processor_count),
-                                uuid=None if uuid is None else str(uuid)))
-    return gpus
-
-
-def _detect_with_nvml() -> list[DetectedGPU]:
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            gpus.append(DetectedGPU(index=index, name=_text(pynvml.nvmlDeviceGetName(handle)),
-                                    memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-                                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle))))
-        return gpus
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def detect_gpus() -> list[DetectedGPU]:
-    """The GPUs this process can use; [] on a machine without them, never an exception.
-
-    torch.cuda first (it honours CUDA_VISIBLE_DEVICES and also sees ROCm devices); NVML when
-    torch has no CUDA (a CPU build of torch on a GPU machine), whose indices are physical ones.
-    """
-    try:
-        found = _detect_with_torch()
-        if found is not None:
-            return found
-    except Exception:  # a broken driver or CUDA runtime means no usable GPU, not a crash
-        pass
-    try:
-        return _detect_with_nvml()
-    except Exception:  # no NVML library, no driver, or no NVIDIA GPU
-        return []
-
-
-def local_spec(index: int = 0) -> GPUSpec:
-    """The spec of the detected GPU at `index`. A ValueError when there is no such GPU, when
-    its name is unknown, or when its SM count differs from the table's (a MIG slice, or another
-    variant sold under the same name) - its peak would then be wrong."""
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"index must be a non-negative integer, got {index!r}")
-    gpus = detect_gpus()
-    if not gpus:
-        raise ValueError("no GPU detected (torch.cuda and NVML see none); local_spec needs one, "
-                         "use gpu_spec(name) to look a GPU up by name")
-    if index >= len(gpus):
-        raise ValueError(f"index={index} but only {len(gpus)} GPU(s) are visible "
-                         f"(valid: 0..{len(gpus) - 1})")
-    detected = gpus[index]
-    spec = gpu_spec(detected.name)
-    if detected.num_sms is not None and detected.num_sms != spec.num_sms:
-        raise ValueError(f"GPU {index} ({detected.name}) has {detected.num_sms} SMs but the "
-                         f"table's {spec.name} has {spec.num_sms}: a MIG slice or a different "
-                         f"variant, whose peak is not the table's; register its spec with "
-                         f"harness.register_gpu(..., replace=True)")
-    return spec

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.checks import ceil_div, require_positive_int
+from harness.checks import require_positive_int
 from harness.theory.config import TransformerConfig, require_config
 from harness.theory.params import attention_params, mlp_params, norm_params, param_breakdown
+from harness.theory.units import ceil_div
 
 # Megatron-LM pads the vocabulary to a multiple of `make_vocab_size_divisible_by` (default 128)
 # times the tensor-parallel size, so every rank holds an equal, well-aligned slice of it.

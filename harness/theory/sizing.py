@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.checks import ceil_div, require_positive_int
-from harness.theory.config import TransformerConfig
+from harness.checks import require_positive_int
+from harness.theory.config import TransformerConfig, require_config
+from harness.theory.units import ceil_div
 
 # Source 001: Tensor Cores are fully used when GEMM dimensions are multiples of 16 bytes on V100
 # and 128 bytes on A100 and later, i.e. 8 and 64 two-byte elements; "on A100 it is 64".
@@ -67,10 +68,11 @@ def swiglu_ffn_candidates(hidden_size: int,
     E.g. h=4096: 8h/3 rounds to 10922, which source 001 measured 46% slower on an H100 than
     10944; the candidates are [10752, 10880, 10944, 11008]."""
     require_positive_int("hidden_size", hidden_size)
-    if not multiples or any(isinstance(m, bool) or not isinstance(m, int) or m <= 0
-                            for m in multiples):
+    if not multiples:
         raise ValueError(f"multiples must be a non-empty tuple of positive integers, got "
                          f"{multiples!r}")
+    for multiple in multiples:
+        require_positive_int("each of multiples", multiple)
     return _aligned_neighbours(8 * hidden_size / 3, tuple(multiples))
 
 
@@ -89,8 +91,7 @@ def _power_of_two_finding(rule: str, what: str, value: int) -> Finding:
 def sizing_findings(cfg: TransformerConfig, batch_size: int, seq_len: int,
                     tp: int = 1) -> list[Finding]:
     """Source 001's sizing rules applied to a model, micro-batch, sequence length and tp."""
-    if not isinstance(cfg, TransformerConfig):
-        raise ValueError(f"cfg must be a harness.TransformerConfig, got {type(cfg).__name__}")
+    cfg = require_config(cfg)
     require_positive_int("batch_size", batch_size)
     require_positive_int("seq_len", seq_len)
     require_positive_int("tp", tp)
@@ -201,11 +202,13 @@ def gemm_quantization(m: int, n: int, k: int, num_sms: int,
     """
     for name, value in (("m", m), ("n", n), ("k", k), ("num_sms", num_sms)):
         require_positive_int(name, value)
-    if not isinstance(tile, tuple) or len(tile) != 2 or any(
-            isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in tile):
+    try:
+        if not isinstance(tile, tuple) or len(tile) != 2:
+            raise ValueError("not a pair")
+        tile_m, tile_n = (require_positive_int("tile", size) for size in tile)
+    except ValueError:
         raise ValueError(f"tile must be a pair of positive integers (tile_m, tile_n), "
-                         f"got {tile!r}")
-    tile_m, tile_n = tile
+                         f"got {tile!r}") from None
     tiles = ceil_div(m, tile_m) * ceil_div(n, tile_n)
     waves = ceil_div(tiles, num_sms)
     last_wave_tiles = tiles - (waves - 1) * num_sms
