@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.cli import baselines
 from harness.gate import store
+from harness.gate.lookup import find_metric_id
 from harness.gate.results import Metric, RunResults
 
 H100 = "nvidia-h100-80gb-hbm3-x1"
@@ -166,7 +166,7 @@ def test_history_of_an_unknown_fingerprint_lists_the_known_ones(baselines_dir, m
 
 def test_find_metric_id_prefers_an_exact_match_over_substrings():
     ids = ["a::step_time", "a::step_time_p90"]
-    assert baselines.find_metric_id(ids, "a::step_time", where="here") == "a::step_time"
-    assert baselines.find_metric_id(ids, "p90", where="here") == "a::step_time_p90"
+    assert find_metric_id(ids, "a::step_time", where="here") == "a::step_time"
+    assert find_metric_id(ids, "p90", where="here") == "a::step_time_p90"
     with pytest.raises(ValueError, match="here: 'step' matches 2 metric ids"):
-        baselines.find_metric_id(ids, "step", where="here")
+        find_metric_id(ids, "step", where="here")

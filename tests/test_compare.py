@@ -251,7 +251,8 @@ def test_nightly_saves_strict_results_and_uploads_them_always():
     assert ("pytest -m gpu --perf-strict --perf-save results/nightly.json "
             "--junitxml=results/junit.xml") in shell_lines(nightly)
     (job,) = nightly["jobs"].values()
-    upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact"))
+    upload = next(s for s in job["steps"]
+                  if s.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "always()"
     assert upload["with"]["path"] == "results/"
 

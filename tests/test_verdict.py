@@ -10,15 +10,20 @@ from collections import Counter
 import pytest
 
 from harness.gate.results import Metric
+from harness.gate.stats import mann_whitney_u, smallest_p_value
+from harness.gate.tolerance import (
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    choose_tolerance,
+    is_tolerance,
+    require_tolerance,
+)
 from harness.gate.verdict import (
     DEFAULT_ALPHA,
-    DEFAULT_TOLERANCES,
     Outcome,
     Verdict,
     environment_differences,
     judge,
-    mann_whitney_u,
-    smallest_p_value,
     sort_for_report,
 )
 
@@ -340,6 +345,32 @@ def test_tolerance_precedence_argument_then_measured_then_baseline_then_default(
     measured = plain.with_changes(tolerance=0.3)
     assert judge("t::x", measured, baseline).tolerance == 0.3
     assert judge("t::x", measured, baseline, tolerance=0.01).tolerance == 0.01
+
+
+def test_chosen_tolerance_names_where_it_came_from() -> None:
+    assert choose_tolerance("dataloader") == Tolerance(DEFAULT_TOLERANCES["dataloader"], "default")
+    assert choose_tolerance("time").is_default
+    assert choose_tolerance("time", baseline=0.2) == Tolerance(0.2, "baseline")
+    assert choose_tolerance("time", own=0.3, baseline=0.2) == Tolerance(0.3, "metric")
+    assert choose_tolerance("time", explicit=0.01, own=0.3) == Tolerance(0.01, "explicit")
+    with pytest.raises(ValueError, match="kind must be one of time, throughput"):
+        choose_tolerance("latency")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -0.05, 10, 10.0, float("nan"), float("inf"), True,
+                                   "0.05", None])
+def test_tolerance_bounds_reject_zero_negatives_typos_and_non_numbers(value: object) -> None:
+    assert not is_tolerance(value)
+    with pytest.raises(ValueError, match=r"--tolerance must be a relative change above 0 and "
+                                         r"below 10 \(1000%\), such as 0.05 for 5%, got "):
+        require_tolerance("--tolerance", value)
+
+
+def test_metric_tolerance_follows_the_same_bounds() -> None:
+    assert is_tolerance(0.05) and is_tolerance(9.99)
+    assert require_tolerance("tolerance", 1) == 1.0
+    with pytest.raises(ValueError, match="metric 'step_time': tolerance must be a relative change"):
+        step_time((0.1,), tolerance=10)
 
 
 def test_explicit_tolerance_changes_the_outcome() -> None:

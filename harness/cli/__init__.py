@@ -1,7 +1,9 @@
-"""`python -m harness estimate | compare | baselines | plot`: the command line, one module per command.
+"""`python -m harness estimate | compare | baselines | plot`: the command line, one module per
+command.
 
 This module only dispatches: each command module exposes `add_arguments(parser)` and
-`run(args) -> int` (the exit code). Errors a user can fix are printed as one line, never a traceback.
+`run(args) -> int` (the exit code). Errors a user can fix are printed as one line, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "estimate": ("harness.theory.estimate", "what a model should cost: parameters, FLOPs, memory, fit"),
+    "estimate": ("harness.cli.estimate",
+                 "what a model should cost: parameters, FLOPs, memory, fit"),
     "compare": ("harness.cli.compare", "compare two saved result files with the plugin's verdicts"),
     "baselines": ("harness.cli.baselines", "list, show and trace the stored baselines"),
     "plot": ("harness.cli.plot", "draw a metric's history as a PNG (needs matplotlib)"),
@@ -48,6 +51,7 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default: the process's arguments), run the command, return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ Unknown fingerprints and bad files are errors (exit 2) that name the known finge
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,74 +17,21 @@ from tabulate import tabulate
 
 from harness.gate import store
 from harness.gate.formatting import format_percent, format_value
+from harness.gate.lookup import (
+    find_metric_id,
+    known_fingerprints,
+    load_known_baseline,
+    unknown_fingerprint,
+)
 from harness.gate.results import Metric, RunResults
-from harness.gate.verdict import DEFAULT_TOLERANCES
-
-DEFAULT_DIRECTORY = Path("baselines")
-
-# How many candidate metric ids an error message lists before it says "and N more".
-MAX_IDS_IN_MESSAGE = 10
-
-
-
-def known_fingerprints(directory: Path) -> list[str]:
-    """The fingerprints stored in `directory`; a ValueError when the directory does not exist."""
-    if not directory.is_dir():
-        raise ValueError(f"{directory}: no such baselines directory; pass --dir, or record "
-                         f"baselines with `pytest -m gpu --perf-update-baselines`")
-    return store.list_fingerprints(directory)
-
-
-def unknown_fingerprint(directory: Path, fingerprint: str) -> ValueError:
-    """The error for a fingerprint without a baseline: it lists the ones that exist."""
-    known = known_fingerprints(directory)
-    listing = ", ".join(known) if known else "none"
-    return ValueError(f"{store.baseline_path(directory, fingerprint)}: no baseline for "
-                      f"fingerprint {fingerprint!r}; known fingerprints in {directory}: {listing}")
-
-
-def load_known_baseline(directory: Path, fingerprint: str) -> RunResults:
-    """The current baseline of `fingerprint`; a ValueError listing the known ones if absent."""
-    baseline = store.load_baseline(directory, fingerprint)
-    if baseline is None:
-        raise unknown_fingerprint(directory, fingerprint)
-    return baseline
-
-
-def find_metric_id(metric_ids: Iterable[str], query: str, *, where: str) -> str:
-    """The metric id equal to `query`, else the only one containing it; a ValueError otherwise."""
-    ids = sorted(set(metric_ids))
-    if query in ids:
-        return query
-    matches = [mid for mid in ids if query in mid]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise ValueError(f"{where}: no metric id contains {query!r}; "
-                         f"metric ids there: {_some(ids)}")
-    raise ValueError(f"{where}: {query!r} matches {len(matches)} metric ids, give one of them "
-                     f"in full: {_some(matches)}")
-
-
-def _some(ids: Sequence[str]) -> str:
-    if not ids:
-        return "none"
-    shown = ", ".join(ids[:MAX_IDS_IN_MESSAGE])
-    more = len(ids) - MAX_IDS_IN_MESSAGE
-    return f"{shown} and {more} more" if more > 0 else shown
+from harness.gate.store import DEFAULT_DIRECTORY
+from harness.gate.tolerance import choose_tolerance
 
 
 def _environment_value(environment: dict[str, Any], key: str) -> str:
     """A field of `environment.run_environment` as text; "?" for files recorded without it."""
     value = environment.get(key)
     return "?" if value in (None, "") else str(value)
-
-
-def effective_tolerance(metric: Metric) -> tuple[float, bool]:
-    """(tolerance the verdict uses without an override, whether it is the kind's default)."""
-    if metric.tolerance is not None:
-        return metric.tolerance, False
-    return DEFAULT_TOLERANCES[metric.kind], True
 
 
 def render_list(directory: Path) -> str:
@@ -98,7 +45,8 @@ def render_list(directory: Path) -> str:
     if not rows:
         return (f"no baselines in {directory}; record them with "
                 f"`pytest -m gpu --perf-update-baselines`")
-    return tabulate(rows, headers=["fingerprint", "metrics", "created", "gpu", "torch"])
+    table: str = tabulate(rows, headers=["fingerprint", "metrics", "created", "gpu", "torch"])
+    return table
 
 
 def render_show(results: RunResults, source: Path) -> str:
@@ -107,13 +55,14 @@ def render_show(results: RunResults, source: Path) -> str:
               f"{results.created or '?'}, {len(results.metrics)} metrics")
     rows = []
     for mid, metric in sorted(results.metrics.items()):
-        tolerance, is_default = effective_tolerance(metric)
+        # What the verdict uses without an explicit tolerance: the metric's own or its kind's.
+        tolerance = choose_tolerance(metric.kind, own=metric.tolerance)
         rows.append([
             mid,
             format_value(metric.median, metric.unit),
             format_percent(metric.spread),
             metric.count,
-            format_percent(tolerance) + (" (default)" if is_default else ""),
+            format_percent(tolerance.value) + (" (default)" if tolerance.is_default else ""),
             metric.unit,
             "" if metric.reliable else "unreliable",
         ])

@@ -1,9 +1,10 @@
 """`python -m harness compare BASE.json NEW.json`: judge a branch's results against main's.
 
-Every metric id present in either file is judged by `verdict.judge`, the same engine the pytest
-plugin uses, so a comparison on the command line and a comparison in the suite never disagree.
-Both baseline files (`baselines/<fingerprint>.json`) and saved results (`--perf-save`) are
-accepted: they are one schema family.
+Every metric id present in either file is judged by `harness.gate.compare` with `verdict.judge`,
+the same engine the pytest plugin uses, so a comparison on the command line and a comparison in
+the suite never disagree; this module parses the arguments and prints. Both baseline files
+(`baselines/<fingerprint>.json`) and saved results (`--perf-save`) are accepted: they are one
+schema family.
 
 Metrics only in NEW are judged "no baseline". Metrics only in BASE are listed as "missing in new":
 nothing was measured, so they are not a regression and do not fail the comparison by default (a
@@ -22,25 +23,18 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
-from harness.gate import report, store
+from harness.gate import report
+from harness.gate.compare import FAILING_OUTCOMES, Comparison, compare_files, fails
 from harness.gate.formatting import format_value
-from harness.gate.results import Metric, RunResults
-from harness.gate.verdict import Outcome, Verdict, judge, sort_for_report
+from harness.gate.results import Metric
+from harness.gate.tolerance import require_tolerance
 
 # Exit codes of the command (see the module docstring).
 EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_UNUSABLE = 2
-
-# --fail-on policy -> the outcomes that make the comparison fail.
-FAILING_OUTCOMES: dict[str, frozenset[Outcome]] = {
-    "regression": frozenset({Outcome.REGRESSION}),
-    "unreliable": frozenset({Outcome.REGRESSION, Outcome.UNRELIABLE}),
-    "never": frozenset(),
-}
 
 EPILOG = """\
 exit codes:
@@ -56,56 +50,10 @@ Metrics only in NEW are reported as "no baseline"; metrics only in BASE as
 """
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """The verdicts of NEW against BASE, regressions first, and the metrics NEW no longer has."""
-
-    base_path: Path
-    new_path: Path
-    verdicts: list[Verdict]
-    missing_in_new: dict[str, Metric]
-
-    def outcomes(self) -> set[Outcome]:
-        return {v.outcome for v in self.verdicts}
-
-
-def check_same_hardware(base: RunResults, base_path: Path,
-                        new: RunResults, new_path: Path) -> None:
-    """Refuse to compare runs from different hardware: their numbers are not comparable."""
-    if base.fingerprint != new.fingerprint:
-        raise ValueError(
-            f"{base_path} (fingerprint {base.fingerprint!r}) and {new_path} (fingerprint "
-            f"{new.fingerprint!r}) were recorded on different hardware; compare files that share "
-            f"a fingerprint")
-
-
-def compare_results(base: RunResults, new: RunResults, *, base_path: Path, new_path: Path,
-                    tolerance: float | None = None) -> Comparison:
-    """Judge every metric of NEW against BASE with `verdict.judge`; list what NEW lacks."""
-    check_same_hardware(base, base_path, new, new_path)
-    if not new.metrics:
-        raise ValueError(f"{new_path}: holds no metrics, so nothing can be compared; was every "
-                         f"measured test skipped or deselected in that run?")
-    verdicts = [
-        judge(mid, measured, base.metrics.get(mid), tolerance=tolerance,
-              baseline_environment=base.environment, environment=new.environment)
-        for mid, measured in sorted(new.metrics.items())
-    ]
-    missing = {mid: m for mid, m in sorted(base.metrics.items()) if mid not in new.metrics}
-    return Comparison(base_path=base_path, new_path=new_path,
-                      verdicts=sort_for_report(verdicts), missing_in_new=missing)
-
-
 def exit_code(comparison: Comparison, *, fail_on: str, fail_on_missing: bool = False) -> int:
     """0 or 1 for a usable comparison under the --fail-on policy (2 is raised as ValueError)."""
-    if fail_on not in FAILING_OUTCOMES:
-        raise ValueError(f"fail_on must be one of {', '.join(FAILING_OUTCOMES)}, "
-                         f"got {fail_on!r}")
-    if comparison.outcomes() & FAILING_OUTCOMES[fail_on]:
-        return EXIT_REGRESSION
-    if fail_on_missing and comparison.missing_in_new:
-        return EXIT_REGRESSION
-    return EXIT_OK
+    failed = fails(comparison, fail_on=fail_on, fail_on_missing=fail_on_missing)
+    return EXIT_REGRESSION if failed else EXIT_OK
 
 
 def render_missing(missing: dict[str, Metric], *, markdown: bool) -> str:
@@ -157,13 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load both files, judge, print the table and return the exit code."""
     tolerance: float | None = args.tolerance
-    # Same bounds as Metric.tolerance: a relative change, above 0 and below 1000%.
-    if tolerance is not None and not 0 < tolerance < 10:
-        raise ValueError(f"--tolerance is a relative change such as 0.05 for 5%, "
-                         f"got {tolerance!r}")
-    base = store.load_results(args.base)
-    new = store.load_results(args.new)
-    comparison = compare_results(base, new, base_path=args.base, new_path=args.new,
-                                 tolerance=tolerance)
+    if tolerance is not None:
+        require_tolerance("--tolerance", tolerance)
+    comparison = compare_files(args.base, args.new, tolerance=tolerance)
     print(render_comparison(comparison, markdown=args.markdown))
     return exit_code(comparison, fail_on=args.fail_on, fail_on_missing=args.fail_on_missing)

@@ -11,21 +11,19 @@ since it is the optional extra `plot`).
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.cli.baselines import (
-    DEFAULT_DIRECTORY,
-    effective_tolerance,
-    find_metric_id,
-    unknown_fingerprint,
-)
 from harness.gate import store
-from harness.gate.results import Better, Metric, RunResults, split_metric_id
+from harness.gate.formatting import format_percent
+from harness.gate.lookup import find_metric_id, unknown_fingerprint
+from harness.gate.results import Better, RunResults, split_metric_id
+from harness.gate.stats import quartiles
+from harness.gate.store import DEFAULT_DIRECTORY
+from harness.gate.tolerance import choose_tolerance
 
 Source = Literal["baseline", "results"]
 
@@ -73,18 +71,11 @@ def parse_created(created: str, *, where: Path) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def quartiles(metric: Metric) -> tuple[float, float]:
-    """(Q1, Q3) of the samples, the same method as `Metric.iqr`; both the median for one sample."""
-    if metric.count < 2:
-        return metric.median, metric.median
-    q1, _, q3 = statistics.quantiles(metric.samples, n=4, method="inclusive")
-    return q1, q3
-
-
 def _point(metric_id: str, results: RunResults, path: Path, source: Source) -> Point:
     metric = results.metrics[metric_id]
-    q1, q3 = quartiles(metric)
-    tolerance, _ = effective_tolerance(metric)
+    q1, q3 = quartiles(metric.samples)
+    # The band the verdict uses without an explicit tolerance: the metric's own or its kind's.
+    tolerance = choose_tolerance(metric.kind, own=metric.tolerance).value
     return Point(metric_id=metric_id, created=parse_created(results.created, where=path),
                  median=metric.median, q1=q1, q3=q3, unit=metric.unit, better=metric.better,
                  source=source, path=path, tolerance=tolerance)
@@ -155,7 +146,7 @@ def draw_trend(points: Sequence[Point], output: Path, *, fingerprint: str) -> Pa
         low = latest.median * (1 - latest.tolerance) * factor
         high = latest.median * (1 + latest.tolerance) * factor
         axes.axhspan(low, high, color="tab:green", alpha=0.15,
-                     label=f"latest baseline ±{latest.tolerance * 100:.1f} %")
+                     label=f"latest baseline ±{format_percent(latest.tolerance)}")
         axes.axhline(latest.median * factor, color="tab:green", linewidth=1, linestyle="--")
 
     times = [p.created for p in points]

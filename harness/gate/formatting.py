@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from harness.checks import require_finite, require_positive_int
+
 # Significant digits of a value in a report: 4 resolves a 0.1% change of a median, finer than any
 # tolerance, without a wall of digits ("12.35 ms", "612.4 TFLOP/s").
 SIGNIFICANT_DIGITS = 4
@@ -26,14 +28,14 @@ BYTE_SCALES: tuple[tuple[float, float, str], ...] = tuple(
 SI_PREFIXES: tuple[tuple[float, str], ...] = (
     (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
 
+
 def format_value(value: float, unit: str) -> str:
     """A value with a readable unit: "12.3 ms", "612.4 TFLOP/s", "14.2 GiB", "41.7 %".
 
     Seconds pick s/ms/us/ns, bytes B/KiB/MiB/GiB/TiB, FLOP, FLOP/s and B/s an SI prefix; a
     "ratio" is shown in percent. Any other unit keeps the value as it is, to 4 significant digits.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"value must be a finite number, got {value!r}")
+    require_finite("value", value)
     if not isinstance(unit, str):
         raise ValueError(f"unit must be a string such as 's', 'B' or 'TFLOP/s', got {unit!r}")
     if unit in TIME_UNITS:
@@ -43,7 +45,7 @@ def format_value(value: float, unit: str) -> str:
                        for threshold, divisor, prefix in BYTE_SCALES)
         return _scaled(value, scales)
     if unit in RATIO_UNITS:
-        return f"{value * 100:.1f} %"
+        return format_percent(value)
     if unit in PERCENT_UNITS:
         return f"{value:.1f} %"
     if unit in SI_UNITS:
@@ -54,9 +56,7 @@ def format_value(value: float, unit: str) -> str:
 
 def format_change(change: float | None) -> str:
     """A relative change with its sign: "+10.2 %", "-3.1 %"; "" when there is none."""
-    if change is None:
-        return ""
-    return f"{change * 100:+.1f} %"
+    return "" if change is None else format_percent(change, signed=True)
 
 
 def format_percent(fraction: float, *, signed: bool = False, space: bool = True) -> str:
@@ -68,20 +68,11 @@ def format_percent(fraction: float, *, signed: bool = False, space: bool = True)
 
 def format_size(nbytes: int) -> str:
     """A metric-name friendly size: 8192 -> '8KiB', 2**30 -> '1GiB', 1000 -> '1000B'."""
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
-        raise ValueError(f"nbytes must be a positive integer, got {nbytes!r}")
+    require_positive_int("nbytes", nbytes)
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if nbytes % size == 0:
             return f"{nbytes // size}{unit}"
     return f"{nbytes}B"
-
-
-def _scaled_plain(value: float, units: tuple[str, ...], base: float) -> str:
-    index = 0
-    while abs(value) >= base and index < len(units) - 1:
-        value /= base
-        index += 1
-    return f"{value:,.2f} {units[index]}".rstrip()
 
 
 def format_count(n: float) -> str:
@@ -96,8 +87,8 @@ def format_bytes(n: float) -> str:
 
 def format_flops(n: float) -> str:
     """Decimal units: 1.2e12 -> '1.20 TFLOP'."""
-    return _scaled_plain(n, ("FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP", "EFLOP", "ZFLOP"),
-                   1000)
+    return _scaled_plain(
+        n, ("FLOP", "KFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP", "EFLOP", "ZFLOP"), 1000)
 
 
 def format_seconds(seconds: float) -> str:
@@ -107,6 +98,16 @@ def format_seconds(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds:,.2f} s"
     return f"{seconds / 3600:,.2f} h"
+
+
+def _scaled_plain(value: float, units: tuple[str, ...], base: float) -> str:
+    """`value` divided by `base` until below it (or out of units), to 2 decimals, with the
+    unit."""
+    index = 0
+    while abs(value) >= base and index < len(units) - 1:
+        value /= base
+        index += 1
+    return f"{value:,.2f} {units[index]}".rstrip()
 
 
 def _scaled(value: float, scales: tuple[tuple[float, float, str], ...]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.gate.formatting import format_change, format_value
+from harness.gate.formatting import format_change, format_percent, format_value
 from harness.gate.results import Metric, RunResults, split_metric_id
 from harness.gate.verdict import (
     REPORT_ORDER,
@@ -53,7 +53,7 @@ def render_verdict_detail(verdict: Verdict) -> str:
         return "" if metric is None else format_value(metric.median, metric.unit)
 
     def spread(metric: Metric | None) -> str:
-        return "" if metric is None else f"{metric.spread * 100:.1f} % (IQR/median)"
+        return "" if metric is None else f"{format_percent(metric.spread)} (IQR/median)"
 
     rows: list[list[str]] = [
         ["median", median(baseline), median(measured)],
@@ -65,7 +65,7 @@ def render_verdict_detail(verdict: Verdict) -> str:
         rows.append(["theory", "", format_value(measured.theory, unit)])
     rows += [
         ["change", "", format_change(verdict.change) or "n/a"],
-        ["tolerance", "", f"{verdict.tolerance * 100:.1f} %"],
+        ["tolerance", "", format_percent(verdict.tolerance)],
         ["p-value", "", "n/a" if verdict.p_value is None
          else f"{verdict.p_value:.3g} (alpha {verdict.alpha:g})"],
         ["rule", "", verdict.rule or "n/a"],
@@ -159,7 +159,7 @@ def _verdict_word(verdict: Verdict) -> str:
     """The outcome's word, with which way is better where that is needed to read the change."""
     if verdict.outcome in (Outcome.REGRESSION, Outcome.IMPROVEMENT):
         return f"{verdict.outcome.value} ({verdict.measured.better} is better)"
-    return verdict.outcome.value
+    return str(verdict.outcome.value)
 
 
 def _counts(verdicts: Iterable[Verdict]) -> str:

@@ -12,6 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from harness.checks import require_finite
+from harness.gate.stats import quartiles, relative_spread
+from harness.gate.tolerance import require_tolerance
+
 # Version of the on-disk format, independent of the package version. Loaders reject others.
 SCHEMA_VERSION = 1
 
@@ -43,6 +47,25 @@ def _type_name(types: type | tuple[type, ...]) -> str:
     if isinstance(types, tuple):
         return " or ".join(t.__name__ for t in types)
     return types.__name__
+
+
+def _is_finite(value: object) -> bool:
+    try:
+        require_finite("value", value)
+    except ValueError:
+        return False
+    return True
+
+
+def _optional_number(data: Mapping[str, Any], key: str, where: str) -> float | None:
+    """The field as a float when it is a finite number, None when absent or null."""
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        return require_finite(key, value)
+    except ValueError:
+        raise SchemaError(f"{where}: {key!r} must be a number or null, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -80,36 +103,38 @@ class Metric:
         if not all(math.isfinite(s) for s in samples):
             raise ValueError(f"metric {self.name!r} has a non-finite sample: {samples}")
         object.__setattr__(self, "samples", samples)
-        if self.tolerance is not None and not (0 < self.tolerance < 10):
-            raise ValueError(f"metric {self.name!r}: tolerance is a relative change such as "
-                             f"0.05 for 5%, got {self.tolerance!r}")
+        if self.tolerance is not None:
+            object.__setattr__(self, "tolerance",
+                               require_tolerance(f"metric {self.name!r}: tolerance",
+                                                 self.tolerance))
 
     @property
     def count(self) -> int:
+        """The number of samples."""
         return len(self.samples)
 
     @property
     def median(self) -> float:
+        """The median of the samples."""
         return statistics.median(self.samples)
 
     @property
     def iqr(self) -> float:
         """Interquartile range (0 for fewer than two samples)."""
-        if len(self.samples) < 2:
-            return 0.0
-        q = statistics.quantiles(self.samples, n=4, method="inclusive")
-        return q[2] - q[0]
+        q1, q3 = quartiles(self.samples)
+        return q3 - q1
 
     @property
     def spread(self) -> float:
         """Relative spread: IQR / |median| (0 when the median is 0)."""
-        med = self.median
-        return self.iqr / abs(med) if med else 0.0
+        return relative_spread(self.samples)
 
     def with_changes(self, **changes: Any) -> Metric:
+        """A copy with `changes` applied (validated again)."""
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
+        """The metric's entry in a results or baseline document."""
         return {
             "unit": self.unit,
             "better": self.better,
@@ -130,28 +155,21 @@ class Metric:
         if not isinstance(data, Mapping):
             raise SchemaError(f"{where}: expected an object, got {type(data).__name__}")
         samples = _require(data, "samples", list, where)
-        if not samples or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
-                                  for s in samples):
-            raise SchemaError(f"{where}: 'samples' must be a non-empty list of numbers")
-        tolerance = data.get("tolerance")
-        if tolerance is not None and (isinstance(tolerance, bool)
-                                      or not isinstance(tolerance, (int, float))):
-            raise SchemaError(f"{where}: 'tolerance' must be a number or null, got {tolerance!r}")
-        theory = data.get("theory")
-        if theory is not None and (isinstance(theory, bool)
-                                   or not isinstance(theory, (int, float))):
-            raise SchemaError(f"{where}: 'theory' must be a number or null, got {theory!r}")
+        if not samples or not all(_is_finite(s) for s in samples):
+            raise SchemaError(f"{where}: 'samples' must be a non-empty list of finite numbers")
+        tolerance = _optional_number(data, "tolerance", where)
+        theory = _optional_number(data, "theory", where)
         try:
             return cls(
                 name=name,
                 unit=_require(data, "unit", str, where),
-                better=_require(data, "better", str, where),  # type: ignore[arg-type]
+                better=_require(data, "better", str, where),
                 samples=tuple(samples),
                 kind=data.get("kind", "other"),
-                tolerance=None if tolerance is None else float(tolerance),
+                tolerance=tolerance,
                 reliable=bool(data.get("reliable", True)),
                 note=str(data.get("note", "")),
-                theory=None if theory is None else float(theory),
+                theory=theory,
             )
         except ValueError as exc:
             if isinstance(exc, SchemaError):
@@ -218,7 +236,7 @@ class RunResults:
                 raise SchemaError(f"{where}: {exc}") from None
             metrics[mid] = Metric.from_json(name, raw, f"{where}: metric {mid!r}")
         created = data.get("created", "")
-        return cls(kind=kind, fingerprint=fingerprint, environment=environment,  # type: ignore[arg-type]
+        return cls(kind=kind, fingerprint=fingerprint, environment=environment,
                    metrics=metrics, created=str(created))
 
 

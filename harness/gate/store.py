@@ -1,4 +1,5 @@
-"""Baselines on disk: one validated JSON file per hardware fingerprint, written atomically, with history.
+"""Baselines on disk: one validated JSON file per hardware fingerprint, written atomically, with
+history.
 
 Layout (see DESIGN.md):
 
@@ -33,7 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from harness.checks import require_finite, require_non_negative_int
 from harness.gate.results import RunResults, SchemaError
+
+# Where the commands look for baselines unless told otherwise (relative to the working directory).
+DEFAULT_DIRECTORY = Path("baselines")
 
 HISTORY_DIRNAME = "history"
 
@@ -224,9 +229,10 @@ def _check_fields_results_leaves_open(data: Mapping[str, Any], results: RunResul
                                   f"edit the samples, not the {key}")
         if "count" not in raw:
             raise SchemaError(f"{at}: missing field 'count'")
-        count = raw["count"]
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise SchemaError(f"{at}: field 'count' must be int, got {count!r}")
+        try:
+            count = require_non_negative_int("count", raw["count"])
+        except ValueError:
+            raise SchemaError(f"{at}: field 'count' must be int, got {raw['count']!r}") from None
         if count != metric.count:
             raise SchemaError(f"{at}: stored count {count} disagrees with its {metric.count} "
                               f"samples")
@@ -235,10 +241,10 @@ def _check_fields_results_leaves_open(data: Mapping[str, Any], results: RunResul
 def _stored_number(raw: Mapping[str, Any], key: str, where: str) -> float:
     if key not in raw:
         raise SchemaError(f"{where}: missing field {key!r}")
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SchemaError(f"{where}: field {key!r} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return require_finite(key, raw[key])
+    except ValueError:
+        raise SchemaError(f"{where}: field {key!r} must be a number, got {raw[key]!r}") from None
 
 
 def _make_directory(directory: Path, for_path: Path) -> None:
