@@ -28,8 +28,8 @@ pytestmark = pytest.mark.gpu
 EXTRA_WORK = float(os.environ.get("PERF_EXAMPLE_EXTRA_WORK", "0"))
 
 # 8192^3: about 1.4 ms of bf16 Tensor Core work on an H100, long enough that clock ramps and
-# launch overhead stay far below the default tolerance (a 4096^3 GEMM of ~0.2 ms drifted by up to 14%
-# between processes on an H200), small enough for any training GPU.
+# launch overhead stay far below the default tolerance (a 4096^3 GEMM of ~0.2 ms drifted by up to
+# 14% between processes on an H200), small enough for any training GPU.
 GEMM_SIZE = 8192
 
 # GPT-2 small (124M parameters): about 40 ms per step at batch 8 x 1024 on an H200, so the

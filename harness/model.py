@@ -12,7 +12,7 @@ Building on the meta device allocates nothing, so even the 70B zoo models can be
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from harness.theory.config import TransformerConfig
 
-DeviceLike = Union[str, torch.device]
+DeviceLike = str | torch.device
 # device= and dtype= for every parameter-holding module, so parameters are born where they live.
 FactoryKwargs = dict[str, Any]
 
@@ -100,13 +100,15 @@ def alibi_causal_mask(num_heads: int, seq_len: int, device: torch.device) -> tor
     return bias.masked_fill(future, float("-inf")).unsqueeze(0)
 
 
-def rope_cos_sin(seq_len: int, head_dim: int, device: torch.device, theta: float = ROPE_THETA
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 cosines and sines of the rotary angles, each (seq_len, head_dim), computed once per
-    forward and shared by all layers (no buffers, so parameters stay exactly those counted)."""
+def rope_cos_sin(seq_len: int, head_dim: int, device: torch.device, theta: float = ROPE_THETA,
+                 *, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cosines and sines of the rotary angles at positions start..start+seq_len-1, each
+    (seq_len, head_dim), computed once per forward and shared by all layers (no buffers, so
+    parameters stay exactly those counted). `start` > 0 serves a KV-cached decode step."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device,
                                              dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    positions = torch.arange(start, start + seq_len, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
 
@@ -156,8 +158,9 @@ class Attention(nn.Module):
                                                  dropout_p=dropout_p)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads
-                                                       * self.head_dim))
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(
+            batch, seq, self.num_heads * self.head_dim))
+        return projected
 
 
 class MLP(nn.Module):
@@ -176,10 +179,12 @@ class MLP(nn.Module):
         if self.gate_proj is not None:
             gate = self.gate_proj(x)
             gate = F.silu(gate) if self.kind == "swiglu" else F.gelu(gate, approximate="tanh")
-            return self.down_proj(gate * self.up_proj(x))
+            gated: torch.Tensor = self.down_proj(gate * self.up_proj(x))
+            return gated
         up = self.up_proj(x)
         up = F.relu(up) if self.kind == "relu" else F.gelu(up, approximate="tanh")
-        return self.down_proj(up)
+        down: torch.Tensor = self.down_proj(up)
+        return down
 
 
 class Block(nn.Module):
@@ -196,7 +201,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 alibi: torch.Tensor | None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, alibi))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        mlp_out: torch.Tensor = self.dropout(self.mlp(self.mlp_norm(x)))
+        return x + mlp_out
 
 
 class DecoderLM(nn.Module):
@@ -260,7 +266,8 @@ class DecoderLM(nn.Module):
                     x = checkpoint(block, x, rope, alibi, use_reentrant=False)
             else:
                 x = block(x, rope, alibi)
-        return self.lm_head(self.final_norm(x))
+        logits: torch.Tensor = self.lm_head(self.final_norm(x))
+        return logits
 
 
 def _describe(value: object) -> str:

@@ -1,5 +1,5 @@
 """Distributed runs on CPU: the torchrun launch end to end with gloo, and the pieces of
-`harness.distributed.group` on their own.
+`harness.distributed` on their own.
 
 Two real launches (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m pytest`)
 of a small generated project check what only a launch shows: both ranks run every test and reach
@@ -23,26 +23,21 @@ import pytest
 import torch
 
 import harness
-from harness.distributed import group
-from harness.distributed.group import (
-    AllReduceByteCounter,
-    InitMemory,
+from harness.distributed.group import InitMemory, LockstepClock, RankOutcome, agreed_decision
+from harness.distributed.launch import (
+    LAUNCH_VARIABLES,
     Launch,
-    LockstepClock,
-    RankOutcome,
-    accumulate_gradients,
-    agreed_decision,
-    collective_call,
-    collective_metrics,
     launch_from_environment,
     required_ranks,
 )
+from harness.distributed.training import AllReduceByteCounter, accumulate_gradients
 from harness.gate import store
 from harness.gate.formatting import format_size
 from harness.gate.results import Metric, RunResults
 from harness.gate.session import Decision
 from harness.measure import environment
-from harness.measure.timing import FakeClock
+from harness.measure.collectives import collective_call, collective_metrics
+from harness.testing import FakeClock
 
 # A launch of two ranks that hangs (a bug in the agreement) must fail this test, not CI: two
 # launches take 10-15 s each on a 2-core runner, four times that is a hang.
@@ -97,7 +92,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.distributed.group import AllReduceByteCounter, accumulate_gradients
+from harness.distributed.training import AllReduceByteCounter, accumulate_gradients
 
 HERE = Path(__file__).parent
 
@@ -192,7 +187,7 @@ def _launch(project: Path, *args: str) -> LaunchResult:
     """Run the inner project under torchrun with 2 CPU ranks (gloo); the whole process group
     is killed when it outlives LAUNCH_TIMEOUT_SECONDS."""
     env = {key: value for key, value in os.environ.items()
-           if key not in group.LAUNCH_VARIABLES}
+           if key not in LAUNCH_VARIABLES}
     env["OMP_NUM_THREADS"] = "1"
     # The inner pytest runs outside the repository: make the checkout importable even when the
     # package is not installed.
@@ -342,7 +337,7 @@ def test_alone():
 @pytest.fixture
 def no_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain pytest process: no launcher variables, no CUDA."""
-    for name in group.LAUNCH_VARIABLES:
+    for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(environment, "cuda_available", lambda: False)
 

@@ -1,4 +1,5 @@
-"""The environment record and the GPU-state checks that keep throttled measurements out of verdicts."""
+"""The environment record and the GPU-state checks that keep throttled measurements out of
+verdicts."""
 
 from __future__ import annotations
 
@@ -7,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure import environment
-from harness.measure.environment import (
+from harness.measure import gpu_state
+from harness.measure.environment import git_state, run_environment
+from harness.measure.gpu_state import (
     DISTORTING_THROTTLE_REASONS,
     NVML_THROTTLE_REASONS,
-    FakeGpuMonitor,
     NullGpuMonitor,
     decode_throttle_reasons,
-    git_state,
-    run_environment,
     throttle_problem,
 )
+from harness.testing import FakeGpuMonitor
 
 
 def snapshot(*reasons: str, sm_clock_mhz: int = 1980) -> dict:
@@ -99,9 +99,9 @@ def test_fake_monitor_rejects_unknown_reasons_listing_the_valid_ones() -> None:
 
 
 def test_default_monitor_of_a_cpu_run_reports_nothing() -> None:
-    assert environment.default_gpu_monitor("cpu").snapshot() == {}
+    assert gpu_state.default_gpu_monitor("cpu").snapshot() == {}
     with pytest.raises(ValueError, match="device must be one of cuda, cpu"):
-        environment.default_gpu_monitor("tpu")
+        gpu_state.default_gpu_monitor("tpu")
 
 
 def _git(directory: Path, *args: str) -> None:
@@ -152,6 +152,6 @@ def test_run_environment_rejects_an_unresolved_device() -> None:
 
 
 def test_snapshot_description_names_clock_heat_power_and_reasons() -> None:
-    text = environment.describe_snapshot(snapshot("HwSlowdown", sm_clock_mhz=1410))
+    text = gpu_state.describe_snapshot(snapshot("HwSlowdown", sm_clock_mhz=1410))
     assert text == "SM 1410/1980 MHz, 60 C, 500.0 W, throttle: HwSlowdown"
-    assert environment.describe_snapshot({}) == "no GPU state (not monitored)"
+    assert gpu_state.describe_snapshot({}) == "no GPU state (not monitored)"

@@ -1,4 +1,5 @@
-"""The GPU table, name matching, registration, fingerprints and detection of `harness.theory.hardware`."""
+"""The GPU table, name matching, registration and fingerprints of `harness.theory.hardware`, and
+GPU detection (`harness.measure.devices`)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from harness.measure import devices
+from harness.measure.devices import DetectedGPU, detect_gpus, local_spec
 from harness.theory import hardware
 from harness.theory.hardware import (
-    DetectedGPU,
     GPUSpec,
-    detect_gpus,
     fingerprint,
     gpu_spec,
     known_gpus,
-    local_spec,
     normalize_gpu_name,
     register_gpu,
 )
@@ -172,7 +172,7 @@ def test_gpu_spec_validates_its_fields() -> None:
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         GPUSpec(name="x", vendor="y", memory_bytes=1, memory_bandwidth_bytes_per_s=1.0,
                 num_sms=1, peak_tflops={"int8": 1.0}, l2_cache_bytes=1)
-    with pytest.raises(ValueError, match=r"peak_tflops\['bf16'\] must be a positive number"):
+    with pytest.raises(ValueError, match=r"peak_tflops\['bf16'\] must be a positive finite number"):
         GPUSpec(name="x", vendor="y", memory_bytes=1, memory_bandwidth_bytes_per_s=1.0,
                 num_sms=1, peak_tflops={"bf16": -1.0}, l2_cache_bytes=1)
 
@@ -241,7 +241,7 @@ def test_detect_gpus_falls_back_to_nvml(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_local_spec_looks_up_the_detected_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware, "detect_gpus", lambda: [
+    monkeypatch.setattr(devices, "detect_gpus", lambda: [
         DetectedGPU(index=0, name="NVIDIA H100 80GB HBM3", memory_bytes=85_520_809_984,
                     num_sms=132)])
     assert local_spec().name == "H100 SXM"
@@ -251,7 +251,7 @@ def test_local_spec_looks_up_the_detected_gpu(monkeypatch: pytest.MonkeyPatch) -
 
 def test_local_spec_refuses_a_gpu_whose_sm_count_differs(monkeypatch: pytest.MonkeyPatch) -> None:
     # An MI250 GCD (104 CUs) reports the same name as an MI250X GCD (110 CUs).
-    monkeypatch.setattr(hardware, "detect_gpus", lambda: [
+    monkeypatch.setattr(devices, "detect_gpus", lambda: [
         DetectedGPU(index=0, name="AMD Instinct MI250X/MI250", memory_bytes=64 * 2**30,
                     num_sms=104)])
     with pytest.raises(ValueError, match=r"has 104 SMs but the table's MI250X GCD has 110"):
@@ -259,7 +259,7 @@ def test_local_spec_refuses_a_gpu_whose_sm_count_differs(monkeypatch: pytest.Mon
 
 
 def test_local_spec_without_a_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware, "detect_gpus", lambda: [])
+    monkeypatch.setattr(devices, "detect_gpus", lambda: [])
     with pytest.raises(ValueError, match="no GPU detected"):
         local_spec()
 
@@ -281,7 +281,7 @@ def test_interconnect_bandwidth_is_optional_and_unknown_where_no_single_figure_h
 @pytest.mark.parametrize("bad", [0, -1.0, float("inf"), True, "450e9"])
 def test_gpu_spec_refuses_a_bad_interconnect_bandwidth(bad: object) -> None:
     with pytest.raises(ValueError, match=r"interconnect_bandwidth_bytes_per_s must be a positive "
-                                         r"number of bytes/s per direction.*got"):
+                                         r"finite number, got"):
         GPUSpec(name="x", vendor="y", memory_bytes=1, memory_bandwidth_bytes_per_s=1.0,
                 num_sms=1, peak_tflops={"bf16": 1.0}, l2_cache_bytes=1,
                 interconnect_bandwidth_bytes_per_s=bad)  # type: ignore[arg-type]

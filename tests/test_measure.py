@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from harness.measure.clocks import HostClock
 from harness.measure.dataloader import batch_tensors, measure_dataloader, window_size
 from harness.measure.memory import (
     cuda_context_bytes,
@@ -21,8 +22,9 @@ from harness.measure.memory import (
     release_cached_memory,
     reset_peak_memory,
 )
-from harness.measure.timing import FakeClock, HostClock, TimingPolicy
+from harness.measure.sampling import TimingPolicy
 from harness.measure.train_step import measure_train_step
+from harness.testing import FakeClock
 from harness.theory.config import TransformerConfig
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -112,7 +114,7 @@ def test_train_step_takes_real_optimizer_steps_once_per_call() -> None:
                        device="cpu", autocast_dtype=None)
     # One checked first step and one counted step, then every call the clock timed.
     assert len(losses) == 2 + clock.calls
-    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert losses[-1] < losses[0]  # it trained
 
 
@@ -354,7 +356,7 @@ def test_releasing_cached_memory_returns_freed_blocks_to_the_driver() -> None:
 
 @needs_cuda
 def test_cuda_train_step_reports_memory_beside_its_estimate() -> None:
-    from harness.measure.timing import CudaEventClock
+    from harness.measure.clocks import CudaEventClock
     from harness.model import build_model, lm_loss, random_batch
     from harness.theory.hardware import gpu_spec
 

@@ -16,8 +16,9 @@ from harness.model import (
     random_batch,
     rope_cos_sin,
 )
-from harness.theory.config import MODEL_ZOO, TransformerConfig, get_model
+from harness.theory.config import TransformerConfig
 from harness.theory.params import param_breakdown
+from harness.theory.zoo import MODEL_ZOO, get_model
 
 # One tiny model per architectural style of the zoo (same switches, small sizes).
 TINY: dict[str, TransformerConfig] = {
@@ -175,6 +176,13 @@ def test_rope_scores_depend_only_on_the_relative_offset() -> None:
 
     torch.testing.assert_close(score(5, 2), score(20, 17), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(score(3, 3), q @ k, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_tables_from_a_start_position_are_the_rows_of_the_full_tables() -> None:
+    # A KV-cached decode step rotates one token at position 20: row 20 of the 21-row tables.
+    cos, sin = rope_cos_sin(21, 8, torch.device("cpu"))
+    cos_20, sin_20 = rope_cos_sin(1, 8, torch.device("cpu"), start=20)
+    assert torch.equal(cos_20, cos[20:]) and torch.equal(sin_20, sin[20:])
 
 
 def test_alibi_slopes_follow_the_paper() -> None:

@@ -25,8 +25,7 @@ import os
 
 import pytest
 
-from harness.measure.environment import FakeGpuMonitor
-from harness.measure.timing import FakeClock
+from harness.testing import FakeClock, FakeGpuMonitor
 
 
 @pytest.fixture
@@ -263,7 +262,7 @@ def test_kernel(perf, perf_clock):
 SLOW_FIRST_RUN_CONFTEST = """
 import pytest
 
-from harness.measure.timing import FakeClock
+from harness.testing import FakeClock
 
 
 class SlowFirstRun(FakeClock):
@@ -286,7 +285,8 @@ def test_a_regression_is_confirmed_by_measuring_the_test_twice(
     record_baseline(suite, monkeypatch)
     result = run(suite, monkeypatch, "-s", seed=2, slowdown=1.1)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*run 1*", "*run 2*", "*measured twice, 0 s apart, and regressed both times*"])
+    result.stdout.fnmatch_lines(["*run 1*", "*run 2*",
+                                 "*measured twice, 0 s apart, and regressed both times*"])
 
 
 def test_the_confirming_run_starts_with_the_cuda_cache_emptied(

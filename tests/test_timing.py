@@ -10,24 +10,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.gate.results import Metric
-from harness.measure.timing import (
-    MIN_WARMUP_CALLS,
+from harness.measure.clocks import (
     QUEUED_HOST_SECONDS_PER_CALL,
     QUEUED_LEAD_BASE_SECONDS,
     CudaEventClock,
-    FakeClock,
     HostClock,
-    L2Flush,
     QueuedCudaEventClock,
-    TimingPolicy,
     check_device,
     default_clock,
+    queued_lead_seconds,
+)
+from harness.measure.sampling import (
+    MIN_WARMUP_CALLS,
+    L2Flush,
+    TimingPolicy,
     measure_time,
     measure_time_detailed,
     memory_side_cache_bytes,
-    queued_lead_seconds,
     relative_spread,
 )
+from harness.testing import FakeClock
 from harness.theory.hardware import gpu_spec
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

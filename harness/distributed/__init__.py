@@ -1,2 +1,3 @@
-"""Several GPUs: the torchrun launch, the process group with its lockstep clock and agreement, and
-the DDP/FSDP helpers the distributed tests use."""
+"""Several GPUs: the torchrun launch (`launch`, no torch), the process group with its lockstep
+clock and agreement between ranks (`group`), and the DDP/FSDP helpers the distributed tests use
+(`training`). The collectives measured live in `harness.measure.collectives`."""

@@ -2,12 +2,14 @@
 
 The pytest plugin is a thin layer over this object: it builds a `PerfSession` from the options,
 lets the `perf` fixture record metrics into it, asks it after every test whether the test passes,
-fails or is skipped (`conclude_test`), and at the end saves the run and refreshes the baseline.
-Nothing here imports pytest, so every decision can be tested directly.
+fails or is skipped (`conclude_test`), and at the end lets it save the run and refresh the
+baseline (`finish`) and print its summary (`summary_lines`). Nothing here imports pytest, the
+measurement or torch.distributed, so every decision can be tested directly.
 
 Decisions on one test's metrics, in this order:
   1. any regression                     -> the test fails with the detail table of each (the
-                                           plugin first re-measures once: see `plugin`)
+                                           plugin first re-measures once: see
+                                           `harness.pytest_plugin.run`)
   2. --perf-strict and any metric without a baseline, or measured unreliably
                                         -> the test fails (saying it is not a regression)
   3. any metric without a baseline, or unreliable
@@ -22,22 +24,21 @@ merged file carries this run's environment.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from harness.gate import report, store
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.verdict import Outcome, Verdict, judge
-from harness.measure.timing import TimingPolicy
+from harness.theory.hardware import GPUSpec
 
 DecisionOutcome = Literal["passed", "failed", "skipped"]
 
 
 # Seconds between a regression and its confirming re-measurement. A shared H200 host once slowed
-# training steps by 10-35% for about 13 s (benchmarks/detection_power.py, 2026-11-21): a
+# training steps by 10-35% for about 13 s (benchmarks/detection_power, 2026-11-21): a
 # re-measurement right away lands in the same episode, one 30 s later does not. It costs
 # nothing unless a test regressed.
 DEFAULT_CONFIRM_DELAY_SECONDS = 30.0
@@ -57,7 +58,7 @@ class PerfOptions:
     tolerance: float | None = None
     budget_seconds: float | None = None
     # Seconds a collective of a distributed run waits for the other ranks (None: the default of
-    # harness.distributed.group).
+    # harness.distributed.launch).
     dist_timeout_seconds: float | None = None
     # Pause before the re-measurement that confirms a regression (0: none).
     confirm_delay_seconds: float = DEFAULT_CONFIRM_DELAY_SECONDS
@@ -76,12 +77,18 @@ class Decision:
     regression: bool = False
 
 
-def timing_policy(options: PerfOptions) -> TimingPolicy:
-    """The session's TimingPolicy: the defaults, with --perf-budget as the sampling budget."""
-    policy = TimingPolicy()
-    if options.budget_seconds is not None:
-        policy = dataclasses.replace(policy, budget_seconds=options.budget_seconds)
-    return policy
+class RankGroup(Protocol):
+    """What the session needs of the process group of a torchrun launch
+    (`harness.distributed.group.DistributedRun` is one): who reports, and how to launch again."""
+
+    @property
+    def reports(self) -> bool:
+        """Whether this rank prints, judges and writes (rank 0 only)."""
+        ...
+
+    def relaunch_command(self) -> str:
+        """The torchrun command of this launch's shape, for messages."""
+        ...
 
 
 def utc_now() -> str:
@@ -93,7 +100,7 @@ class PerfSession:
     """The state of one run: what was recorded, what it was judged against, what was decided."""
 
     def __init__(self, options: PerfOptions, environment: dict[str, Any], *,
-                 gpu: Any = None, distributed: Any = None) -> None:
+                 gpu: GPUSpec | None = None, distributed: RankGroup | None = None) -> None:
         fingerprint = environment.get("fingerprint")
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ValueError(f"environment must hold the hardware 'fingerprint' (a non-empty "
@@ -102,9 +109,8 @@ class PerfSession:
         self.environment = environment
         self.fingerprint: str = fingerprint
         self.gpu = gpu
-        # The harness.distributed.group.DistributedRun of a run launched by torchrun, else None.
+        # The process group of a run launched by torchrun, else None.
         self.distributed = distributed
-        self.policy = timing_policy(options)
         self.reference: RunResults | None = None
         self.metrics: dict[str, Metric] = {}
         self.gpu_states: dict[str, dict[str, Any]] = {}
@@ -215,7 +221,7 @@ class PerfSession:
             return (f"no reference for {_names(missing)}: not in the --perf-compare file {path}")
         where = "does not exist" if self.reference is None else "has no entry for it"
         launcher = ("pytest" if self.distributed is None
-                    else self.distributed.launch.relaunch_command())
+                    else self.distributed.relaunch_command())
         command = " ".join([launcher, nodeid, "--perf-update-baselines",
                             *self.options.repeat_flags])
         return (f"no baseline for {_names(missing)}: {path} {where}; record it with "
@@ -282,6 +288,59 @@ class PerfSession:
         new = self.merged_baseline()
         archived = store.write_baseline(self.options.baselines_dir, new)
         return old, new, archived
+
+    def finish(self, *, run_ok: bool) -> bool:
+        """Save the results (--perf-save) and refresh the baseline (--perf-update-baselines),
+        noting each in `end_notes`; False when a save or write failed or was refused, which
+        fails the run. `run_ok`: every test passed. Only the reporting rank writes."""
+        if self.distributed is not None and not self.distributed.reports:
+            return True  # rank 0 saves and writes for the whole launch
+        ok = True
+        path = self.options.save_path
+        if path is not None:
+            try:
+                store.save_results(path, self.results())
+                self.end_notes.append(f"saved {len(self.metrics)} metric(s) of this run to {path}")
+            except store.StoreError as exc:
+                self.end_notes.append(f"ERROR: results not saved: {exc}")
+                ok = False
+        if self.options.update_baselines:
+            ok = self._refresh_baseline(run_ok) and ok
+        return ok
+
+    def _refresh_baseline(self, run_ok: bool) -> bool:
+        """Write the merged baseline unless refused; notes what changed. False on failure."""
+        if not self.metrics:
+            self.end_notes.append(f"no metrics were recorded; {self.reference_path} is unchanged")
+            return True
+        refusal = self.baseline_refusal(run_ok=run_ok)
+        if refusal is not None:
+            self.end_notes.append(f"ERROR: {refusal}")
+            return False
+        try:
+            old, new, archived = self.write_baseline()
+        except store.StoreError as exc:
+            self.end_notes.append(f"ERROR: baseline not written: {exc}")
+            return False
+        kept = "" if archived is None else f"; the previous one is kept as {archived}"
+        self.end_notes.append(f"wrote {self.reference_path} ({len(new.metrics)} metric(s)){kept}")
+        self.end_notes.append(report.render_baseline_changes(old, new))
+        return True
+
+    def summary_lines(self) -> list[str]:
+        """The run's summary: the verdict table (regressions first), improvements, and what was
+        saved or written (lines starting "ERROR" are failures); [] when there is nothing."""
+        if not (self.verdicts or self.end_notes):
+            return []
+        lines: list[str] = []
+        if self.verdicts:
+            lines.append(f"against {self.reference_path} (hardware fingerprint {self.fingerprint})")
+            lines.append(report.render_summary(self.verdicts))
+        improved = self.improvements()
+        if improved:
+            lines.append(f"{len(improved)} metric(s) improved beyond tolerance; if the change is "
+                         f"real, refresh the baseline: pytest -m gpu --perf-update-baselines")
+        return lines + self.end_notes
 
 
 def _name(verdict: Verdict) -> str:

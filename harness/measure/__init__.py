@@ -1,4 +1,10 @@
-"""What is measured on the device: a training step (`train_step`), a data loader (`dataloader`)
-and device memory (`memory`). Each measure function returns `dict[str, Metric]` keyed by metric
-name, with the analytic figure in `Metric.theory` where the formulas have one; the clock they
-time with lives in `harness.measure.timing`."""
+"""What is measured on the device, and how.
+
+The clock (`clocks`) and the sampling rules (`sampling`) time any function; on top of them a
+training step (`train_step`), a data loader (`dataloader`), device memory (`memory`),
+collectives (`collectives`) and where a step's device time goes (`kernels`). Each measure
+function returns `dict[str, Metric]` keyed by metric name, with the analytic figure in
+`Metric.theory` where the formulas have one. Around every measurement the GPU's state is read
+(`gpu_state`); the run as a whole records its environment (`environment`), the GPUs it sees
+(`devices`) and the host it ran on (`host`).
+"""

@@ -7,14 +7,22 @@ is the usual fix).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
+from harness.checks import require_positive_int
 from harness.gate.results import Metric
-from harness.measure.timing import Clock, HostClock, check_device
+from harness.measure.clocks import (
+    Clock,
+    HostClock,
+    check_device,
+    elapsed_seconds,
+    timing_event,
+)
 
 
 def batch_tensors(batch: object) -> list[torch.Tensor]:
@@ -46,6 +54,11 @@ def _next_batch(iterator: Iterator[Any], index: int, steps: int) -> Any:
                          f"longer loader or fewer steps") from None
 
 
+def _fetch_into(holder: list[Any], iterator: Iterator[Any], index: int, steps: int) -> None:
+    """Put batch `index` of `iterator` into `holder` (the call the wait clock times)."""
+    holder.append(_next_batch(iterator, index, steps))
+
+
 def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
                        clock: Clock | None = None) -> dict[str, Metric]:
     """Iterate `steps` batches after one warm-up batch (which starts the workers) and measure.
@@ -54,14 +67,14 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
     clock without CUDA synchronisation) and `batches_per_s`, each with one sample per window of
     consecutive batches (see `window_size`): a worker pool delivers in bursts, so single waits
     are bimodal (near 0 when a batch was prefetched, long when not) and their median says little,
-    while the mean over whole worker cycles is stable. On CUDA also `h2d_time` (s per batch for `.to(device, non_blocking=True)` of every
-    tensor in it, CUDA events, synchronised) and `h2d_bandwidth` (GB/s, 1e9 bytes); their note
-    says whether the batches were pinned. On CPU there is no copy, so no copy metrics; neither
-    are there for a loader that yields tensors already on the device.
+    while the mean over whole worker cycles is stable. On CUDA also `h2d_time` (s per batch for
+    `.to(device, non_blocking=True)` of every tensor in it, CUDA events, synchronised) and
+    `h2d_bandwidth` (GB/s, 1e9 bytes); their note says whether the batches were pinned. On CPU
+    there is no copy, so no copy metrics; neither are there for a loader that yields tensors
+    already on the device.
     """
     device_type = check_device(device)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    require_positive_int("steps", steps)
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} needs CUDA, but torch.cuda.is_available() is "
                          f"False on this machine")
@@ -91,7 +104,9 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
     loop_start = time.perf_counter()
     for index in range(1, steps + 1):
         holder.clear()
-        waits.append(clock.time(lambda: holder.append(_next_batch(iterator, index, steps)), 1))
+        # The partial binds this iteration's index and lives only for the call, so that
+        # `del iterator` below still drops the last reference to the loader's workers.
+        waits.append(clock.time(functools.partial(_fetch_into, holder, iterator, index, steps), 1))
         tensors = batch_tensors(holder[0])
         if not tensors:
             raise ValueError(f"batch {index} of the loader holds no tensors "
@@ -109,7 +124,7 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
     note = _pinned_note(pinned, total) if total else "the batches were already on the device"
     window = window_size(steps, getattr(loader, "num_workers", 0))
     starts = [loop_start, *batch_ends[:-1]]
-    batch_seconds = [end - start for start, end in zip(starts, batch_ends)]
+    batch_seconds = [end - start for start, end in zip(starts, batch_ends, strict=True)]
     metrics = {
         "wait_time": Metric(name="wait_time", unit="s", better="lower", kind="dataloader",
                             samples=tuple(_window_means(waits, window)),
@@ -129,7 +144,7 @@ def measure_dataloader(loader: Iterable[Any], *, device: str, steps: int,
                  f"batch(es), CUDA events; {note}")
         metrics["h2d_bandwidth"] = Metric(
             name="h2d_bandwidth", unit="GB/s", better="higher", kind="dataloader",
-            samples=tuple(b / s / 1e9 for b, s in zip(copy_bytes, copy_seconds)),
+            samples=tuple(b / s / 1e9 for b, s in zip(copy_bytes, copy_seconds, strict=True)),
             note=f"batch bytes / copy time (1 GB = 1e9 B); {note}")
     return metrics
 
@@ -158,12 +173,11 @@ def _window_means(values: list[float], window: int) -> list[float]:
 def _copy_to_device(tensors: list[torch.Tensor], device: str) -> tuple[float, int]:
     """Seconds (CUDA events, synchronised) and bytes of copying the tensors to the device."""
     stream = torch.cuda.current_stream(torch.device(device))
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
+    start, end = timing_event(), timing_event()
     start.record(stream)
     copies = [t.to(device, non_blocking=True) for t in tensors]
     end.record(stream)
     end.synchronize()
     del copies
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
-    return start.elapsed_time(end) / 1e3, nbytes
+    return elapsed_seconds(start, end), nbytes

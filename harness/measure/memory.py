@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import pynvml
 import torch
 
-from harness.measure.environment import nvml_handle
-from harness.measure.timing import check_device
+from harness.checks import require_non_negative_int
+from harness.measure.clocks import check_device, cuda_initialized
+from harness.measure.gpu_state import nvml_handle
 
 
 @dataclass(frozen=True)
@@ -38,22 +39,21 @@ def release_cached_memory() -> None:
     """Collect garbage and hand torch's cached CUDA blocks back to the driver, so that what runs
     next starts with only its own memory reserved. Nothing to do while CUDA is uninitialised."""
     gc.collect()
-    if torch.cuda.is_initialized():
+    if cuda_initialized():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
 
 def _check_index(index: object) -> int:
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"index must be a CUDA device index (an integer >= 0), got {index!r}")
+    checked = require_non_negative_int("index (a CUDA device index)", index)
     if not torch.cuda.is_available():
-        raise ValueError(f"device memory of CUDA device {index} needs CUDA, but "
+        raise ValueError(f"device memory of CUDA device {checked} needs CUDA, but "
                          f"torch.cuda.is_available() is False on this machine")
     count = torch.cuda.device_count()
-    if index >= count:
-        raise ValueError(f"index={index} is not a CUDA device of this process; valid indices "
+    if checked >= count:
+        raise ValueError(f"index={checked} is not a CUDA device of this process; valid indices "
                          f"are 0..{count - 1}")
-    return index
+    return checked
 
 
 def device_memory_usage(index: int = 0) -> DeviceMemoryUsage:

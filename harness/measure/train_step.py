@@ -4,7 +4,8 @@ FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` on one untimed
 hardware-like FLOPs (recomputation from activation checkpointing and the fused-attention
 backward included, causal masking ignored). With a `TransformerConfig` the analytic model and
 hardware FLOPs of `harness.theory.flops.train_flops` give MFU and HFU, and
-`harness.theory.memory.training_memory` the memory estimate the measured peak is compared with.
+`harness.theory.memory.training.training_memory` the memory estimate the measured peak is
+compared with.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.gate.results import Metric
+from harness.measure.clocks import Clock, check_device
 from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
-from harness.measure.timing import Clock, TimingPolicy, check_device, measure_time_detailed
+from harness.measure.sampling import TimingPolicy, measure_time_detailed
 from harness.theory.config import TransformerConfig
 
 if TYPE_CHECKING:
     from harness.theory.hardware import GPUSpec
-    from harness.theory.memory import MemoryBreakdown
+    from harness.theory.memory.breakdown import MemoryBreakdown
 
 RECOMPUTE_CHOICES: tuple[str, ...] = ("none", "selective", "full")
 
@@ -46,7 +48,7 @@ def _check_inputs(inputs: object, device: str) -> tuple[Any, Any]:
                          f"{type(inputs).__name__} of length "
                          f"{len(inputs) if hasattr(inputs, '__len__') else 'unknown'}")
     wanted = check_device(device)
-    for position, value in zip(("inputs[0]", "inputs[1]"), inputs):
+    for position, value in zip(("inputs[0]", "inputs[1]"), inputs, strict=True):
         if isinstance(value, torch.Tensor) and value.device.type != wanted:
             raise ValueError(f"{position} is on {value.device}, but device={device!r}; move "
                              f"it with .to({device!r}) first")
@@ -130,7 +132,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
         if gpu is not None:
             peak = gpu.peak_flops(peak_dtype)
         # Estimated on CPU too, where it is not reported, so that bad settings fail everywhere.
-        from harness.theory.memory import training_memory
+        from harness.theory.memory.training import training_memory
 
         try:
             estimate = training_memory(config, *shape, precision=precision,
@@ -149,7 +151,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             loss = loss_fn(model(x), target)
-        loss.backward()
+        torch.autograd.backward(loss)  # the typed spelling of loss.backward()
         optimizer.step()
 
     # First step, untimed and checked: it pays the one-time costs (optimizer state, lazy
@@ -160,7 +162,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError(f"loss_fn must return a scalar tensor, got "
                          f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else loss!r}")
-    loss.backward()
+    torch.autograd.backward(loss)  # the typed spelling of loss.backward()
     optimizer.step()
 
     counter = FlopCounterMode(display=False)

@@ -1,58 +1,62 @@
-"""The `perf` fixture's object: a test says what to measure, `Perf` knows how.
+"""The `perf` fixture and its object: a test says what to measure, `Perf` knows how.
 
-Every measurement runs between two GPU snapshots. When the GPU throttled for a reason that
-distorts the numbers (`environment.DISTORTING_THROTTLE_REASONS`) the measurement is taken once
-more; when it throttles again its metrics are kept but marked unreliable, so they are never
-called a regression. Every metric is recorded in the session under `<nodeid>::<name>` and
-attached to the test's JUnit report as the property `perf:<name>` = "<median> <unit>"; on a GPU
-the state after each measurement is the property `perf:<measurement>:gpu`.
+The fixtures `perf_device`, `perf_clock` and `perf_gpu_monitor` supply what `perf` measures
+with; a conftest.py overrides them (`harness.testing.FakeClock` for tests without a GPU). Every
+measurement runs between two GPU snapshots (`gpu_state.measure_between_snapshots`). When the
+GPU throttled for a reason that distorts the numbers (`gpu_state.DISTORTING_THROTTLE_REASONS`)
+the measurement is taken once more; when it throttles again its metrics are kept but marked
+unreliable, so they are never called a regression. Every metric is recorded in the session under
+`<nodeid>::<name>` and attached to the test's JUnit report as the property `perf:<name>` =
+"<median> <unit>"; on a GPU the state after each measurement is the property
+`perf:<measurement>:gpu`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import pynvml
+import pytest
 import torch
 
-from harness.distributed.group import (
-    DistributedRun,
-    LockstepClock,
-    collective_call,
-    collective_metrics,
-)
+from harness.checks import require_bool, require_finite, require_positive
+from harness.distributed.group import DistributedRun, LockstepClock
 from harness.gate.formatting import format_size
-from harness.gate.results import BETTER_VALUES, METRIC_KINDS, Measurement, Metric
-from harness.gate.session import PerfSession
-from harness.measure.dataloader import measure_dataloader
-from harness.measure.environment import GpuStateMonitor, describe_snapshot, throttle_problem
-from harness.measure.timing import (
-    Clock,
-    CudaEventClock,
-    QueuedCudaEventClock,
-    TimingPolicy,
-    measure_time,
+from harness.gate.results import (
+    BETTER_VALUES,
+    METRIC_KINDS,
+    Better,
+    Measurement,
+    Metric,
+    MetricKind,
 )
+from harness.gate.session import PerfSession
+from harness.gate.tolerance import require_tolerance
+from harness.measure.clocks import Clock, CudaEventClock, QueuedCudaEventClock, default_clock
+from harness.measure.collectives import collective_call, collective_metrics
+from harness.measure.dataloader import measure_dataloader
+from harness.measure.gpu_state import (
+    GpuStateMonitor,
+    NullGpuMonitor,
+    default_gpu_monitor,
+    describe_snapshot,
+    measure_between_snapshots,
+)
+from harness.measure.sampling import TimingPolicy, measure_time
 from harness.measure.train_step import measure_train_step
+from harness.pytest_plugin.run import RUN_KEY, PerfRun
 from harness.theory.config import TransformerConfig
-
-# How often a throttled measurement is taken again before its metrics are marked unreliable:
-# one retry absorbs a passing burst (the previous test heated the GPU) without doubling the
-# run time of a machine that throttles all the time.
-THROTTLE_RETRIES = 1
 
 # Metrics of `measure_train_step` that count what the caching allocator holds rather than what
 # tensors use (`Perf.train_step`'s cached_memory_tolerance).
 CACHED_MEMORY_METRICS: frozenset[str] = frozenset({"peak_reserved_bytes", "device_memory_bytes"})
 
 
-def _positive_number(name: str, value: object) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+class PerfWarning(UserWarning):
+    """Something the perf run could not do, that does not invalidate it (e.g. no NVML)."""
 
 
 def _prefixed(metrics: dict[str, Metric], prefix: str) -> dict[str, Metric]:
@@ -73,7 +77,8 @@ class Perf:
 
     def __init__(self, *, session: PerfSession, nodeid: str, clock: Clock,
                  monitor: GpuStateMonitor, policy: TimingPolicy,
-                 user_properties: list[tuple[str, object]]) -> None:
+                 user_properties: list[tuple[str, object]],
+                 distributed: DistributedRun | None = None) -> None:
         self._session = session
         self._nodeid = nodeid
         self._clock = clock
@@ -82,7 +87,7 @@ class Perf:
         self._user_properties = user_properties
         self.device: str = session.options.device
         self.gpu = session.gpu
-        self.distributed: DistributedRun | None = session.distributed
+        self.distributed = distributed
 
     def time(self, fn: Callable[[], object], *, name: str = "time", flops: float | None = None,
              bytes: float | None = None, tolerance: float | None = None,
@@ -94,11 +99,10 @@ class Perf:
         """
         if not callable(fn):
             raise ValueError(f"fn must be a callable taking no arguments, got {fn!r}")
-        flops_per_call = None if flops is None else _positive_number("flops", flops)
-        bytes_per_call = None if bytes is None else _positive_number("bytes", bytes)
-        if flush_l2 is not None and not isinstance(flush_l2, bool):
-            raise ValueError(f"flush_l2 must be True, False or None (the session's policy), "
-                             f"got {flush_l2!r}")
+        flops_per_call = None if flops is None else require_positive("flops", flops)
+        bytes_per_call = None if bytes is None else require_positive("bytes", bytes)
+        if flush_l2 is not None:
+            require_bool("flush_l2 (None: the session's policy)", flush_l2)
         names = [name]
         if flops_per_call is not None:
             names.append(f"{name}_tflops")
@@ -147,8 +151,10 @@ class Perf:
         device_memory_bytes) is not when several streams allocate (FSDP2's all-gathers):
         `cached_memory_tolerance` applies to those two."""
         label = f"{name_prefix}train_step"
-        _check_tolerance(tolerance)
-        _check_tolerance(cached_memory_tolerance)
+        if tolerance is not None:
+            require_tolerance("tolerance", tolerance)
+        if cached_memory_tolerance is not None:
+            require_tolerance("cached_memory_tolerance", cached_memory_tolerance)
 
         def produce() -> dict[str, Metric]:
             metrics = measure_train_step(
@@ -172,7 +178,8 @@ class Perf:
         batches_per_s, and on CUDA h2d_time and h2d_bandwidth); `name_prefix` and `tolerance`
         as in `train_step`."""
         label = f"{name_prefix}dataloader"
-        _check_tolerance(tolerance)
+        if tolerance is not None:
+            require_tolerance("tolerance", tolerance)
 
         def produce() -> dict[str, Metric]:
             metrics = measure_dataloader(loader, device=self.device, steps=steps)
@@ -222,27 +229,26 @@ class Perf:
         return clock, None
 
     def metric(self, name: str, value_or_samples: float | Sequence[float], *, unit: str,
-               better: str = "higher", kind: str = "other", tolerance: float | None = None,
-               theory: float | None = None) -> Metric:
+               better: Better = "higher", kind: MetricKind = "other",
+               tolerance: float | None = None, theory: float | None = None) -> Metric:
         """Record anything else the test computed itself: one value or a list of samples."""
-        if isinstance(value_or_samples, (int, float)) and not isinstance(value_or_samples, bool):
-            samples: tuple[float, ...] = (float(value_or_samples),)
-        elif (isinstance(value_or_samples, Sequence) and not isinstance(value_or_samples, str)
-              and value_or_samples
-              and all(isinstance(s, (int, float)) and not isinstance(s, bool)
-                      for s in value_or_samples)):
-            samples = tuple(float(s) for s in value_or_samples)
-        else:
-            raise ValueError(f"value_or_samples must be a number or a non-empty list of numbers, "
-                             f"got {value_or_samples!r}")
+        values = (value_or_samples if isinstance(value_or_samples, Sequence)
+                  and not isinstance(value_or_samples, str) else [value_or_samples])
+        try:
+            samples = tuple(require_finite("value_or_samples", value) for value in values)
+        except ValueError:
+            samples = ()
+        if not samples:
+            raise ValueError(f"value_or_samples must be a number or a non-empty list of "
+                             f"numbers, got {value_or_samples!r}")
         if not isinstance(unit, str):
             raise ValueError(f"unit must be a string such as 's' or 'GB/s', got {unit!r}")
         if better not in BETTER_VALUES:
             raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
         if kind not in METRIC_KINDS:
             raise ValueError(f"kind must be one of {', '.join(METRIC_KINDS)}; got {kind!r}")
-        metric = Metric(name=name, unit=unit, better=better, samples=samples,  # type: ignore[arg-type]
-                        kind=kind, tolerance=tolerance, theory=theory)  # type: ignore[arg-type]
+        metric = Metric(name=name, unit=unit, better=better, samples=samples, kind=kind,
+                        tolerance=tolerance, theory=theory)
         self._record(metric)
         return metric
 
@@ -264,44 +270,6 @@ class Perf:
         self._user_properties.append((f"perf:{metric.name}", f"{metric.median:.6g} {metric.unit}"))
 
 
-def measure_between_snapshots(
-        produce: Callable[[], dict[str, Metric]], monitor: GpuStateMonitor, *,
-        agree: Callable[[str | None], str | None] | None = None,
-) -> tuple[dict[str, Metric], dict[str, Any]]:
-    """Run `produce` between two GPU snapshots. A throttled measurement is taken again
-    (THROTTLE_RETRIES times), then kept with its metrics marked unreliable: never judged as a
-    regression. `agree` lets every rank of a distributed run take the same decision.
-    Returns the metrics and the GPU state (before, after, attempts, throttle reasons)."""
-    throttles: list[str] = []
-    attempts = 0
-    while True:
-        attempts += 1
-        before = monitor.snapshot()
-        metrics = produce()
-        after = monitor.snapshot()
-        problem = throttle_problem(before, after)
-        if agree is not None:  # every rank retries, or keeps, together
-            problem = agree(problem)
-        if problem is None:
-            break
-        throttles.append(problem)
-        if attempts > THROTTLE_RETRIES:
-            note = f"{problem}, in all {attempts} attempts"
-            metrics = {n: m.with_changes(reliable=False,
-                                         note=f"{m.note}; {note}" if m.note else note)
-                       for n, m in metrics.items()}
-            break
-    return metrics, {"before": before, "after": after, "attempts": attempts,
-                     "throttled": throttles}
-
-
-def _check_tolerance(tolerance: float | None) -> None:
-    """Fail before measuring when a tolerance could not be stored in a Metric."""
-    if tolerance is not None:
-        Metric(name="tolerance_check", unit="s", better="lower", samples=(1.0,),
-               tolerance=tolerance)
-
-
 def _timing_tolerance(metrics: dict[str, Metric], tolerance: float | None) -> dict[str, Metric]:
     """`tolerance` on the time, throughput and dataloader metrics that have none of their own."""
     if tolerance is None:
@@ -309,3 +277,50 @@ def _timing_tolerance(metrics: dict[str, Metric], tolerance: float | None) -> di
     return {name: m.with_changes(tolerance=tolerance)
             if m.tolerance is None and m.kind in ("time", "throughput", "dataloader") else m
             for name, m in metrics.items()}
+
+
+def _started(request: pytest.FixtureRequest) -> tuple[PerfRun, PerfSession]:
+    """The run of this config and its perf session; a RuntimeError when it never started."""
+    run = request.config.stash.get(RUN_KEY, None)
+    session = None if run is None else run.session
+    if run is None or session is None:
+        raise RuntimeError("the perf session was not started: harness.pytest_plugin is loaded "
+                           "but its pytest_sessionstart did not run")
+    return run, session
+
+
+@pytest.fixture(scope="session")
+def perf_device(request: pytest.FixtureRequest) -> str:
+    """The device measured tests run on: "cuda" or "cpu" (--perf-device, resolved)."""
+    return request.config.stash[RUN_KEY].options.device
+
+
+@pytest.fixture
+def perf_clock(perf_device: str) -> Clock:
+    """The clock of `perf` measurements; override it in a conftest.py (e.g. a FakeClock)."""
+    return default_clock(perf_device)
+
+
+@pytest.fixture
+def perf_gpu_monitor(perf_device: str) -> GpuStateMonitor:
+    """The GPU monitor of `perf` measurements (NVML on CUDA, none on CPU); overridable."""
+    try:
+        return default_gpu_monitor(perf_device)
+    except (pynvml.NVMLError, ValueError) as exc:
+        warnings.warn(PerfWarning(f"GPU state is not monitored ({exc}): throttling cannot be "
+                                  f"detected in this run"), stacklevel=2)
+        return NullGpuMonitor()
+
+
+@pytest.fixture
+def perf(request: pytest.FixtureRequest, perf_clock: Clock,
+         perf_gpu_monitor: GpuStateMonitor) -> Perf:
+    """Measure in a test: perf.time, perf.train_step, perf.dataloader, perf.metric (and
+    perf.collective under torchrun, where every clock reads the slowest rank's time)."""
+    run, session = _started(request)
+    clock = perf_clock
+    if run.distributed is not None:
+        clock = LockstepClock(perf_clock, run.distributed)
+    return Perf(session=session, nodeid=request.node.nodeid, clock=clock,
+                monitor=perf_gpu_monitor, policy=run.policy,
+                user_properties=request.node.user_properties, distributed=run.distributed)
