@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from perf_tests import workloads as w
+from harness.workloads.training import release_cuda_memory
 
 
 @pytest.fixture
 def released_memory() -> Iterator[None]:
     """Each test starts and ends with nothing of another test left on the GPU."""
-    w.release_cuda_memory()
+    release_cuda_memory()
     yield
-    w.release_cuda_memory()
+    release_cuda_memory()

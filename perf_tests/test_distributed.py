@@ -6,9 +6,9 @@ Run under torchrun, one process per GPU, with NVLink SHARP off so that the ring 
 
     NCCL_NVLS_ENABLE=0 torchrun --nproc-per-node 2 -m pytest -m distributed perf_tests/
 
-Every rank measures; times are the slowest rank's (`harness.distributed.group.LockstepClock`); rank 0
-judges and writes the baseline of this GPU count ("nvidia-h200-x2"). The training tests also run
-on one GPU (`--nproc-per-node 1`), the first point of the scaling series.
+Every rank measures; times are the slowest rank's (`harness.distributed.group.LockstepClock`);
+rank 0 judges and writes the baseline of this GPU count ("nvidia-h200-x2"). The training tests
+also run on one GPU (`--nproc-per-node 1`), the first point of the scaling series.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.distributed.group import (
+from harness.distributed.group import DistributedRun
+from harness.distributed.training import (
     AllReduceByteCounter,
-    DistributedRun,
     accumulate_gradients,
     fsdp2,
     shard_with_fsdp2,
@@ -34,8 +34,15 @@ from harness.theory.comm import (
     data_parallel_traffic,
     ddp_gradient_bytes_per_micro_step,
 )
-from harness.theory.memory import DISTRIBUTED_BUFFER_BYTES_RANGE
-from perf_tests import workloads as w
+from harness.theory.memory.breakdown import DISTRIBUTED_BUFFER_BYTES_RANGE
+from harness.workloads.bounds import peak_flops_of
+from harness.workloads.models import LLAMA_STYLE
+from harness.workloads.training import (
+    GPU_BOUND_TRAINING,
+    TRAINING_LR,
+    TRAINING_PRECISION,
+    make_optimizer,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -62,7 +69,7 @@ LINK_BOUND_SLACK = 1.02
 # on one 2-H200 host, 75 us on another (2026-11-21). Queued behind a GPU-side wait (Perf.collective)
 # they read NCCL's own 6-11 us, and a recording and two verifications on one host of each kind
 # stayed within 5.4% (1 MiB: 4.7%). Until hosts of a kind have been compared, their gate catches
-# a doubling, like the suite's other host-bound work (workloads.py).
+# a doubling, like the suite's other host-bound work (harness/workloads/tolerances.py).
 SMALL_MESSAGE_TOLERANCE = 1.0
 # Tolerance of the bandwidth-bound messages, per size. Over three runs on 4 H200s (2026-11-21)
 # the 256 MiB bus bandwidths spanned up to 6.8% (reduce-scatter 280.2, 299.3, 290.5 GB/s) and
@@ -78,7 +85,7 @@ LARGE_MESSAGE_TOLERANCES: dict[int, float] = {256 * MIB: 0.15, 1024 * MIB: 0.10}
 LATENCY_SIZES: tuple[int, int] = (8 * KIB, 64 * KIB)
 LATENCY_GROWTH_LIMIT = 2.0
 
-# The training tests run workloads.GPU_BOUND_TRAINING: a step whose time is the GPU's. With
+# The training tests run GPU_BOUND_TRAINING: a step whose time is the GPU's. With
 # LLAMA_TRAINING, whose step the host's Python bounds, the DDP step on 2-H200 hosts read 76.8 ms
 # on one host and 85.8-124 ms on others for the same 75-83 ms single-GPU step (2026-11-21):
 # DDP's extra host work per step, not its communication.
@@ -194,12 +201,12 @@ def test_small_collectives_cost_a_fixed_latency(perf: Perf, op: str) -> None:
 @pytest.mark.distributed(nprocs=1)
 def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) -> None:
     run = _run(perf)
-    workload = w.GPU_BOUND_TRAINING
+    workload = GPU_BOUND_TRAINING
     cfg = workload.config
-    w.peak_flops_of(perf.gpu, "bf16")  # per-GPU MFU needs the peak: fail early without it
+    peak_flops_of(perf.gpu, "bf16")  # per-GPU MFU needs the peak: fail early without it
     link = _link_bandwidth(perf)
     model = build_model(cfg, device=run.torch_device, dtype=torch.float32)
-    optimizer = w.make_optimizer(model, fused=True)
+    optimizer = make_optimizer(model, fused=True)
     # Each rank trains on its own data, as data parallelism does.
     generator = torch.Generator(device=run.torch_device).manual_seed(run.rank)
     inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=run.torch_device,
@@ -208,7 +215,7 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
     def measure(module: torch.nn.Module, prefix: str) -> Measurement:
         return perf.train_step(module, inputs, lm_loss, optimizer, config=cfg,
                                tolerance=DATA_PARALLEL_TOLERANCE,
-                               autocast_dtype=torch.bfloat16, precision=w.TRAINING_PRECISION,
+                               autocast_dtype=torch.bfloat16, precision=TRAINING_PRECISION,
                                optimizer_name="adamw", peak_dtype="bf16", name_prefix=prefix)
 
     # The same step on each GPU alone (every rank at once, no communication), then under DDP.
@@ -226,7 +233,7 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
     efficiency = perf.metric("ddp_scaling_efficiency", [single_time / t for t in ddp_times],
                              unit="ratio", kind="throughput", theory=1.0,
                              tolerance=DATA_PARALLEL_TOLERANCE)
-    traffic = data_parallel_traffic(cfg.num_params(), precision=w.TRAINING_PRECISION)
+    traffic = data_parallel_traffic(cfg.num_params(), precision=TRAINING_PRECISION)
     bound = traffic.time_lower_bound(run.world_size, link)
 
     mfu = parallel["ddp_mfu"].median
@@ -249,7 +256,7 @@ def test_ddp_training_scales_against_one_gpu(perf: Perf, released_memory: None) 
 def test_ddp_all_reduces_every_gradient_once_per_optimizer_step(perf: Perf,
                                                                 released_memory: None) -> None:
     run = _run(perf)
-    cfg = w.LLAMA_STYLE
+    cfg = LLAMA_STYLE
     model = build_model(cfg, device=run.torch_device, dtype=torch.float32)
     ddp = DistributedDataParallel(model, device_ids=[run.device_index])
     counter = AllReduceByteCounter()
@@ -265,7 +272,7 @@ def test_ddp_all_reduces_every_gradient_once_per_optimizer_step(perf: Perf,
 
     accumulate_gradients(ddp, micro_step, 1)  # DDP rebuilds its buckets after a first step
     expected_step = cfg.num_params() * FP32_GRADIENT_BYTES
-    assert data_parallel_traffic(cfg.num_params(), precision=w.TRAINING_PRECISION) \
+    assert data_parallel_traffic(cfg.num_params(), precision=TRAINING_PRECISION) \
         .all_reduce_bytes == expected_step
     for gas in TRAFFIC_ACCUMULATION:
         counter.reset()
@@ -289,16 +296,16 @@ def test_fsdp2_training_throughput_and_its_communication_bound(perf: Perf,
     run = _run(perf)
     if fsdp2() is None:
         pytest.skip(f"torch {torch.__version__} has no FSDP2 (fully_shard)")
-    workload = w.GPU_BOUND_TRAINING
+    workload = GPU_BOUND_TRAINING
     cfg = workload.config
-    w.peak_flops_of(perf.gpu, "bf16")
+    peak_flops_of(perf.gpu, "bf16")
     link = _link_bandwidth(perf)
     model = build_model(cfg, device=run.torch_device, dtype=torch.float32)
     # bf16 parameters for compute and all-gathers, fp32 gradient reduction (torchtitan's
     # defaults); the fp32 sharded parameters stay the optimizer's master copy.
     shard_with_fsdp2(model, list(model.blocks), param_dtype=torch.bfloat16,
                      reduce_dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=w.TRAINING_LR)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING_LR)
     generator = torch.Generator(device=run.torch_device).manual_seed(run.rank)
     inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=run.torch_device,
                           generator=generator)

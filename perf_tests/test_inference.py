@@ -1,8 +1,8 @@
 """Inference of the Llama-style model in bf16: prefill against the compute bound (FLOPs / peak)
 and KV-cached decode against the memory-bandwidth bound (bytes read per step / bandwidth).
 
-Prefill runs the model's own forward; decode runs `workloads.forward_with_cache`, a KV-cached
-forward over the model's own weights (checked against the full forward on CPU by
+Prefill runs the model's own forward; decode runs `harness.workloads.inference.forward_with_cache`,
+a KV-cached forward over the model's own weights (checked against the full forward on CPU by
 tests/test_suite_workloads.py).
 """
 
@@ -14,8 +14,18 @@ import torch
 from harness.model import build_model, random_batch
 from harness.pytest_plugin.fixture import Perf
 from harness.theory.flops import forward_flops
-from harness.theory.memory import kv_cache_bytes
-from perf_tests import workloads as w
+from harness.theory.memory.inference import kv_cache_bytes
+from harness.workloads.bounds import memory_bandwidth_of, peak_flops_of
+from harness.workloads.inference import (
+    DECODE_BATCH,
+    DECODE_CONTEXT,
+    PREFILL,
+    allocate_kv_cache,
+    decode_weight_bytes,
+    forward_with_cache,
+)
+from harness.workloads.models import LLAMA_STYLE
+from harness.workloads.tolerances import HOST_BOUND_TOLERANCE
 
 pytestmark = pytest.mark.gpu
 
@@ -27,10 +37,11 @@ def _assert_fraction_of_bound(fractions: list[float], what: str) -> None:
         f"the bound's inputs (FLOPs, bytes, peak table) or the clock are wrong")
 
 
-def test_prefill_stays_below_the_compute_bound(perf: Perf, released_memory: None) -> None:
-    workload = w.PREFILL
+def _prefill_fractions(perf: Perf, peak: float) -> list[float]:
+    """Fraction of the bf16 peak per sample of PREFILL's forward. The model and its tokens live
+    only in this function, so a failing assertion cannot keep them on the GPU."""
+    workload = PREFILL
     cfg = workload.config
-    peak = w.peak_flops_of(perf.gpu, "bf16")
     model = build_model(cfg, device=perf.device, dtype=torch.bfloat16).eval()
     generator = torch.Generator(device=perf.device).manual_seed(0)
     tokens, _ = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
@@ -46,34 +57,41 @@ def test_prefill_stays_below_the_compute_bound(perf: Perf, released_memory: None
     measured = perf.time(prefill, name="prefill", flops=flops)
     fractions = [tflops * 1e12 / peak for tflops in measured["prefill_tflops"].samples]
     perf.metric("prefill_of_peak", fractions, unit="ratio", better="higher", kind="throughput")
-    del model, tokens
-    _assert_fraction_of_bound(fractions, f"prefill of {workload.batch_size} x "
-                                         f"{workload.seq_len} tokens")
+    return fractions
 
 
-def test_decode_stays_below_the_bandwidth_bound(perf: Perf, released_memory: None) -> None:
-    cfg = w.LLAMA_STYLE
-    batch, context = w.DECODE_BATCH, w.DECODE_CONTEXT
-    bandwidth = w.memory_bandwidth_of(perf.gpu)
+def test_prefill_stays_below_the_compute_bound(perf: Perf, released_memory: None) -> None:
+    peak = peak_flops_of(perf.gpu, "bf16")
+    fractions = _prefill_fractions(perf, peak)
+    _assert_fraction_of_bound(fractions, f"prefill of {PREFILL.batch_size} x "
+                                         f"{PREFILL.seq_len} tokens")
+
+
+def _decode_fractions(perf: Perf, bandwidth: float) -> list[float]:
+    """Fraction of the bandwidth bound per sample of one decode step of DECODE_BATCH sequences
+    at DECODE_CONTEXT. The model and its cache live only in this function, so a failing
+    assertion cannot keep them on the GPU."""
+    cfg = LLAMA_STYLE
+    batch, context = DECODE_BATCH, DECODE_CONTEXT
     model = build_model(cfg, device=perf.device, dtype=torch.bfloat16).eval()
-    cache = w.allocate_kv_cache(cfg, batch, context + 1, device=perf.device,
-                                dtype=torch.bfloat16)
+    cache = allocate_kv_cache(cfg, batch, context + 1, device=perf.device,
+                              dtype=torch.bfloat16)
     generator = torch.Generator(device=perf.device).manual_seed(0)
     prompt, _ = random_batch(cfg, batch, context, device=perf.device, generator=generator)
     with torch.inference_mode():
-        w.forward_with_cache(model, prompt, cache, start=0)
+        forward_with_cache(model, prompt, cache, start=0)
     next_token = prompt[:, -1:]
 
     def decode_step() -> torch.Tensor:
         # Every call decodes the token at the same position, so each does the same work.
         with torch.inference_mode():
-            return w.forward_with_cache(model, next_token, cache, start=context)
+            return forward_with_cache(model, next_token, cache, start=context)
 
     # A step reads every weight it multiplies with once, and the keys and values of all
     # context + 1 positions: less than this cannot be read, so bandwidth / bytes bounds it.
-    bytes_per_step = w.decode_weight_bytes(cfg, bytes_per_param=2) + kv_cache_bytes(
+    bytes_per_step = decode_weight_bytes(cfg, bytes_per_param=2) + kv_cache_bytes(
         cfg, batch, context + 1, bytes_per_element=2)
-    tolerance = w.HOST_BOUND_TOLERANCE["decode"]
+    tolerance = HOST_BOUND_TOLERANCE["decode"]
     measured = perf.time(decode_step, name="decode_step", bytes=bytes_per_step,
                          tolerance=tolerance)
     seconds = measured["decode_step"].samples
@@ -82,6 +100,11 @@ def test_decode_stays_below_the_bandwidth_bound(perf: Perf, released_memory: Non
     fractions = [bytes_per_step / s / bandwidth for s in seconds]
     perf.metric("decode_of_bandwidth_bound", fractions, unit="ratio", better="higher",
                 kind="throughput", tolerance=tolerance)
-    del model, cache, prompt, next_token
-    _assert_fraction_of_bound(fractions, f"decode of {batch} sequences at context {context}")
+    return fractions
 
+
+def test_decode_stays_below_the_bandwidth_bound(perf: Perf, released_memory: None) -> None:
+    bandwidth = memory_bandwidth_of(perf.gpu)
+    fractions = _decode_fractions(perf, bandwidth)
+    _assert_fraction_of_bound(fractions, f"decode of {DECODE_BATCH} sequences at context "
+                                         f"{DECODE_CONTEXT}")

@@ -13,8 +13,20 @@ import torch
 from harness.measure.memory import cuda_context_bytes
 from harness.model import build_model, random_batch
 from harness.pytest_plugin.fixture import Perf
-from harness.theory.memory import CUDA_CONTEXT_BYTES_RANGE, kv_cache_bytes, training_memory
-from perf_tests import workloads as w
+from harness.theory.memory.breakdown import CUDA_CONTEXT_BYTES_RANGE
+from harness.theory.memory.inference import kv_cache_bytes
+from harness.theory.memory.training import training_memory
+from harness.workloads.inference import DECODE_CACHE, allocate_kv_cache
+from harness.workloads.models import TransformerWorkload
+from harness.workloads.training import (
+    MEMORY_ESTIMATE_BAND,
+    MEMORY_SWEEP,
+    MEMORY_SWEEP_BATCHES,
+    TRAINING_PRECISION,
+    make_optimizer,
+    release_cuda_memory,
+    training_step,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -35,7 +47,7 @@ def test_cuda_context_fits_the_reserve_the_memory_model_sets_aside(perf: Perf) -
         f"{context / 2**20:.0f} MiB; formulas.memory reserves {reserve / 2**20:.0f} MiB for it")
 
 
-def _training_peaks(device: str, workload: w.TransformerWorkload,
+def _training_peaks(device: str, workload: TransformerWorkload,
                     batches: tuple[int, ...]) -> dict[int, int]:
     """Peak allocated bytes of one training step at each batch size, over what was allocated
     before the model existed. Each batch size runs one step first, so AdamW's states exist and
@@ -43,51 +55,51 @@ def _training_peaks(device: str, workload: w.TransformerWorkload,
     cfg = workload.config
     before = torch.cuda.memory_allocated(device)
     model = build_model(cfg, device=device, dtype=torch.float32)
-    optimizer = w.make_optimizer(model, fused=True)
+    optimizer = make_optimizer(model, fused=True)
     generator = torch.Generator(device=device).manual_seed(0)
     peaks: dict[int, int] = {}
     for batch in batches:
         inputs = random_batch(cfg, batch, workload.seq_len, device=device, generator=generator)
-        w.training_step(model, optimizer, inputs)
+        training_step(model, optimizer, inputs)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        w.training_step(model, optimizer, inputs)
+        training_step(model, optimizer, inputs)
         torch.cuda.synchronize(device)
         peaks[batch] = torch.cuda.max_memory_allocated(device) - before
         del inputs
     del model, optimizer
-    w.release_cuda_memory()
+    release_cuda_memory()
     return peaks
 
 
 def test_training_peak_memory_grows_with_batch_and_matches_the_estimate(
         perf: Perf, released_memory: None) -> None:
-    workload = w.MEMORY_SWEEP
+    workload = MEMORY_SWEEP
     cfg = workload.config
-    peaks = _training_peaks(perf.device, workload, w.MEMORY_SWEEP_BATCHES)
+    peaks = _training_peaks(perf.device, workload, MEMORY_SWEEP_BATCHES)
     # build_model's default dropout is 0.0, at which torch keeps no dropout masks.
     estimates = {batch: training_memory(cfg, batch, workload.seq_len,
-                                        precision=w.TRAINING_PRECISION, optimizer="adamw",
+                                        precision=TRAINING_PRECISION, optimizer="adamw",
                                         recompute="none", dropout=False).total
                  for batch in peaks}
     for batch, peak in peaks.items():
         perf.metric(f"peak_allocated_batch{batch}", peak, unit="B", better="lower",
                     kind="memory", theory=estimates[batch])
 
-    ordered = [peaks[batch] for batch in w.MEMORY_SWEEP_BATCHES]
+    ordered = [peaks[batch] for batch in MEMORY_SWEEP_BATCHES]
     assert ordered == sorted(ordered), (
         f"peak memory must not fall as the batch grows: {peaks}")
-    band = w.MEMORY_ESTIMATE_BAND
+    band = MEMORY_ESTIMATE_BAND
     outside = {batch: round(peaks[batch] / estimates[batch], 3) for batch in peaks
                if not 1 - band <= peaks[batch] / estimates[batch] <= 1 + band}
     assert not outside, (
         f"measured peak / training_memory estimate outside 1 +- {band} for {cfg.name} at "
-        f"seq {workload.seq_len} (precision={w.TRAINING_PRECISION!r}), by batch size: {outside}")
+        f"seq {workload.seq_len} (precision={TRAINING_PRECISION!r}), by batch size: {outside}")
 
 
 def test_kv_cache_allocation_matches_kv_cache_bytes_exactly(perf: Perf,
                                                              released_memory: None) -> None:
-    workload = w.DECODE_CACHE
+    workload = DECODE_CACHE
     cfg = workload.config
     expected = kv_cache_bytes(cfg, workload.batch_size, workload.seq_len, bytes_per_element=2)
     torch.cuda.synchronize()
@@ -95,8 +107,8 @@ def test_kv_cache_allocation_matches_kv_cache_bytes_exactly(perf: Perf,
     # One bf16 tensor whose size is a multiple of 512 bytes: the caching allocator rounds every
     # request up to 512 bytes and splits cached blocks larger than 1 MiB beyond the request, and
     # release_cuda_memory() emptied the cache, so the allocated delta is the tensor's size.
-    cache = w.allocate_kv_cache(cfg, workload.batch_size, workload.seq_len, device=perf.device,
-                                dtype=torch.bfloat16)
+    cache = allocate_kv_cache(cfg, workload.batch_size, workload.seq_len, device=perf.device,
+                              dtype=torch.bfloat16)
     delta = torch.cuda.memory_allocated() - before
     perf.metric("kv_cache_bytes", delta, unit="B", better="lower", kind="memory",
                 theory=expected)

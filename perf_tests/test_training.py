@@ -14,41 +14,51 @@ from harness.gate.results import Measurement
 from harness.model import build_model, lm_loss, random_batch
 from harness.pytest_plugin.fixture import Perf
 from harness.theory.flops import flop_counter_flops
-from perf_tests import workloads as w
+from harness.workloads.bounds import peak_flops_of
+from harness.workloads.models import TransformerWorkload
+from harness.workloads.tolerances import HOST_BOUND_TOLERANCE
+from harness.workloads.training import (
+    MEMORY_ESTIMATE_BAND,
+    RECOMPUTE_CASES,
+    TRAINING_PRECISION,
+    TRAINING_WORKLOADS,
+    make_optimizer,
+    release_cuda_memory,
+)
 
 pytestmark = pytest.mark.gpu
 
 
-def _measure_training(perf: Perf, workload: w.TransformerWorkload,
+def _measure_training(perf: Perf, workload: TransformerWorkload,
                       recompute: str, tolerance: float | None) -> Measurement:
     """Build, measure and drop the model; only metrics leave this function, so a failing
     assertion in the test cannot keep the model's memory alive into the next case."""
     cfg = workload.config
     model = build_model(cfg, device=perf.device, dtype=torch.float32,
                         checkpoint_activations=recompute == "full")
-    optimizer = w.make_optimizer(model, fused=True)
+    optimizer = make_optimizer(model, fused=True)
     generator = torch.Generator(device=perf.device).manual_seed(0)
     inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
                           generator=generator)
     measured = perf.train_step(model, inputs, lm_loss, optimizer, config=cfg,
                                recompute=recompute, autocast_dtype=torch.bfloat16,
-                               precision=w.TRAINING_PRECISION, optimizer_name="adamw",
+                               precision=TRAINING_PRECISION, optimizer_name="adamw",
                                peak_dtype="bf16",
                                tolerance=tolerance)
     del model, optimizer, inputs
-    w.release_cuda_memory()
+    release_cuda_memory()
     return measured
 
 
-@pytest.mark.parametrize("recompute", w.RECOMPUTE_CASES)
-@pytest.mark.parametrize("model_name", list(w.TRAINING_WORKLOADS))
+@pytest.mark.parametrize("recompute", RECOMPUTE_CASES)
+@pytest.mark.parametrize("model_name", list(TRAINING_WORKLOADS))
 def test_training_step_matches_its_flop_and_memory_model(perf: Perf, released_memory: None,
                                                          model_name: str,
                                                          recompute: str) -> None:
-    workload = w.TRAINING_WORKLOADS[model_name]
-    w.peak_flops_of(perf.gpu, "bf16")  # MFU and HFU need the GPU's peak: fail early without it
+    workload = TRAINING_WORKLOADS[model_name]
+    peak_flops_of(perf.gpu, "bf16")  # MFU and HFU need the GPU's peak: fail early without it
     measured = _measure_training(perf, workload, recompute,
-                                 w.HOST_BOUND_TOLERANCE.get(f"{model_name}-{recompute}"))
+                                 HOST_BOUND_TOLERANCE.get(f"{model_name}-{recompute}"))
 
     mfu, hfu = measured["mfu"].median, measured["hfu"].median
     assert 0 < mfu <= hfu <= 1, (
@@ -73,9 +83,9 @@ def test_training_step_matches_its_flop_and_memory_model(perf: Perf, released_me
         f"{predicted:.6g}: the model computes something the formulas do not describe")
 
     ratio = measured["memory_vs_estimate"].median
-    band = w.MEMORY_ESTIMATE_BAND
+    band = MEMORY_ESTIMATE_BAND
     assert 1 - band <= ratio <= 1 + band, (
         f"peak allocated memory is {ratio:.3f} x training_memory's estimate for "
         f"{workload.config.name} at batch {workload.batch_size} x {workload.seq_len} "
-        f"(recompute={recompute!r}, precision={w.TRAINING_PRECISION!r}); outside "
+        f"(recompute={recompute!r}, precision={TRAINING_PRECISION!r}); outside "
         f"1 +- {band} the formula misses or miscounts a term")
