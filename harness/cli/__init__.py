@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("harness.cli.estimate",
                  "what a model should cost: parameters, FLOPs, memory, fit"),
     "compare": ("harness.cli.compare", "compare two saved result files with the plugin's verdicts"),
+    "ab": ("harness.cli.ab", "run two git refs' tests alternately on this machine and judge "
+                             "them pair by pair"),
     "baselines": ("harness.cli.baselines", "list, show and trace the stored baselines"),
     "plot": ("harness.cli.plot", "draw a metric's history as a PNG (needs matplotlib)"),
 }
@@ -53,8 +55,16 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: the process's arguments), run the command, return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" belongs to the command itself (`ab ... -- PYTEST_ARGS`), unparsed.
+    passthrough: list[str] = []
+    if "--" in argv:
+        passthrough = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
     parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
+    if passthrough and not getattr(args, "takes_passthrough", False):
+        parser.error(f"arguments after '--' are only for the ab command: {' '.join(passthrough)}")
+    args.passthrough = passthrough
     try:
         return int(args.run(args))
     except ValueError as exc:  # every user-fixable problem in the harness is a ValueError

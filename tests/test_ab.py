@@ -1,0 +1,195 @@
+"""A/B on one machine: the alternating runner (with a fake tree runner and a scripted clock), git
+worktrees of a commit, and one real end-to-end comparison of two commits of a tiny project."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from harness.gate.ab import ABError, PytestRunner, Side, resolve_commit, run_ab, worktree
+from harness.gate.paired import PairedOutcome
+from harness.gate.results import Metric, RunResults
+
+
+class ScriptedRunner:
+    """Returns a step time per tree: `costs[tree name]` times a per-call host factor."""
+
+    def __init__(self, costs: dict[str, float], host: Sequence[float]) -> None:
+        self.costs, self.host, self.calls = costs, list(host), []  # type: ignore[var-annotated]
+
+    def __call__(self, tree: Path, pytest_args: Sequence[str], save_path: Path) -> RunResults:
+        factor = self.host[len(self.calls) % len(self.host)]
+        self.calls.append(tree.name)
+        value = self.costs[tree.name] * factor
+        metric = Metric(name="step_time", unit="s", better="lower", kind="time",
+                        samples=(value * 0.99, value, value * 1.01))
+        return RunResults(kind="results", fingerprint="cpu", environment={},
+                          metrics={"t.py::test_step::step_time": metric})
+
+
+class StepClock:
+    """A clock that advances `step` seconds every time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _sides(tmp_path: Path) -> tuple[Side, Side]:
+    return (Side("base", "abc", tmp_path / "base"), Side("head", "working tree", tmp_path / "head"))
+
+
+def test_runs_alternate_abba_and_a_real_slowdown_is_confirmed(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    # The host changes speed between runs by up to 40%; head costs 5% more on every one.
+    runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 1.0, 1.4, 1.4, 0.9, 0.9])
+    lines: list[str] = []
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.01, max_rounds=6, budget_seconds=1e6, work_dir=tmp_path,
+                    progress=lines.append)
+    assert runner.calls[:4] == ["base", "head", "head", "base"]
+    assert result.rounds == 6
+    (verdict,) = result.verdicts.values()
+    assert verdict.outcome is PairedOutcome.REGRESSION
+    assert verdict.change == pytest.approx(0.05, abs=1e-9)
+    assert len(lines) == 6 and lines[0].startswith("A/B round 1/6 (base first)")
+
+
+def test_a_slower_host_alone_is_unchanged(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    runner = ScriptedRunner({"base": 1.0, "head": 1.0}, host=[1.0, 1.0, 1.6, 1.6, 1.3, 1.3])
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.01, max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
+    assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
+
+
+def test_the_budget_stops_the_rounds_but_never_below_the_minimum(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    runner = ScriptedRunner({"base": 1.0, "head": 1.0}, host=[1.0])
+    lines: list[str] = []
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.01, max_rounds=10, budget_seconds=5.0, work_dir=tmp_path,
+                    clock=StepClock(1.0), progress=lines.append)
+    assert result.rounds == 3
+    assert "stopping after 3 rounds" in lines[-1]
+
+
+def test_too_few_rounds_are_refused(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    with pytest.raises(ValueError, match="at least 3"):
+        run_ab(base, head, [], runner=ScriptedRunner({}, [1.0]), tolerance_of=lambda mid, m: 0.02,
+               alpha=0.01, max_rounds=2, budget_seconds=10, work_dir=tmp_path)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
+                           "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+TEST_FILE = '''
+from pathlib import Path
+
+def test_cost(perf):
+    cost = float((Path(__file__).parent / "cost.txt").read_text())
+    perf.metric("cost", [cost] * 5, unit="s", better="lower", kind="time")
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git repository of a tiny measured project: commit 1 costs 1.0 s, commit 2 1.1 s."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "test_cost.py").write_text(TEST_FILE)
+    (repo / "cost.txt").write_text("1.0")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "one")
+    _git(repo, "tag", "v1")
+    (repo / "cost.txt").write_text("1.1")
+    _git(repo, "commit", "-q", "-am", "two")
+    return repo
+
+
+def test_worktree_checks_out_the_commit_and_cleans_up(project: Path) -> None:
+    with worktree(project, "v1") as (commit, directory):
+        assert (directory / "cost.txt").read_text() == "1.0"
+        assert commit == resolve_commit(project, "v1")
+    assert not directory.exists()
+    assert str(directory) not in _git(project, "worktree", "list")
+
+
+def test_an_unknown_ref_says_how_to_fix_it(project: Path) -> None:
+    with pytest.raises(ABError, match="not a commit.*git fetch"):
+        resolve_commit(project, "no-such-branch")
+
+
+def test_two_commits_of_a_project_compared_end_to_end(project: Path, tmp_path: Path) -> None:
+    with worktree(project, "v1") as (commit, base_tree):
+        result = run_ab(Side("base", commit, base_tree), Side("head", "HEAD", project),
+                        ["--perf-device=cpu", "test_cost.py"], runner=PytestRunner(),
+                        tolerance_of=lambda mid, m: 0.05, alpha=0.01, max_rounds=3,
+                        budget_seconds=600, work_dir=tmp_path / "runs")
+    verdict = result.verdicts["test_cost.py::test_cost::cost"]
+    assert verdict.outcome is PairedOutcome.REGRESSION
+    assert verdict.change == pytest.approx(0.1)
+
+
+def test_a_failing_child_run_is_an_error_with_its_output(project: Path, tmp_path: Path) -> None:
+    (project / "test_cost.py").write_text("def test_broken():\n    assert False, 'boom'\n")
+    with pytest.raises(ABError, match="exited with 1"):
+        PytestRunner()(project, ["--perf-device=cpu", "test_cost.py"], tmp_path / "r.json")
+
+
+def test_the_ab_command_judges_a_ref_against_the_working_tree(
+        project: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    monkeypatch.chdir(project)
+    code = cli.main(["ab", "v1", "--rounds", "3", "--", "--perf-device=cpu", "test_cost.py"])
+    out = capsys.readouterr()
+    assert code == 1
+    assert "3 alternating rounds" in out.out
+    assert "test_cost.py::test_cost" in out.out and "regression (lower is better)" in out.out
+    assert "A/B round 3/3" in out.err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["ab", "v1"], "give the pytest arguments after '--'"),
+    (["ab", "v1", "--rounds", "2", "--", "x.py"], "--rounds must be at least 3"),
+    (["ab", "no-such-ref", "--", "x.py"], "'no-such-ref' is not a commit"),
+])
+def test_the_ab_command_says_what_is_wrong(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str],
+                                           argv: list[str], message: str) -> None:
+    from harness import cli
+
+    monkeypatch.chdir(project)
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_ab_command_needs_a_git_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["ab", "main", "--", "x.py"]) == 2
+    assert "not in a git checkout" in capsys.readouterr().err
+
+
+def test_arguments_after_the_separator_belong_to_ab_only(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "a.json", "b.json", "--", "x"])
+    assert "only for the ab command" in capsys.readouterr().err
