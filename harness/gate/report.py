@@ -168,6 +168,7 @@ def _counts(verdicts: Iterable[Verdict]) -> str:
     words = {Outcome.REGRESSION: ("regression", "regressions"),
              Outcome.UNRELIABLE: ("unreliable", "unreliable"),
              Outcome.NO_BASELINE: ("without baseline", "without baseline"),
+             Outcome.ENVIRONMENT_CHANGED: ("environment changed", "environment changed"),
              Outcome.IMPROVEMENT: ("improvement", "improvements"),
              Outcome.UNCHANGED: ("unchanged", "unchanged")}
     shown = [f"{n} {words[o][0] if n == 1 else words[o][1]}"

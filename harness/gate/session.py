@@ -43,6 +43,17 @@ DecisionOutcome = Literal["passed", "failed", "skipped"]
 # nothing unless a test regressed.
 DEFAULT_CONFIRM_DELAY_SECONDS = 30.0
 
+# How a suspected regression is confirmed: "ab" runs the baseline's own commit and this code
+# alternately on this machine (harness.gate.ab); "remeasure" measures this code again after
+# --perf-confirm-delay; "auto" takes A/B where the baseline names a commit this checkout has.
+CONFIRM_CHOICES: tuple[str, ...] = ("auto", "ab", "remeasure")
+# Rounds of an A/B confirmation at most: 5 rounds give the paired t-test 4 degrees of freedom,
+# enough to confirm a 3% change over 1% run-to-run noise at p ~ 0.001 (harness.gate.paired).
+DEFAULT_AB_ROUNDS = 5
+# Seconds one test's A/B confirmation may take before it stops at the rounds it has (never
+# below 3): a round is two fresh pytest processes, ~10 s of start-up each plus the test.
+DEFAULT_AB_BUDGET_SECONDS = 240.0
+
 
 @dataclass(frozen=True)
 class PerfOptions:
@@ -65,6 +76,11 @@ class PerfOptions:
     # Options to repeat in the command a skip message suggests, so that the suggested command
     # records the baseline this run looks for (same directory, same device).
     repeat_flags: tuple[str, ...] = ()
+    confirm: str = "auto"
+    ab_rounds: int = DEFAULT_AB_ROUNDS
+    ab_budget_seconds: float = DEFAULT_AB_BUDGET_SECONDS
+    # Options every child run of an A/B confirmation repeats (device, sampling budget).
+    child_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,10 @@ class Decision:
     message: str = ""
     # True when the failure is a regression (the plugin then re-measures once to confirm it).
     regression: bool = False
+    # Metric ids a confirmation could clear: the regressions, and under --perf-strict the
+    # reliably measured metrics that moved beyond tolerance the wrong way without statistical
+    # support (on a host-bound step that is most of what another machine does to it).
+    suspects: tuple[str, ...] = ()
 
 
 class RankGroup(Protocol):
@@ -199,7 +219,8 @@ class PerfSession:
             tables = "\n\n".join(report.render_verdict_detail(v) for v in regressions)
             return Decision("failed", (
                 f"perf regression in {nodeid}: {_names(regressions)} worse than "
-                f"{self.reference_path} beyond tolerance\n\n{tables}"), regression=True)
+                f"{self.reference_path} beyond tolerance\n\n{tables}"), regression=True,
+                suspects=tuple(v.metric_id for v in regressions if v.baseline is not None))
         missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
         unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
         reasons = []
@@ -211,9 +232,35 @@ class PerfSession:
         if not reasons:
             return Decision("passed")
         if self.options.strict:
+            noisy = tuple(v.metric_id for v in unreliable if _noisy_worsening(v))
             return Decision("failed", "perf (--perf-strict: every measured metric must be "
-                                          "checked): " + "; ".join(reasons))
+                                          "checked): " + "; ".join(reasons),
+                            suspects=noisy if not missing and len(noisy) == len(unreliable)
+                            else ())
         return Decision("skipped", "perf: " + "; ".join(reasons))
+
+    def ab_base_commit(self) -> str | None:
+        """The commit the reference was recorded at, when A/B may confirm against it: a clean
+        checkout's commit, recorded with the reference, and --perf-confirm not "remeasure"."""
+        if self.options.confirm == "remeasure" or self.reference is None:
+            return None
+        if self.distributed is not None:  # ranks would have to start children in lockstep
+            return None
+        commit = self.reference.environment.get("git_commit")
+        dirty = self.reference.environment.get("git_dirty")
+        if not isinstance(commit, str) or not commit or dirty is True:
+            return None
+        return commit
+
+    def redecide(self, nodeid: str, final: list[Verdict], note: str) -> Decision:
+        """Replace this test's suspected verdicts with `final` (an A/B's) and decide again."""
+        replaced = {v.metric_id: v for v in final}
+        mine = [replaced.get(v.metric_id, v) for v in self.verdicts
+                if split_metric_id(v.metric_id)[0] == nodeid]
+        self.verdicts = [v for v in self.verdicts
+                         if split_metric_id(v.metric_id)[0] != nodeid] + mine
+        self.end_notes.append(f"{nodeid}: {note}")
+        return self.decide(nodeid, mine)
 
     def _missing_reason(self, nodeid: str, missing: list[Verdict]) -> str:
         path = self.reference_path
@@ -349,3 +396,12 @@ def _name(verdict: Verdict) -> str:
 
 def _names(verdicts: list[Verdict]) -> str:
     return ", ".join(_name(v) for v in verdicts)
+
+
+def _noisy_worsening(verdict: Verdict) -> bool:
+    """A reliably measured metric whose median moved beyond tolerance the wrong way, which
+    the samples alone could not support (not a throttled GPU, not a unit mismatch)."""
+    if verdict.baseline is None or verdict.change is None or not verdict.measured.reliable \
+            or not verdict.baseline.reliable or abs(verdict.change) <= verdict.tolerance:
+        return False
+    return verdict.change > 0 if verdict.measured.better == "lower" else verdict.change < 0

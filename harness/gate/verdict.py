@@ -83,6 +83,9 @@ class Outcome(str, enum.Enum):
     UNCHANGED = "unchanged"
     UNRELIABLE = "unreliable"
     NO_BASELINE = "no baseline"
+    # Worse than the stored baseline, but the baseline's own code measured just as slow on this
+    # machine, alternating with this code (A/B): the host, driver or torch changed, not the code.
+    ENVIRONMENT_CHANGED = "environment changed"
 
 
 # Order of outcomes in reports: what needs action first.
@@ -90,8 +93,9 @@ REPORT_ORDER: dict[Outcome, int] = {
     Outcome.REGRESSION: 0,
     Outcome.UNRELIABLE: 1,
     Outcome.NO_BASELINE: 2,
-    Outcome.IMPROVEMENT: 3,
-    Outcome.UNCHANGED: 4,
+    Outcome.ENVIRONMENT_CHANGED: 3,
+    Outcome.IMPROVEMENT: 4,
+    Outcome.UNCHANGED: 5,
 }
 
 

@@ -20,7 +20,14 @@ from typing import Any, Literal
 import pytest
 
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS
-from harness.gate.session import DEFAULT_CONFIRM_DELAY_SECONDS, PerfOptions
+from harness.gate.paired import MIN_ROUNDS
+from harness.gate.session import (
+    CONFIRM_CHOICES,
+    DEFAULT_AB_BUDGET_SECONDS,
+    DEFAULT_AB_ROUNDS,
+    DEFAULT_CONFIRM_DELAY_SECONDS,
+    PerfOptions,
+)
 from harness.gate.tolerance import TOLERANCE_RULE, is_tolerance
 from harness.measure import environment
 from harness.measure.sampling import TimingPolicy
@@ -34,7 +41,7 @@ class _Option:
     """One `--perf-*` option and its `perf_*` ini key."""
 
     flag: str
-    kind: Literal["path", "flag", "float", "device"]
+    kind: Literal["path", "flag", "float", "device", "choice"]
     help: str
     metavar: str | None = None
 
@@ -72,6 +79,14 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("--perf-confirm-delay", "float", "seconds to wait before re-measuring a test that "
             "regressed, to confirm it; 0 re-measures at once (default "
             f"{DEFAULT_CONFIRM_DELAY_SECONDS:g})", "SECONDS"),
+    _Option("--perf-confirm", "choice", "how a suspected regression is confirmed: ab (run the "
+            "baseline's own commit and this code alternately on this machine, in a git "
+            "worktree), remeasure (measure this code again after --perf-confirm-delay), or "
+            "auto (ab where the baseline's commit is in this checkout; default)", "HOW"),
+    _Option("--perf-ab-rounds", "float", "rounds of an A/B confirmation at most, each one run "
+            f"of either side (at least {MIN_ROUNDS}; default {DEFAULT_AB_ROUNDS})", "N"),
+    _Option("--perf-ab-budget", "float", "seconds one test's A/B confirmation may take before "
+            f"it stops at the rounds it has (default {DEFAULT_AB_BUDGET_SECONDS:g})", "SECONDS"),
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
             f"{DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
@@ -165,6 +180,19 @@ def _delay(config: pytest.Config, option: _Option, default: float) -> float:
     return default if delay is None else delay
 
 
+def _choice(config: pytest.Config, option: _Option, choices: tuple[str, ...],
+            default: str) -> str:
+    """The option's value when it is one of `choices`, `default` when unset."""
+    raw = _raw_value(config, option)
+    if raw is None:
+        return default
+    value, source = str(raw[0]).strip(), raw[1]
+    if value not in choices:
+        raise pytest.UsageError(f"{source}: {value!r} is not valid; choose one of "
+                                f"{', '.join(choices)}")
+    return value
+
+
 def _flag(config: pytest.Config, option: _Option) -> tuple[bool, str]:
     raw = _raw_value(config, option)
     return (True, raw[1]) if raw is not None else (False, "")
@@ -234,6 +262,12 @@ def read_options(config: pytest.Config) -> PerfOptions:
     confirm_delay = _delay(config, by_flag["--perf-confirm-delay"],
                            DEFAULT_CONFIRM_DELAY_SECONDS)
     device, device_source = _device(config, by_flag["--perf-device"])
+    confirm = _choice(config, by_flag["--perf-confirm"], CONFIRM_CHOICES, "auto")
+    ab_rounds = _number(config, by_flag["--perf-ab-rounds"],
+                        f"a whole number of rounds of at least {MIN_ROUNDS}, such as 5",
+                        lambda number: number >= MIN_ROUNDS and number == int(number))
+    ab_budget = _positive_float(config, by_flag["--perf-ab-budget"],
+                                "a number of seconds greater than 0, such as 240")
 
     if update and compare is not None:
         raise pytest.UsageError(f"{update_source} and {compare_source} conflict: a baseline "
@@ -252,11 +286,17 @@ def read_options(config: pytest.Config) -> PerfOptions:
         repeat_flags.append(f"--perf-device {device}")
     if baselines is None:
         baselines = config.rootpath / DEFAULT_BASELINES_DIR
+    child_args = [f"--perf-device={device}"]
+    if budget is not None:
+        child_args.append(f"--perf-budget={budget:g}")
     return PerfOptions(
         baselines_dir=baselines, device=device, update_baselines=update, force=force,
         save_path=save, compare_path=compare, strict=strict, tolerance=tolerance,
         budget_seconds=budget, dist_timeout_seconds=dist_timeout,
-        confirm_delay_seconds=confirm_delay, repeat_flags=tuple(repeat_flags))
+        confirm_delay_seconds=confirm_delay, repeat_flags=tuple(repeat_flags), confirm=confirm,
+        ab_rounds=DEFAULT_AB_ROUNDS if ab_rounds is None else int(ab_rounds),
+        ab_budget_seconds=DEFAULT_AB_BUDGET_SECONDS if ab_budget is None else ab_budget,
+        child_args=tuple(child_args))
 
 
 def timing_policy(options: PerfOptions) -> TimingPolicy:

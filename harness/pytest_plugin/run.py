@@ -25,6 +25,7 @@ from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, required
 from harness.gate import store
 from harness.gate.session import Decision, PerfOptions, PerfSession
 from harness.measure import devices, environment, memory
+from harness.pytest_plugin.confirm import confirm_by_ab
 from harness.pytest_plugin.options import no_cuda_detail, timing_policy
 
 
@@ -173,12 +174,12 @@ class PerfRun:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         """After the test body: judge what it recorded; a regression fails the test.
 
-        A regression is confirmed before it fails the build: after --perf-confirm-delay
-        seconds the test body runs once more (same fixtures, fresh measurements, torch's CUDA
-        cache emptied first) and only the second verdict counts, judged with
-        `confirming=True` (the slowdown must persist beyond half the tolerance). A GPU that
-        spent a moment at lower clocks, or a neighbour's burst on a shared host, then costs one
-        re-run instead of a red nightly; a real regression persists.
+        A suspected regression is confirmed before it fails the build. Where the baseline's
+        commit is in this checkout, by A/B on this machine (`confirm.confirm_by_ab`): only code
+        that is slower than the baseline's own code here fails, and a baseline's code that is
+        just as slow here is "environment changed". Elsewhere the test body runs once more after
+        --perf-confirm-delay (`_remeasure`): a GPU that spent a moment at lower clocks, or a
+        neighbour's burst on a shared host, then costs one re-run instead of a red nightly.
         """
         try:
             result = yield  # the test's own exception propagates; nothing is judged then
@@ -187,31 +188,15 @@ class PerfRun:
             raise
         assert self.session is not None
         decision = self._conclude(item)
-        if decision.regression and isinstance(item, pytest.Function):
-            first = decision
-            self.session.discard_test(item.nodeid)
-            delay = self.session.options.confirm_delay_seconds
-            time.sleep(delay)
-            # The first run's freed tensors are still reserved by the caching allocator: left
-            # there, they inflate the re-run's reserved and device memory (on 2 H200s a re-run
-            # read a single-GPU step's peak reserved as 20.26 GiB, 12.4% over its baseline and
-            # exactly what the first run's DDP step had reserved, 2026-11-21).
-            memory.release_cached_memory()
-            try:
-                item.runtest()
-            except BaseException as exc:
-                self._report_raised(item, exc)
-                raise
-            decision = self._conclude(item, confirming=True)
-            if decision.regression:
-                decision = dataclasses.replace(
-                    decision, message=f"{decision.message}\n\n(confirmed: the test was "
-                                      f"measured twice, {delay:g} s apart, and regressed both "
-                                      f"times)")
-            else:
-                self.session.end_notes.append(
-                    f"{item.nodeid}: a first measurement regressed but a second did not; "
-                    f"the second counts ({first.message.splitlines()[0]})")
+        if decision.suspects and isinstance(item, pytest.Function) and self.distributed is None:
+            confirmed = confirm_by_ab(self.session, item.nodeid, decision, self.config.rootpath,
+                                      self._write_line)
+            if confirmed is not None:
+                decision = confirmed
+            elif decision.regression:
+                decision = self._remeasure(item, decision)
+        elif decision.regression and isinstance(item, pytest.Function):
+            decision = self._remeasure(item, decision)
         if decision.outcome == "failed":
             pytest.fail(decision.message, pytrace=False)
         if decision.outcome == "skipped":
@@ -219,6 +204,39 @@ class PerfRun:
             # (as pytest's own skip markers do).
             raise pytest.skip.Exception(decision.message, _use_item_location=True)
         return result
+
+    def _remeasure(self, item: pytest.Function, first: Decision) -> Decision:
+        """Run the test body again after --perf-confirm-delay; only the second verdict counts,
+        judged with `confirming=True` (the slowdown must persist beyond half the tolerance)."""
+        assert self.session is not None
+        self.session.discard_test(item.nodeid)
+        delay = self.session.options.confirm_delay_seconds
+        time.sleep(delay)
+        # The first run's freed tensors are still reserved by the caching allocator: left
+        # there, they inflate the re-run's reserved and device memory (on 2 H200s a re-run
+        # read a single-GPU step's peak reserved as 20.26 GiB, 12.4% over its baseline and
+        # exactly what the first run's DDP step had reserved, 2026-11-21).
+        memory.release_cached_memory()
+        try:
+            item.runtest()
+        except BaseException as exc:
+            self._report_raised(item, exc)
+            raise
+        decision = self._conclude(item, confirming=True)
+        if decision.regression:
+            return dataclasses.replace(
+                decision, message=f"{decision.message}\n\n(confirmed: the test was measured "
+                                  f"twice, {delay:g} s apart, and regressed both times)")
+        self.session.end_notes.append(
+            f"{item.nodeid}: a first measurement regressed but a second did not; the second "
+            f"counts ({first.message.splitlines()[0]})")
+        return decision
+
+    def _write_line(self, line: str) -> None:
+        """A progress line on the terminal (A/B rounds), even under output capturing."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
 
     def _conclude(self, item: pytest.Item, *, confirming: bool = False) -> Decision:
         """This test's decision: the session's own, or in a distributed run the one every rank
