@@ -2,22 +2,29 @@
 
 One JSON schema family serves baselines (`baselines/<fingerprint>.json`) and saved results
 (`--perf-save`): both are a `RunResults` with a `kind` of "baseline" or "results".
+
+Schema versions: 1 (samples and statistics per metric), 2 (adds per metric the device profile of
+a profiled pass, `profile`, and whether its step was host-bound, `host_bound`; the environment
+gains the host). Older documents load through `UPGRADES`, one function per version step, and are
+written back in the current version only when a baseline is written.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from harness.checks import require_finite
+from harness.gate.profile import DeviceProfile, ProfileError
 from harness.gate.stats import quartiles, relative_spread
 from harness.gate.tolerance import require_tolerance
 
-# Version of the on-disk format, independent of the package version. Loaders reject others.
-SCHEMA_VERSION = 1
+# Version of the on-disk format, independent of the package version. Loaders upgrade older
+# versions (UPGRADES) and reject newer or unknown ones.
+SCHEMA_VERSION = 2
 
 Better = Literal["higher", "lower"]
 MetricKind = Literal["time", "throughput", "memory", "dataloader", "other"]
@@ -86,6 +93,9 @@ class Metric:
     reliable: bool = True
     note: str = ""
     theory: float | None = None
+    # What the GPU did in the measured step (a profiled pass), and whether the host set its pace.
+    profile: DeviceProfile | None = None
+    host_bound: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "::" in self.name:
@@ -147,6 +157,8 @@ class Metric:
             "reliable": self.reliable,
             "note": self.note,
             "theory": self.theory,
+            "host_bound": self.host_bound,
+            "profile": None if self.profile is None else self.profile.to_json(),
         }
 
     @classmethod
@@ -159,6 +171,14 @@ class Metric:
             raise SchemaError(f"{where}: 'samples' must be a non-empty list of finite numbers")
         tolerance = _optional_number(data, "tolerance", where)
         theory = _optional_number(data, "theory", where)
+        host_bound = data.get("host_bound", False)
+        if not isinstance(host_bound, bool):
+            raise SchemaError(f"{where}: 'host_bound' must be true or false, got {host_bound!r}")
+        try:
+            profile = (None if data.get("profile") is None
+                       else DeviceProfile.from_json(data["profile"], where))
+        except ProfileError as exc:
+            raise SchemaError(str(exc)) from None
         try:
             return cls(
                 name=name,
@@ -170,11 +190,36 @@ class Metric:
                 reliable=bool(data.get("reliable", True)),
                 note=str(data.get("note", "")),
                 theory=theory,
+                profile=profile,
+                host_bound=host_bound,
             )
         except ValueError as exc:
             if isinstance(exc, SchemaError):
                 raise
             raise SchemaError(f"{where}: {exc}") from None
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had no profiles, no host-bound flags and no host: all stay absent."""
+    return {**data, "schema_version": 2}
+
+
+# version -> the function that lifts a document of that version to the next one.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` lifted to SCHEMA_VERSION through UPGRADES; a SchemaError for an unknown version."""
+    version = data.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or not (version == SCHEMA_VERSION or version in UPGRADES):
+        raise SchemaError(
+            f"{where}: schema_version {version!r} is not supported (this harness reads "
+            f"versions {', '.join(map(str, sorted({*UPGRADES, SCHEMA_VERSION})))}); re-record "
+            f"it with this version of perf-harness, or upgrade perf-harness if it is newer")
+    while data["schema_version"] != SCHEMA_VERSION:
+        data = UPGRADES[data["schema_version"]](data)
+    return data
 
 
 def metric_id(nodeid: str, name: str) -> str:
@@ -216,11 +261,7 @@ class RunResults:
         """Parse and validate a document; `where` (usually the file path) prefixes every error."""
         if not isinstance(data, dict):
             raise SchemaError(f"{where}: expected a JSON object at the top level")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise SchemaError(
-                f"{where}: schema_version {version!r} is not supported (this harness reads "
-                f"version {SCHEMA_VERSION}); re-record it with this version of perf-harness")
+        data = upgrade(data, where)
         kind = _require(data, "kind", str, where)
         if kind not in RUN_KINDS:
             raise SchemaError(f"{where}: kind must be one of {', '.join(RUN_KINDS)}, "
