@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from harness.gate.results import Metric
 from harness.measure.clocks import Clock, check_device
+from harness.measure.kernels import device_time_metric, profile_kernels
 from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
 from harness.measure.sampling import TimingPolicy, measure_time_detailed
 from harness.theory.config import TransformerConfig
@@ -66,6 +67,10 @@ def _tokens_shape(x: object) -> tuple[int, int]:
     return int(batch), int(seq)
 
 
+# The metrics derived from the step's wall-time samples: host-bound when the step is.
+TIMED_METRICS: frozenset[str] = frozenset({"step_time", "tokens_per_s", "tflops", "mfu", "hfu"})
+
+
 def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
                        loss_fn: Callable[[Any, Any], torch.Tensor],
                        optimizer: torch.optim.Optimizer, *, clock: Clock, policy: TimingPolicy,
@@ -74,7 +79,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
                        autocast_dtype: torch.dtype | None = torch.bfloat16,
                        gpu: GPUSpec | None = None, precision: str = "bf16-mixed",
                        optimizer_name: str = "adamw", peak_dtype: str = "bf16",
-                       causal: bool = False) -> dict[str, Metric]:
+                       causal: bool = False, profile_steps: int = 0) -> dict[str, Metric]:
     """Time one training step and derive throughput, utilisation and memory from it.
 
     A step is `optimizer.zero_grad(set_to_none=True)`, the forward and the loss
@@ -91,7 +96,10 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
     warmup and samples), `device_memory_bytes` (NVML, CUDA context included) and with `config`
     `memory_vs_estimate` (peak allocated / `training_memory(...).total`, theory 1.0). On CPU
     the memory metrics are omitted: torch tracks no CPU peak. `causal` selects the attention
-    FLOP convention of the analytic figures (default: Megatron/PaLM, non-causal).
+    FLOP convention of the analytic figures (default: Megatron/PaLM, non-causal). On CUDA with
+    `profile_steps`, a profiled pass of that many more steps gives `device_time` (GPU busy
+    seconds per step, with the kernel table) and marks `step_time` host-bound when the GPU idled
+    (`harness.measure.kernels`).
 
     FlopCounterMode counts only ops it has a formula for: on CUDA the fused SDPA kernels are
     counted (their backward as 2.5x the forward core), but SDPA's CPU kernel is not, so on CPU
@@ -214,6 +222,11 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
     if device_type == "cuda":
         metrics.update(_memory_metrics(device, estimate, f"{precision}, {optimizer_name}, "
                                        f"recompute={recompute!r}, dropout={dropout}"))
+        if profile_steps:  # after the memory readings: the profiled steps must not move them
+            profiled = profile_kernels(step, steps=profile_steps)
+            for name in TIMED_METRICS & metrics.keys():  # all follow the step's wall time
+                metrics[name] = metrics[name].with_changes(host_bound=profiled.profile.host_bound)
+            metrics["device_time"] = device_time_metric("device_time", profiled)
     return metrics
 
 

@@ -45,7 +45,8 @@ from harness.measure.gpu_state import (
     describe_snapshot,
     measure_between_snapshots,
 )
-from harness.measure.sampling import TimingPolicy, measure_time
+from harness.measure.kernels import DEFAULT_PROFILE_STEPS, device_time_metric, profile_kernels
+from harness.measure.sampling import L2Flush, TimingPolicy, measure_time
 from harness.measure.train_step import measure_train_step
 from harness.pytest_plugin.run import RUN_KEY, PerfRun
 from harness.theory.config import TransformerConfig
@@ -91,9 +92,12 @@ class Perf:
 
     def time(self, fn: Callable[[], object], *, name: str = "time", flops: float | None = None,
              bytes: float | None = None, tolerance: float | None = None,
-             flush_l2: bool | None = None) -> Measurement:
+             flush_l2: bool | None = None, profile: bool = True) -> Measurement:
         """Seconds per call of `fn` as metric `name`; with `flops` (per call) also
         `<name>_tflops`, with `bytes` (moved per call) also `<name>_gbps` (1 GB = 1e9 bytes).
+        On CUDA, unless `profile=False`, a profiled pass after the samples adds
+        `<name>_device_time` (GPU busy seconds per call, with the kernel table) and marks `name`
+        host-bound when the GPU idled (`harness.measure.kernels`).
 
         `flush_l2` overrides the session's policy for kernels whose inputs fit in L2.
         """
@@ -103,11 +107,14 @@ class Perf:
         bytes_per_call = None if bytes is None else require_positive("bytes", bytes)
         if flush_l2 is not None:
             require_bool("flush_l2 (None: the session's policy)", flush_l2)
+        profiled = require_bool("profile", profile) and self._profiles()
         names = [name]
         if flops_per_call is not None:
             names.append(f"{name}_tflops")
         if bytes_per_call is not None:
             names.append(f"{name}_gbps")
+        if profiled:
+            names.append(f"{name}_device_time")
         # Metric checks the name too, but only after the measurement: fail before spending it.
         Metric(name=name, unit="s", better="lower", samples=(1.0,), tolerance=tolerance)
         self._session.check_names_free(self._nodeid, names)
@@ -130,6 +137,13 @@ class Perf:
                     name=f"{name}_gbps", unit="GB/s", better="higher", kind="throughput",
                     samples=tuple(bytes_per_call / s / 1e9 for s in seconds),
                     tolerance=tolerance, note=f"{bytes_per_call:.6g} bytes per call / time")
+            if profiled:
+                flush = L2Flush(self.device) if policy.flush_l2 else None
+                steps = profile_kernels(fn, before_each=flush)
+                metrics = {key: metric.with_changes(host_bound=steps.profile.host_bound)
+                           for key, metric in metrics.items()}
+                metrics[f"{name}_device_time"] = device_time_metric(
+                    f"{name}_device_time", steps, tolerance=tolerance)
             return metrics
 
         return self._measure(name, produce)
@@ -142,15 +156,19 @@ class Perf:
                    precision: str = "bf16-mixed", optimizer_name: str = "adamw",
                    peak_dtype: str = "bf16", causal: bool = False,
                    name_prefix: str = "", tolerance: float | None = None,
-                   cached_memory_tolerance: float | None = None) -> Measurement:
+                   cached_memory_tolerance: float | None = None,
+                   profile: bool = True) -> Measurement:
         """One training step measured by `measure.train_step.measure_train_step` (step_time,
         tflops, tokens_per_s, mfu/hfu, memory; see there); `name_prefix` is put verbatim in
         front of every metric name, e.g. "gpt2_" for "gpt2_step_time". `tolerance` applies to
         the timing metrics (time, throughput), never to memory. Allocated memory stays
         deterministic; what the caching allocator holds (peak_reserved_bytes, and with it
         device_memory_bytes) is not when several streams allocate (FSDP2's all-gathers):
-        `cached_memory_tolerance` applies to those two."""
+        `cached_memory_tolerance` applies to those two. On CUDA, unless `profile=False`, a
+        profiled pass adds `device_time` with the step's kernel table."""
         label = f"{name_prefix}train_step"
+        profile_steps = DEFAULT_PROFILE_STEPS if require_bool("profile", profile) \
+            and self._profiles() else 0
         if tolerance is not None:
             require_tolerance("tolerance", tolerance)
         if cached_memory_tolerance is not None:
@@ -164,7 +182,7 @@ class Perf:
                 # MFU/HFU need the analytic FLOPs of a config; without one the spec is unused.
                 gpu=self.gpu if config is not None else None,
                 precision=precision, optimizer_name=optimizer_name, peak_dtype=peak_dtype,
-                causal=causal)
+                causal=causal, profile_steps=profile_steps)
             metrics = {name: m.with_changes(tolerance=cached_memory_tolerance)
                        if name in CACHED_MEMORY_METRICS and cached_memory_tolerance is not None
                        else m for name, m in metrics.items()}
@@ -216,6 +234,11 @@ class Perf:
                                       tolerance=tolerance)
 
         return self._measure(label, produce)
+
+    def _profiles(self) -> bool:
+        """Whether measurements get a profiled pass: on CUDA, outside a distributed run (the
+        ranks' lockstep would have to cover the pass too)."""
+        return self.device == "cuda" and self.distributed is None
 
     def _collective_clock(self, run: DistributedRun
                           ) -> tuple[Clock, QueuedCudaEventClock | None]:

@@ -1,0 +1,176 @@
+"""Where a step's device time goes: a short, untimed profiled pass and its kernel table.
+
+Wall time mixes what the code costs on the GPU with what the host does to issue it. A profiled
+pass of a few steps (torch.profiler, which reads CUPTI) separates the two. Every step runs in its
+own window, from the host's first launch to the GPU's last kernel (a synchronize closes it):
+
+- device time per step: the union of the window's kernel and copy intervals, so overlapping
+  streams count once; what the code costs the GPU, whatever host issues it. One sample a step;
+- GPU idle share: the part of the windows the GPU did nothing; near 0 for a GPU-bound step,
+  large where the GPU waited for the host's launches;
+- host issue time per step: how long the host took to enqueue the step;
+- the kernel table: name, calls and seconds per step, the top rows covering >= KERNEL_COVERAGE of
+  device time and the rest summed in one row, to explain a regression later.
+
+The pass runs after the timed samples and is never part of them: profiling slows the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.checks import require_positive_int
+from harness.gate.formatting import format_percent, format_value
+from harness.gate.profile import DeviceProfile, KernelRow
+from harness.gate.results import Metric
+
+# Share of device time the listed kernels must cover; the rest is one "(other N kernels)" row.
+# 95% leaves at most 5% of a step unnamed: a kernel hiding there moves the step by less than
+# the 2% default tolerance unless it is the sum of many small ones, which the row then shows.
+KERNEL_COVERAGE = 0.95
+# Never more rows than this, whatever the coverage: a table is read by a person.
+MAX_KERNEL_ROWS = 40
+# Steps in the profiled pass: five device-time samples are the fewest a one-sided rank test at
+# alpha 0.01 can decide on (1/C(10,5) = 0.004); few enough to stay near a second per step.
+DEFAULT_PROFILE_STEPS = 5
+OTHER_ROW_PREFIX = "(other "
+
+STEP_RANGE = "perf::step"
+WINDOW_RANGE = "perf::window"
+
+
+@dataclass(frozen=True)
+class DeviceInterval:
+    """One kernel or copy on the GPU timeline, in microseconds."""
+
+    name: str
+    start_us: float
+    end_us: float
+
+
+@dataclass(frozen=True)
+class ProfiledSteps:
+    """The profile of the pass and the device seconds of each of its steps (the samples)."""
+
+    profile: DeviceProfile
+    device_seconds: tuple[float, ...]
+
+
+def summarize(intervals: Sequence[DeviceInterval], windows: Sequence[tuple[float, float]], *,
+              host_issue_seconds: float | None = None) -> ProfiledSteps:
+    """The profile of steps that ran in `windows` (microseconds, one per step) with the device
+    work `intervals`; work starting outside every window (a flush between steps) is left out."""
+    steps = require_positive_int("number of windows", len(windows))
+    per_window: list[list[DeviceInterval]] = [[] for _ in windows]
+    for interval in intervals:
+        for index, (start, end) in enumerate(windows):
+            if start <= interval.start_us <= end:
+                per_window[index].append(interval)
+                break
+    busy = [_union_length((i.start_us, i.end_us) for i in chosen) for chosen in per_window]
+    window_us = sum(max(0.0, end - start) for start, end in windows)
+    idle = 1.0 if window_us <= 0 else min(1.0, max(0.0, 1.0 - sum(busy) / window_us))
+    totals: dict[str, list[float]] = {}
+    for interval in (i for chosen in per_window for i in chosen):
+        entry = totals.setdefault(interval.name, [0.0, 0.0])
+        entry[0] += 1
+        entry[1] += max(0.0, interval.end_us - interval.start_us)
+    rows = [KernelRow(name, calls / steps, us / steps / 1e6)
+            for name, (calls, us) in totals.items()]
+    profile = DeviceProfile(steps=steps, device_seconds=sum(busy) / steps / 1e6,
+                            idle_fraction=idle, host_issue_seconds=host_issue_seconds,
+                            kernels=top_rows(rows))
+    return ProfiledSteps(profile, tuple(us / 1e6 for us in busy))
+
+
+def top_rows(rows: Iterable[KernelRow], coverage: float = KERNEL_COVERAGE,
+             max_rows: int = MAX_KERNEL_ROWS) -> tuple[KernelRow, ...]:
+    """The largest rows until they cover `coverage` of the total, then one row for the rest."""
+    ordered = sorted(rows, key=lambda r: (-r.seconds_per_step, r.name))
+    total = sum(r.seconds_per_step for r in ordered)
+    kept: list[KernelRow] = []
+    covered = 0.0
+    for row in ordered:
+        if len(kept) >= max_rows or (total > 0 and covered >= coverage * total):
+            break
+        kept.append(row)
+        covered += row.seconds_per_step
+    rest = ordered[len(kept):]
+    if rest:
+        kept.append(KernelRow(f"{OTHER_ROW_PREFIX}{len(rest)} kernels)",
+                              sum(r.calls_per_step for r in rest),
+                              sum(r.seconds_per_step for r in rest)))
+    return tuple(kept)
+
+
+def profile_kernels(fn: Callable[[], object], *, steps: int = DEFAULT_PROFILE_STEPS,
+                    before_each: Callable[[], object] | None = None) -> ProfiledSteps:
+    """Run `fn` `steps` times under torch.profiler (CUDA activity), each step in its own window,
+    `before_each` (an L2 flush, say) finished before the window opens; summarize the windows."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    require_positive_int("steps", steps)
+    fn()  # one call outside the profile: lazy initialisation is not a step
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            if before_each is not None:
+                before_each()
+            torch.cuda.synchronize()
+            with record_function(WINDOW_RANGE):
+                with record_function(STEP_RANGE):
+                    fn()
+                torch.cuda.synchronize()
+    events = prof.events()
+    spans = [end - start for start, end in _cpu_ranges(events, STEP_RANGE)]
+    return summarize(_device_intervals(events), _cpu_ranges(events, WINDOW_RANGE),
+                     host_issue_seconds=sum(spans) / len(spans) / 1e6 if spans else None)
+
+
+def _cpu_ranges(events: Any, name: str) -> list[tuple[float, float]]:
+    from torch.profiler import DeviceType
+
+    return sorted((float(e.time_range.start), float(e.time_range.end)) for e in events
+                  if e.name == name and e.device_type == DeviceType.CPU)
+
+
+def _device_intervals(events: Any) -> list[DeviceInterval]:
+    """Every kernel, copy and memset on the GPU timeline."""
+    from torch.profiler import DeviceType
+
+    return [DeviceInterval(e.name, float(e.time_range.start), float(e.time_range.end))
+            for e in events if e.device_type == DeviceType.CUDA]
+
+
+def _union_length(spans: Iterable[tuple[float, float]]) -> float:
+    """Total length covered by the spans, overlaps counted once."""
+    total = 0.0
+    current: tuple[float, float] | None = None
+    for start, end in sorted(spans):
+        if current is None or start > current[1]:
+            if current is not None:
+                total += current[1] - current[0]
+            current = (start, end)
+        else:
+            current = (current[0], max(current[1], end))
+    if current is not None:
+        total += current[1] - current[0]
+    return total
+
+
+def device_time_metric(name: str, profiled: ProfiledSteps, *,
+                       tolerance: float | None = None) -> Metric:
+    """The metric of a profiled pass: device seconds per step (one sample a step), carrying the
+    profile with its kernel table."""
+    profile = profiled.profile
+    host = ("" if profile.host_issue_seconds is None
+            else f", host issue {format_value(profile.host_issue_seconds, 's')} per step")
+    return Metric(name=name, unit="s", better="lower", kind="time",
+                  samples=profiled.device_seconds, tolerance=tolerance, profile=profile,
+                  note=(f"GPU busy time per step (kernel intervals, overlaps once) over "
+                        f"{profile.steps} profiled steps; GPU idle "
+                        f"{format_percent(profile.idle_fraction, space=False)} of the step"
+                        f"{host}; {'host-bound' if profile.host_bound else 'GPU-bound'}"))
