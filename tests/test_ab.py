@@ -131,17 +131,6 @@ def test_an_unknown_ref_says_how_to_fix_it(project: Path) -> None:
         resolve_commit(project, "no-such-branch")
 
 
-def test_two_commits_of_a_project_compared_end_to_end(project: Path, tmp_path: Path) -> None:
-    with worktree(project, "v1") as (commit, base_tree):
-        result = run_ab(Side("base", commit, base_tree), Side("head", "HEAD", project),
-                        ["--perf-device=cpu", "test_cost.py"], runner=PytestRunner(),
-                        tolerance_of=lambda mid, m: 0.05, alpha=0.01, max_rounds=3,
-                        budget_seconds=600, work_dir=tmp_path / "runs")
-    verdict = result.verdicts["test_cost.py::test_cost::cost"]
-    assert verdict.outcome is PairedOutcome.REGRESSION
-    assert verdict.change == pytest.approx(0.1)
-
-
 def test_a_failing_child_run_is_an_error_with_its_output(project: Path, tmp_path: Path) -> None:
     (project / "test_cost.py").write_text("def test_broken():\n    assert False, 'boom'\n")
     with pytest.raises(ABError, match="exited with 1"):

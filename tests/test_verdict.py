@@ -440,5 +440,44 @@ def test_sort_for_report_puts_regressions_first() -> None:
 
 def test_outcome_values_are_the_words_reports_show() -> None:
     assert [o.value for o in Outcome] == ["regression", "improvement", "unchanged", "unreliable",
-                                          "no baseline"]
+                                          "no baseline", "environment changed"]
     assert Outcome("no baseline") is Outcome.NO_BASELINE
+
+
+HOST_OF_BASELINE = {"host": {"calibration": {"launch_us": 5.0, "dispatch_us": 30.0}}}
+
+
+def _host_bound_pair(slowdown: float) -> tuple[Metric, Metric]:
+    rng = random.Random(7)
+    base = Metric(name="step_time", unit="s", better="lower", kind="time", host_bound=True,
+                  samples=tuple(0.1 * (1 + rng.gauss(0, 0.01)) for _ in range(20)))
+    now = base.with_changes(samples=tuple(s * (1 + slowdown) for s in base.samples))
+    return base, now
+
+
+def test_a_host_bound_step_on_a_slower_host_is_environment_changed() -> None:
+    base, now = _host_bound_pair(0.4)
+    slower_host = {"host": {"calibration": {"launch_us": 7.0, "dispatch_us": 41.0}}}
+    verdict = judge("t::step_time", now, base, baseline_environment=HOST_OF_BASELINE,
+                    environment=slower_host)
+    assert verdict.outcome is Outcome.ENVIRONMENT_CHANGED
+    assert "host-bound" in verdict.reason and "launch_us 40% slower" in verdict.reason
+    assert "host.calibration.launch_us" in verdict.environment_differences
+
+
+def test_a_host_bound_step_on_the_same_host_is_judged_as_code() -> None:
+    base, now = _host_bound_pair(0.4)
+    same_host = {"host": {"calibration": {"launch_us": 5.2, "dispatch_us": 29.0}}}
+    verdict = judge("t::step_time", now, base, baseline_environment=HOST_OF_BASELINE,
+                    environment=same_host)
+    assert verdict.outcome is Outcome.REGRESSION
+    assert verdict.environment_differences == {}  # probes within their noise are not listed
+
+
+def test_a_gpu_bound_step_is_judged_as_code_whatever_the_host() -> None:
+    base, now = _host_bound_pair(0.4)
+    base, now = base.with_changes(host_bound=False), now.with_changes(host_bound=False)
+    slower_host = {"host": {"calibration": {"launch_us": 7.0, "dispatch_us": 41.0}}}
+    verdict = judge("t::step_time", now, base, baseline_environment=HOST_OF_BASELINE,
+                    environment=slower_host)
+    assert verdict.outcome is Outcome.REGRESSION

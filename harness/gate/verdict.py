@@ -52,6 +52,7 @@ from typing import Any
 
 from harness.checks import require_bool, require_fraction, require_text
 from harness.gate.formatting import format_percent
+from harness.gate.host import calibration_differences, describe_differences
 from harness.gate.results import Metric
 from harness.gate.stats import mann_whitney_u, smallest_p_value
 from harness.gate.tolerance import CONFIRM_TOLERANCE_FRACTION, choose_tolerance
@@ -73,6 +74,10 @@ IGNORED_ENVIRONMENT_KEYS: frozenset[str] = frozenset({
     "git_commit", "git_dirty", "commit", "dirty", "hostname", "created", "timestamp",
     "temperature_c", "power_w",
 })
+
+
+# Where the host's calibration probes sit in a flattened environment.
+CALIBRATION_PREFIX = "host.calibration."
 
 
 class Outcome(str, enum.Enum):
@@ -191,6 +196,18 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
         return verdict(Outcome.UNRELIABLE, f"the baseline was recorded unreliably "
                        f"({baseline.note or 'no reason recorded'}); re-record it with "
                        f"--perf-update-baselines", change=change)
+    worsening = change if measured.better == "lower" else -change
+    if measured.host_bound and not confirming and worsening > chosen_tolerance \
+            and baseline_environment is not None and environment is not None:
+        slower = {key: value for key, value in
+                  calibration_differences(baseline_environment, environment).items()
+                  if value > 0}
+        if slower:
+            return verdict(Outcome.ENVIRONMENT_CHANGED, (
+                f"median {format_percent(change, signed=True, space=False)} vs baseline, "
+                f"worse, but the step is host-bound (the GPU idled while the host issued it) "
+                f"and this host is slower than the baseline's: {describe_differences(slower)}; "
+                f"the step's device time is judged instead"), change=change, rule="host-bound")
     return _judge_change(measured, baseline, change, chosen_tolerance, float(alpha), verdict)
 
 
@@ -251,16 +268,20 @@ def environment_differences(base: Mapping[str, Any],
     """Environment entries (torch, CUDA, driver, GPU, clocks, ...) that differ: key -> (base, new).
 
     Nested dicts are compared entry by entry under dotted keys ("gpu_state.sm_clock_mhz"); a key
-    present on one side only shows None on the other. IGNORED_ENVIRONMENT_KEYS are left out.
+    present on one side only shows None on the other. IGNORED_ENVIRONMENT_KEYS are left out,
+    and so are the host's calibration probes that moved less than their noise.
     """
     for name, value in (("base", base), ("new", new)):
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be an environment dict, got {type(value).__name__}")
     flat_base, flat_new = _flatten(base), _flatten(new)
+    moved_probes = {f"{CALIBRATION_PREFIX}{key}" for key in calibration_differences(base, new)}
     differences: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(flat_base) | set(flat_new)):
         if key.rsplit(".", 1)[-1] in IGNORED_ENVIRONMENT_KEYS:
             continue
+        if key.startswith(CALIBRATION_PREFIX) and key not in moved_probes:
+            continue  # a probe within its noise is the same host
         old, current = flat_base.get(key), flat_new.get(key)
         if old != current:
             differences[key] = (old, current)

@@ -18,6 +18,7 @@ import pynvml
 from harness.checks import require_positive_int
 from harness.measure import devices
 from harness.measure.devices import DEVICES, nvml_text
+from harness.measure.host import calibrate_host, describe_host
 from harness.theory.hardware import CPU_NAME, fingerprint
 
 # Seconds to wait for `git`: it answers in milliseconds; a hung network filesystem must not hang
@@ -65,8 +66,10 @@ def driver_version() -> str | None:
 def run_environment(device: str, *, repo_dir: Path | None = None,
                     world_size: int | None = None) -> dict[str, Any]:
     """The environment of a run on `device` ("cuda" or "cpu"): GPU name and count, driver, CUDA,
-    torch, python, hostname, git commit and dirty flag, and the hardware fingerprint its
-    baselines are stored under ("cpu" for CPU runs, so CPU and GPU baselines never mix).
+    torch, python, hostname, git commit and dirty flag, the host (CPU, affinity against the
+    GPU's NUMA node, a calibration of under a second: `harness.measure.host`), and the hardware
+    fingerprint its baselines are stored under ("cpu" for CPU runs, so CPU and GPU baselines
+    never mix).
 
     `world_size` is the number of ranks of a distributed run (one device each): the fingerprint
     then counts those devices, "nvidia-h200-x2" or "cpu-x2", not the GPUs the host has.
@@ -102,4 +105,6 @@ def run_environment(device: str, *, repo_dir: Path | None = None,
         "hostname": socket.gethostname(),
         "git_commit": commit,
         "git_dirty": dirty,
+        "host": {**describe_host(0 if device == "cuda" else None),
+                 "calibration": calibrate_host(device)},
     }

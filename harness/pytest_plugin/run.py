@@ -24,7 +24,7 @@ from harness.distributed.group import DistributedRun, RankOutcome
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, required_ranks
 from harness.gate import store
 from harness.gate.session import Decision, PerfOptions, PerfSession
-from harness.measure import devices, environment, memory
+from harness.measure import devices, environment, host, memory
 from harness.pytest_plugin.confirm import confirm_by_ab
 from harness.pytest_plugin.options import no_cuda_detail, timing_policy
 
@@ -109,6 +109,9 @@ class PerfRun:
                 perf_session.load_reference()
         except store.StoreError as exc:
             raise pytest.UsageError(str(exc)) from None
+        numa = host.numa_warning(run_environment["host"])
+        if numa is not None:
+            perf_session.end_notes.append(f"WARNING: {numa}")
         self.session = perf_session
 
     @pytest.hookimpl(trylast=True)
