@@ -9,19 +9,20 @@ from harness.gate.profile import HOST_BOUND_IDLE_FRACTION, KernelRow
 from harness.measure.kernels import DeviceInterval, summarize, top_rows
 
 
-def test_overlapping_kernels_count_once_and_gaps_are_idle() -> None:
-    # Step 1: a GEMM with an overlapping add on another stream; step 2: a GEMM after a gap in
-    # which the GPU waited for the host's launch.
-    timeline = [DeviceInterval("gemm", 0, 10), DeviceInterval("add", 5, 12),
-                DeviceInterval("gemm", 28, 38)]
-    steps = summarize(timeline, [(0, 12), (20, 38)])
-    assert steps.device_seconds == pytest.approx((12e-6, 10e-6))
+def test_overlapping_kernels_count_once_and_gaps_between_kernels_are_idle() -> None:
+    # Step 1: a GEMM with an overlapping add on another stream. Step 2: two GEMMs with a gap in
+    # which the GPU waited for the host's next launch.
+    timeline = [DeviceInterval("gemm", 2, 10), DeviceInterval("add", 5, 12),
+                DeviceInterval("gemm", 22, 27), DeviceInterval("gemm", 33, 38)]
+    steps = summarize(timeline, [(0, 13), (20, 40)])
+    assert steps.device_seconds == pytest.approx((10e-6, 10e-6))
     profile = steps.profile
-    assert profile.device_seconds == pytest.approx(11e-6)
-    assert profile.idle_fraction == pytest.approx(1 - 22 / 30)
+    assert profile.device_seconds == pytest.approx(10e-6)
+    # Kernel spans 2..12 and 22..38: 26 us, of which 20 busy. The fence around them is not idle.
+    assert profile.idle_fraction == pytest.approx(1 - 20 / 26)
     assert profile.host_bound
     gemm = next(r for r in profile.kernels if r.name == "gemm")
-    assert gemm.calls_per_step == 1 and gemm.seconds_per_step == pytest.approx(10e-6)
+    assert gemm.calls_per_step == 1.5 and gemm.seconds_per_step == pytest.approx(9e-6)
 
 
 def test_a_busy_window_is_gpu_bound() -> None:
@@ -38,7 +39,7 @@ def test_work_outside_the_windows_is_left_out() -> None:
     steps = summarize(timeline, [(58, 71), (138, 151)])
     assert [r.name for r in steps.profile.kernels] == ["gemm"]
     assert steps.device_seconds == pytest.approx((10e-6, 10e-6))
-    assert steps.profile.idle_fraction == pytest.approx(1 - 20 / 26)
+    assert steps.profile.idle_fraction == 0  # a lone kernel per step: nothing waited
 
 
 def test_a_window_without_device_work_is_all_idle() -> None:

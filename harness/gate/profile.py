@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Idle share of the GPU above which a step counts as host-bound. The suite's GPU-bound steps
-# idle 1.5-2.5% of a profiled window and its host-bound ones 34-57% (two Llama-2-7B layers vs
-# a 336M model on an H200, 2026-11-21): 20% separates them with room on both sides.
+# Idle share of the GPU above which a step counts as host-bound. On an H200 the suite's GPU-bound
+# step (two Llama-2-7B layers) idled 1.5-3.4% and its host-bound ones 31-59% (gpt2-medium, a
+# 336M Llama-style model; torch.profiler, 2026-11-21 and 2026-12-02): 20% separates them with
+# room on both sides.
 HOST_BOUND_IDLE_FRACTION = 0.20
 
 

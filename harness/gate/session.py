@@ -221,6 +221,10 @@ class PerfSession:
                 f"perf regression in {nodeid}: {_names(regressions)} worse than "
                 f"{self.reference_path} beyond tolerance\n\n{tables}"), regression=True,
                 suspects=tuple(v.metric_id for v in regressions if v.baseline is not None))
+        # Judged "environment changed" from the host's calibration alone: A/B checks it where it
+        # can run (a probe can misread); where it cannot, the verdict stands.
+        host_rule = tuple(v.metric_id for v in verdicts
+                          if v.outcome == Outcome.ENVIRONMENT_CHANGED and v.rule == "host-bound")
         missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
         unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
         reasons = []
@@ -230,13 +234,13 @@ class PerfSession:
             details = "; ".join(f"{_name(v)}: {v.reason}" for v in unreliable)
             reasons.append(f"unreliable, not judged (not a regression): {details}")
         if not reasons:
-            return Decision("passed")
+            return Decision("passed", suspects=host_rule)
         if self.options.strict:
             noisy = tuple(v.metric_id for v in unreliable if _noisy_worsening(v))
             return Decision("failed", "perf (--perf-strict: every measured metric must be "
                                           "checked): " + "; ".join(reasons),
-                            suspects=noisy if not missing and len(noisy) == len(unreliable)
-                            else ())
+                            suspects=noisy + host_rule
+                            if not missing and len(noisy) == len(unreliable) else ())
         return Decision("skipped", "perf: " + "; ".join(reasons))
 
     def ab_base_commit(self) -> str | None:

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from harness.gate.results import Metric
 from harness.measure.clocks import Clock, check_device
-from harness.measure.kernels import device_time_metric, profile_kernels
+from harness.measure.kernels import device_time_metric, profile_or_reason
 from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
 from harness.measure.sampling import TimingPolicy, measure_time_detailed
 from harness.theory.config import TransformerConfig
@@ -223,10 +223,15 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
         metrics.update(_memory_metrics(device, estimate, f"{precision}, {optimizer_name}, "
                                        f"recompute={recompute!r}, dropout={dropout}"))
         if profile_steps:  # after the memory readings: the profiled steps must not move them
-            profiled = profile_kernels(step, steps=profile_steps)
-            for name in TIMED_METRICS & metrics.keys():  # all follow the step's wall time
-                metrics[name] = metrics[name].with_changes(host_bound=profiled.profile.host_bound)
-            metrics["device_time"] = device_time_metric("device_time", profiled)
+            profiled, failure = profile_or_reason(step, steps=profile_steps)
+            if profiled is None:
+                metrics["step_time"] = metrics["step_time"].with_changes(
+                    note=f"{metrics['step_time'].note}; {failure}")
+            else:
+                for name in TIMED_METRICS & metrics.keys():  # all follow the step's wall time
+                    metrics[name] = metrics[name].with_changes(
+                        host_bound=profiled.profile.host_bound)
+                metrics["device_time"] = device_time_metric("device_time", profiled)
     return metrics
 
 

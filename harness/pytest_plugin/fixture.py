@@ -45,7 +45,11 @@ from harness.measure.gpu_state import (
     describe_snapshot,
     measure_between_snapshots,
 )
-from harness.measure.kernels import DEFAULT_PROFILE_STEPS, device_time_metric, profile_kernels
+from harness.measure.kernels import (
+    DEFAULT_PROFILE_STEPS,
+    device_time_metric,
+    profile_or_reason,
+)
 from harness.measure.sampling import L2Flush, TimingPolicy, measure_time
 from harness.measure.train_step import measure_train_step
 from harness.pytest_plugin.run import RUN_KEY, PerfRun
@@ -139,11 +143,15 @@ class Perf:
                     tolerance=tolerance, note=f"{bytes_per_call:.6g} bytes per call / time")
             if profiled:
                 flush = L2Flush(self.device) if policy.flush_l2 else None
-                steps = profile_kernels(fn, before_each=flush)
-                metrics = {key: metric.with_changes(host_bound=steps.profile.host_bound)
-                           for key, metric in metrics.items()}
-                metrics[f"{name}_device_time"] = device_time_metric(
-                    f"{name}_device_time", steps, tolerance=tolerance)
+                steps, failure = profile_or_reason(fn, before_each=flush)
+                if steps is None:
+                    metrics[name] = metrics[name].with_changes(
+                        note=f"{metrics[name].note}; {failure}")
+                else:
+                    metrics = {key: metric.with_changes(host_bound=steps.profile.host_bound)
+                               for key, metric in metrics.items()}
+                    metrics[f"{name}_device_time"] = device_time_metric(
+                        f"{name}_device_time", steps, tolerance=tolerance)
             return metrics
 
         return self._measure(name, produce)
