@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.cli import compare
+from harness.cli import ab as ab_command
 from harness.gate import store
 from harness.gate.results import Metric, RunResults
 
@@ -257,23 +257,20 @@ def test_nightly_saves_strict_results_and_uploads_them_always():
     assert upload["with"]["path"] == "results/"
 
 
-def test_pr_workflow_compares_with_the_artifact_the_nightly_uploads_on_main():
-    nightly, pr = workflow("perf-nightly.yml"), workflow("perf-pr.yml")
-    (nightly_job,) = nightly["jobs"].values()
-    upload = next(s for s in nightly_job["steps"]
-                  if s.get("uses", "").startswith("actions/upload-artifact"))
-    artifact_on_main = upload["with"]["name"].replace("${{ github.ref_name }}", "main")
-    lines = shell_lines(pr)
-    download = next(line for line in lines if line.startswith("gh run download"))
-    assert f"--name {artifact_on_main} --dir main-results" in download
-    assert any("--workflow perf-nightly.yml --branch main" in line for line in lines)
-    command = next(line for line in lines if line.startswith("python -m harness compare"))
-    argv = command.split(">")[0].split()[4:]  # after "python -m harness compare"
+def test_pr_workflow_measures_the_base_branch_beside_the_branch_on_its_runner():
+    pr = workflow("perf-pr.yml")
+    (job,) = pr["jobs"].values()
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["fetch-depth"] == 0  # the base commit must be in the clone
+    command = next(line for line in shell_lines(pr) if line.startswith("python -m harness ab"))
+    argv = command.split(">")[0].split()[4:]  # after "python -m harness ab"
+    split = argv.index("--")
     parser = argparse.ArgumentParser()
-    compare.add_arguments(parser)
-    args = parser.parse_args(argv)
-    assert (args.base, args.new, args.markdown) == (Path("main-results/nightly.json"),
-                                                     Path("results/pr.json"), True)
+    ab_command.add_arguments(parser)
+    args = parser.parse_args(argv[:split])
+    assert (args.base, args.head, args.markdown) == ('"origin/$BASE_REF"', None, True)
+    assert argv[split + 1:] == ["-m", "gpu"]
+    assert not any("gh run download" in line for line in shell_lines(pr))
 
 
 def test_workflows_use_only_pytest_options_the_plugin_registers(pytestconfig):

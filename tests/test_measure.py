@@ -126,7 +126,9 @@ def test_train_step_with_a_host_clock_measures_real_time() -> None:
                                  policy=policy, device="cpu", autocast_dtype=None)
     step = metrics["step_time"]
     assert 5 <= step.count <= 20
-    assert 0 < step.median < 0.5  # a 32-64-8 MLP on 16 rows takes microseconds, not seconds
+    # Real, positive durations; how long they are is a benchmark's business, not a unit test's
+    # (a loaded 2-core CI machine is no stopwatch).
+    assert all(s > 0 for s in step.samples)
     assert metrics["tflops"].median > 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from benchmarks.detection_power.document import check_document, conditions_of
 from harness.checks import require_finite
 from harness.gate.results import Metric, metric_id
-from harness.gate.session import DEFAULT_CONFIRM_DELAY_SECONDS
+from harness.gate.run_options import DEFAULT_CONFIRM_DELAY_SECONDS
 from harness.gate.verdict import DEFAULT_ALPHA, Outcome, judge
 
 # The plugin re-measures a regression after DEFAULT_CONFIRM_DELAY_SECONDS and judges the second

@@ -21,7 +21,7 @@ import pytest
 
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS
 from harness.gate.paired import MIN_ROUNDS
-from harness.gate.session import (
+from harness.gate.run_options import (
     CONFIRM_CHOICES,
     DEFAULT_AB_BUDGET_SECONDS,
     DEFAULT_AB_ROUNDS,

@@ -23,7 +23,8 @@ from harness.distributed import group
 from harness.distributed.group import DistributedRun, RankOutcome
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, required_ranks
 from harness.gate import store
-from harness.gate.session import Decision, PerfOptions, PerfSession
+from harness.gate.run_options import PerfOptions
+from harness.gate.session import Decision, PerfSession
 from harness.measure import devices, environment, host, memory
 from harness.pytest_plugin.confirm import confirm_by_ab
 from harness.pytest_plugin.options import no_cuda_detail, timing_policy
