@@ -41,6 +41,17 @@ def check_device(device: str) -> DeviceType:
     raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
 
 
+def require_cuda_device(device: str, what: str, cpu_hint: str) -> torch.device:
+    """`device` as a torch.device when it is a CUDA device this machine has; a ValueError saying
+    that `what` needs CUDA (and, for "cpu", `cpu_hint`) otherwise."""
+    if check_device(device) != "cuda":
+        raise ValueError(f"{what} needs a CUDA device, got device={device!r}; {cpu_hint}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{what} on device={device!r} needs CUDA, but "
+                         f"torch.cuda.is_available() is False on this machine")
+    return torch.device(device)
+
+
 def cuda_initialized() -> bool:
     """Whether CUDA is available and has been initialised in this process (device work may be
     queued)."""

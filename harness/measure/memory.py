@@ -14,7 +14,7 @@ import pynvml
 import torch
 
 from harness.checks import require_non_negative_int
-from harness.measure.clocks import check_device, cuda_initialized
+from harness.measure.clocks import cuda_initialized, require_cuda_device
 from harness.measure.gpu_state import nvml_handle
 
 
@@ -96,13 +96,8 @@ def cuda_context_bytes(index: int = 0) -> int | None:
 
 
 def _check_cuda_device(device: str) -> torch.device:
-    if check_device(device) != "cuda":
-        raise ValueError(f"peak memory is tracked by torch's CUDA caching allocator only; got "
-                         f"device={device!r}, expected 'cuda' or 'cuda:<index>'")
-    if not torch.cuda.is_available():
-        raise ValueError(f"peak memory on device={device!r} needs CUDA, but "
-                         f"torch.cuda.is_available() is False on this machine")
-    return torch.device(device)
+    return require_cuda_device(device, "peak memory (tracked by torch's CUDA caching allocator)",
+                               "expected 'cuda' or 'cuda:<index>'")
 
 
 def reset_peak_memory(device: str) -> None:

@@ -24,7 +24,7 @@ from harness.checks import (
     require_positive,
     require_positive_int,
 )
-from harness.measure.clocks import Clock, check_device
+from harness.measure.clocks import Clock, check_device, require_cuda_device
 
 # At least two warmup calls whatever the warmup time: the first call of a function often pays
 # one-time costs (CUDA context, cuBLAS heuristics, lazy module init, allocator growth), so the
@@ -91,13 +91,10 @@ class L2Flush:
     """
 
     def __init__(self, device: str = "cuda") -> None:
-        if check_device(device) != "cuda":
-            raise ValueError(f"an L2 flush needs a CUDA device, got device={device!r}; set "
-                             f"TimingPolicy(flush_l2=False) for CPU measurements")
-        if not torch.cuda.is_available():
-            raise ValueError(f"an L2 flush on device={device!r} needs CUDA, but "
-                             f"torch.cuda.is_available() is False on this machine")
-        properties = torch.cuda.get_device_properties(torch.device(device))
+        torch_device = require_cuda_device(device, "an L2 flush",
+                                           "set TimingPolicy(flush_l2=False) for CPU "
+                                           "measurements")
+        properties = torch.cuda.get_device_properties(torch_device)
         l2_bytes = int(getattr(properties, "L2_cache_size", 0) or 0)
         self.l2_bytes = l2_bytes if l2_bytes > 0 else FALLBACK_L2_BYTES
         self.side_cache_bytes = memory_side_cache_bytes(properties.name)
