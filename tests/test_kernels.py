@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.gate.profile import HOST_BOUND_IDLE_FRACTION, KernelRow
-from harness.measure.kernels import DeviceInterval, summarize, top_rows
+from harness.measure.kernels import DeviceInterval, summarize, top_rows, with_wall_time
 
 
 def test_overlapping_kernels_count_once_and_gaps_between_kernels_are_idle() -> None:
@@ -68,3 +68,17 @@ def test_top_rows_never_exceed_the_row_limit() -> None:
 def test_a_pass_needs_at_least_one_window() -> None:
     with pytest.raises(ValueError, match="number of windows must be a positive integer"):
         summarize([], [])
+
+
+def test_the_idle_share_is_taken_against_the_timed_wall_time() -> None:
+    # The profiled pass saw big gaps (the profiler slowed the host), but the timed step took
+    # 12.5 us for 10 us of device work: the host's share is 20%, not the profiled 23%.
+    timeline = [DeviceInterval("gemm", 2, 10), DeviceInterval("add", 5, 12),
+                DeviceInterval("gemm", 22, 27), DeviceInterval("gemm", 33, 38)]
+    profiled = with_wall_time(summarize(timeline, [(0, 13), (20, 40)]), 12.5e-6)
+    assert profiled.profile.idle_fraction == pytest.approx(0.2)
+    assert profiled.device_seconds == pytest.approx((10e-6, 10e-6))
+    faster_than_device = with_wall_time(summarize(timeline, [(0, 13), (20, 40)]), 5e-6)
+    assert faster_than_device.profile.idle_fraction == 0.0
+    with pytest.raises(ValueError, match="wall_seconds must be a positive"):
+        with_wall_time(profiled, 0.0)

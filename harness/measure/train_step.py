@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from harness.gate.results import Metric
 from harness.measure.clocks import Clock, check_device
-from harness.measure.kernels import device_time_metric, profile_or_reason
+from harness.measure.kernels import device_time_metric, profile_or_reason, with_wall_time
 from harness.measure.memory import device_memory_usage, peak_memory, reset_peak_memory
 from harness.measure.sampling import TimingPolicy, measure_time_detailed
 from harness.theory.config import TransformerConfig
@@ -224,6 +224,8 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
                                        f"recompute={recompute!r}, dropout={dropout}"))
         if profile_steps:  # after the memory readings: the profiled steps must not move them
             profiled, failure = profile_or_reason(step, steps=profile_steps)
+            if profiled is not None:
+                profiled = with_wall_time(profiled, metrics["step_time"].median)
             if profiled is None:
                 metrics["step_time"] = metrics["step_time"].with_changes(
                     note=f"{metrics['step_time'].note}; {failure}")

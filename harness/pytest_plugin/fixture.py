@@ -49,6 +49,7 @@ from harness.measure.kernels import (
     DEFAULT_PROFILE_STEPS,
     device_time_metric,
     profile_or_reason,
+    with_wall_time,
 )
 from harness.measure.sampling import L2Flush, TimingPolicy, measure_time
 from harness.measure.train_step import measure_train_step
@@ -144,6 +145,8 @@ class Perf:
             if profiled:
                 flush = L2Flush(self.device) if policy.flush_l2 else None
                 steps, failure = profile_or_reason(fn, before_each=flush)
+                if steps is not None:
+                    steps = with_wall_time(steps, metrics[name].median)
                 if steps is None:
                     metrics[name] = metrics[name].with_changes(
                         note=f"{metrics[name].note}; {failure}")
