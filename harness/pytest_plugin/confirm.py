@@ -29,8 +29,12 @@ def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir
     if commit is None:
         return None
     repo = ab.repository_root(rootdir)
-    if repo is None:
-        session.end_notes.append(f"{nodeid}: no A/B ({rootdir} is not a git checkout); "
+    try:
+        inside = None if repo is None else rootdir.resolve().relative_to(repo.resolve())
+    except ValueError:  # a rootdir reached through a link from outside the checkout
+        inside = None
+    if repo is None or inside is None:
+        session.end_notes.append(f"{nodeid}: no A/B ({rootdir} is not inside a git checkout); "
                                  f"re-measured instead")
         return None
     try:
@@ -53,7 +57,7 @@ def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir
     try:
         with tempfile.TemporaryDirectory(prefix="perf-ab-runs-") as work, \
                 ab.worktree(repo, commit) as (full_commit, base_repo):
-            base = ab.Side("base", full_commit, base_repo / rootdir.relative_to(repo))
+            base = ab.Side("base", full_commit, base_repo / inside)
             head = ab.Side("head", "working tree", rootdir)
             result = ab.run_ab(base, head, [*options.child_args, nodeid],
                                runner=ab.PytestRunner(), tolerance_of=tolerance_of,
