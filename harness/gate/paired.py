@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.checks import require_positive_int, require_text
+from harness.checks import require_positive, require_positive_int, require_text
 from harness.gate.formatting import format_percent
 from harness.gate.results import BETTER_VALUES, Better
 
@@ -190,9 +190,6 @@ def _beta_continued_fraction(x: float, a: float, b: float) -> float:
 
 
 def _positive_values(name: str, values: Sequence[float]) -> tuple[float, ...]:
-    out = tuple(values)
-    for value in out:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must hold positive finite run medians, got {value!r}")
-    return tuple(float(v) for v in out)
+    """The run medians as floats; each must be a positive finite number."""
+    return tuple(require_positive(f"{name}[{index}] (a run median)", value)
+                 for index, value in enumerate(values))
