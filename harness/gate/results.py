@@ -4,9 +4,10 @@ One JSON schema family serves baselines (`baselines/<fingerprint>.json`) and sav
 (`--perf-save`): both are a `RunResults` with a `kind` of "baseline" or "results".
 
 Schema versions: 1 (samples and statistics per metric), 2 (adds per metric the device profile of
-a profiled pass, `profile`, and whether its step was host-bound, `host_bound`; the environment
-gains the host). Older documents load through `UPGRADES`, one function per version step, and are
-written back in the current version only when a baseline is written.
+a profiled pass, `profile`, whether its step was host-bound, `host_bound`, and in baselines one
+summary per recorded run, `runs`; the environment gains the host). Older documents load through
+`UPGRADES`, one function per version step, and are written back in the current version only
+when a baseline is written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from harness.checks import require_finite
+from harness.gate.fleet import RunSummary
 from harness.gate.profile import DeviceProfile, ProfileError
 from harness.gate.stats import quartiles, relative_spread
 from harness.gate.tolerance import require_tolerance
@@ -96,6 +98,8 @@ class Metric:
     # What the GPU did in the measured step (a profiled pass), and whether the host set its pace.
     profile: DeviceProfile | None = None
     host_bound: bool = False
+    # In a baseline: one summary per recorded run (machine, day), oldest first (`--perf-add-run`).
+    runs: tuple[RunSummary, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "::" in self.name:
@@ -159,6 +163,7 @@ class Metric:
             "theory": self.theory,
             "host_bound": self.host_bound,
             "profile": None if self.profile is None else self.profile.to_json(),
+            "runs": [run.to_json() for run in self.runs],
         }
 
     @classmethod
@@ -179,6 +184,13 @@ class Metric:
                        else DeviceProfile.from_json(data["profile"], where))
         except ProfileError as exc:
             raise SchemaError(str(exc)) from None
+        raw_runs = data.get("runs", [])
+        if not isinstance(raw_runs, list):
+            raise SchemaError(f"{where}: 'runs' must be a list, got {raw_runs!r}")
+        try:
+            runs = tuple(RunSummary.from_json(run, where) for run in raw_runs)
+        except ValueError as exc:
+            raise SchemaError(str(exc)) from None
         try:
             return cls(
                 name=name,
@@ -192,6 +204,7 @@ class Metric:
                 theory=theory,
                 profile=profile,
                 host_bound=host_bound,
+                runs=runs,
             )
         except ValueError as exc:
             if isinstance(exc, SchemaError):

@@ -34,6 +34,8 @@ class PerfOptions:
     baselines_dir: Path
     device: str
     update_baselines: bool = False
+    # With update_baselines: add this run to the baseline's runs instead of starting them anew.
+    add_run: bool = False
     force: bool = False
     save_path: Path | None = None
     compare_path: Path | None = None

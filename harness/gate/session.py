@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from harness.gate import report, store
+from harness.gate.fleet import RunSummary
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
 from harness.gate.verdict import Outcome, Verdict, judge
@@ -180,6 +181,10 @@ class PerfSession:
         # can run (a probe can misread); where it cannot, the verdict stands.
         host_rule = tuple(v.metric_id for v in verdicts
                           if v.outcome == Outcome.ENVIRONMENT_CHANGED and v.rule == "host-bound")
+        # Worse beyond tolerance on a host-sensitive metric (its recorded runs span 30% or more):
+        # only A/B on this machine can say whether the code is slower.
+        fleet = tuple(v.metric_id for v in verdicts
+                      if v.outcome == Outcome.UNRELIABLE and v.rule == "host-sensitive")
         missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
         unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
         reasons = []
@@ -191,12 +196,14 @@ class PerfSession:
         if not reasons:
             return Decision("passed", suspects=host_rule)
         if self.options.strict:
-            noisy = tuple(v.metric_id for v in unreliable if _noisy_worsening(v))
+            noisy = tuple(v.metric_id for v in unreliable
+                          if _noisy_worsening(v) and v.metric_id not in fleet)
+            clearable = not missing and len(noisy) + len(fleet) == len(unreliable)
             return Decision("failed", "perf (--perf-strict: every measured metric must be "
                                           "checked): " + "; ".join(reasons),
-                            suspects=noisy + host_rule
-                            if not missing and len(noisy) == len(unreliable) else ())
-        return Decision("skipped", "perf: " + "; ".join(reasons))
+                            suspects=noisy + fleet + host_rule if clearable else ())
+        return Decision("skipped", "perf: " + "; ".join(reasons),
+                        suspects=fleet + host_rule if not missing else ())
 
     def ab_base_commit(self) -> str | None:
         """The commit the reference was recorded at, when A/B may confirm against it: a clean
@@ -285,8 +292,24 @@ class PerfSession:
             kept = {mid: m for mid, m in self.reference.metrics.items()
                     if split_metric_id(mid)[0] not in measured_now}
         new = self.results(kind="baseline")
-        new.metrics = {**kept, **self.metrics}
+        measured = self.metrics
+        if self.options.add_run:
+            measured = {mid: self._with_runs(mid, metric, new.created)
+                        for mid, metric in measured.items()}
+        new.metrics = {**kept, **measured}
         return new
+
+    def _with_runs(self, mid: str, metric: Metric, created: str) -> Metric:
+        """`metric` carrying the old baseline's runs of it and this run (--perf-add-run); an old
+        baseline metric without runs counts as one run, recorded on its own host."""
+        old = None if self.reference is None else self.reference.metrics.get(mid)
+        earlier: tuple[RunSummary, ...] = ()
+        if old is not None:
+            earlier = old.runs or (_summary(old, self.reference.environment
+                                            if self.reference is not None else {},
+                                            self.reference.created
+                                            if self.reference is not None else ""),)
+        return metric.with_changes(runs=(*earlier, _summary(metric, self.environment, created)))
 
     def write_baseline(self) -> tuple[RunResults | None, RunResults, Path | None]:
         """Write the merged baseline; returns (old baseline, new baseline, where the old went)."""
@@ -364,3 +387,12 @@ def _noisy_worsening(verdict: Verdict) -> bool:
             or not verdict.baseline.reliable or abs(verdict.change) <= verdict.tolerance:
         return False
     return verdict.change > 0 if verdict.measured.better == "lower" else verdict.change < 0
+
+
+def _summary(metric: Metric, environment: dict[str, Any], created: str) -> RunSummary:
+    """One run of `metric` for a baseline's runs: its statistics and the host it ran on."""
+    host = environment.get("hostname") or "unknown host"
+    cpu = (environment.get("host") or {}).get("cpu_model") if isinstance(
+        environment.get("host"), dict) else None
+    return RunSummary(median=metric.median, spread=metric.spread, count=metric.count,
+                      host=f"{host} ({cpu})" if cpu else str(host), created=created)

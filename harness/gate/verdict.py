@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.checks import require_bool, require_fraction, require_text
+from harness.gate.fleet import fleet_spread
 from harness.gate.formatting import format_percent
 from harness.gate.host import calibration_differences, describe_differences
 from harness.gate.results import Metric
@@ -75,6 +76,10 @@ IGNORED_ENVIRONMENT_KEYS: frozenset[str] = frozenset({
     "temperature_c", "power_w",
 })
 
+
+# The widest tolerance the spread of recorded runs may set: beyond it a metric is host-sensitive
+# anyway (harness.gate.fleet.HOST_SENSITIVE_SPAN) and judged by A/B.
+MAX_FLEET_TOLERANCE = 0.30
 
 # Where the host's calibration probes sit in a flattened environment.
 CALIBRATION_PREFIX = "host.calibration."
@@ -155,6 +160,9 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
     full_tolerance = choose_tolerance(
         measured.kind, explicit=tolerance, own=measured.tolerance,
         baseline=None if baseline is None else baseline.tolerance).value
+    fleet = None if baseline is None else fleet_spread(baseline.runs)
+    if fleet is not None and tolerance is None:  # an explicit --perf-tolerance stays as given
+        full_tolerance = max(full_tolerance, min(fleet.tolerance, MAX_FLEET_TOLERANCE))
     require_bool("confirming", confirming)
     chosen_tolerance = full_tolerance * (CONFIRM_TOLERANCE_FRACTION if confirming else 1.0)
     differences = ({} if baseline_environment is None or environment is None
@@ -197,6 +205,12 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
                        f"({baseline.note or 'no reason recorded'}); re-record it with "
                        f"--perf-update-baselines", change=change)
     worsening = change if measured.better == "lower" else -change
+    if fleet is not None and fleet.host_sensitive and worsening > chosen_tolerance:
+        return verdict(Outcome.UNRELIABLE, (
+            f"median {format_percent(change, signed=True, space=False)} vs baseline, worse, but "
+            f"this metric is host-sensitive: the medians of its {fleet.runs} recorded runs span "
+            f"{format_percent(fleet.span, space=False)}; only A/B on this machine can judge it"),
+            change=change, rule="host-sensitive")
     if measured.host_bound and not confirming and worsening > chosen_tolerance \
             and baseline_environment is not None and environment is not None:
         slower = {key: value for key, value in

@@ -62,6 +62,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("--perf-update-baselines", "flag", "record this run's metrics as the baseline of "
             "this hardware (metrics of tests not run are kept); refused after a failure or an "
             "unreliable measurement unless --perf-force"),
+    _Option("--perf-add-run", "flag", "with --perf-update-baselines: add this run to the runs "
+            "the baseline keeps per metric (one per machine and day; from 3 runs on, their "
+            "spread sets the tolerance) instead of starting them anew"),
     _Option("--perf-force", "flag", "with --perf-update-baselines: write the baseline even when "
             "tests failed or measurements were unreliable"),
     _Option("--perf-save", "path", "write this run's results (raw samples, environment) to a "
@@ -251,6 +254,7 @@ def read_options(config: pytest.Config) -> PerfOptions:
     baselines, baselines_source = _path(config, by_flag["--perf-baselines"])
     update, update_source = _flag(config, by_flag["--perf-update-baselines"])
     force, force_source = _flag(config, by_flag["--perf-force"])
+    add_run, add_run_source = _flag(config, by_flag["--perf-add-run"])
     save, _ = _path(config, by_flag["--perf-save"])
     compare, compare_source = _path(config, by_flag["--perf-compare"])
     strict, _ = _flag(config, by_flag["--perf-strict"])
@@ -273,6 +277,9 @@ def read_options(config: pytest.Config) -> PerfOptions:
         raise pytest.UsageError(f"{update_source} and {compare_source} conflict: a baseline "
                                 f"is recorded from this run, a comparison judges it against "
                                 f"{compare}; use one of them")
+    if add_run and not update:
+        raise pytest.UsageError(f"{add_run_source} only applies to --perf-update-baselines; add "
+                                f"that option or drop --perf-add-run")
     if force and not update:
         raise pytest.UsageError(f"{force_source} only applies to --perf-update-baselines; add "
                                 f"that option or drop {force_source.split(' ')[0]}")
@@ -290,7 +297,8 @@ def read_options(config: pytest.Config) -> PerfOptions:
     if budget is not None:
         child_args.append(f"--perf-budget={budget:g}")
     return PerfOptions(
-        baselines_dir=baselines, device=device, update_baselines=update, force=force,
+        baselines_dir=baselines, device=device, update_baselines=update, add_run=add_run,
+        force=force,
         save_path=save, compare_path=compare, strict=strict, tolerance=tolerance,
         budget_seconds=budget, dist_timeout_seconds=dist_timeout,
         confirm_delay_seconds=confirm_delay, repeat_flags=tuple(repeat_flags), confirm=confirm,

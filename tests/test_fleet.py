@@ -1,0 +1,99 @@
+"""Baselines that know the fleet: recorded runs widen a metric's tolerance to their spread, mark
+host-sensitive metrics for A/B, and `--perf-add-run` keeps one run per recording."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.gate.fleet import MIN_FLEET_RUNS, RunSummary, fleet_spread
+from harness.gate.results import Metric
+from harness.gate.verdict import Outcome, judge
+
+pytest_plugins = ["pytester"]
+
+
+def _runs(*medians: float) -> tuple[RunSummary, ...]:
+    return tuple(RunSummary(median=m, spread=0.01, count=20, host=f"host{i}", created="")
+                 for i, m in enumerate(medians))
+
+
+def _metric(median: float, runs: tuple[RunSummary, ...] = ()) -> Metric:
+    samples = tuple(median * (1 + 0.001 * (i - 10)) for i in range(21))
+    return Metric(name="step_time", unit="s", better="lower", kind="time", samples=samples,
+                  runs=runs)
+
+
+def test_fewer_than_three_runs_say_nothing_about_the_fleet() -> None:
+    assert fleet_spread(_runs(1.0, 1.2)) is None
+    assert MIN_FLEET_RUNS == 3
+
+
+def test_the_spread_of_run_medians() -> None:
+    spread = fleet_spread(_runs(1.00, 1.04, 0.96))
+    assert spread is not None and spread.runs == 3
+    assert spread.relative_deviation == pytest.approx(0.04)
+    assert spread.tolerance == pytest.approx(0.12)
+    assert spread.span == pytest.approx(1.04 / 0.96 - 1)
+    assert not spread.host_sensitive
+
+
+def test_recorded_runs_widen_the_tolerance_to_the_fleet() -> None:
+    baseline = _metric(1.0, _runs(1.00, 1.04, 0.96))
+    verdict = judge("t::step_time", _metric(1.08), baseline)
+    assert verdict.outcome is Outcome.UNCHANGED
+    assert verdict.tolerance == pytest.approx(0.12)
+    without_runs = judge("t::step_time", _metric(1.08), _metric(1.0))
+    assert without_runs.outcome is Outcome.REGRESSION
+
+
+def test_an_explicit_tolerance_is_kept_as_given() -> None:
+    baseline = _metric(1.0, _runs(1.00, 1.04, 0.96))
+    verdict = judge("t::step_time", _metric(1.08), baseline, tolerance=0.02)
+    assert verdict.outcome is Outcome.REGRESSION and verdict.tolerance == 0.02
+
+
+def test_a_host_sensitive_metric_is_left_to_ab() -> None:
+    baseline = _metric(1.0, _runs(1.00, 1.40, 1.20))
+    verdict = judge("t::step_time", _metric(1.5), baseline)
+    assert verdict.outcome is Outcome.UNRELIABLE and verdict.rule == "host-sensitive"
+    assert "3 recorded runs span 40.0%" in verdict.reason
+
+
+def test_a_malformed_stored_run_names_the_problem() -> None:
+    entry = _metric(1.0, _runs(1.0, 1.1, 1.2)).to_json()
+    del entry["runs"][1]["host"]
+    from harness.gate.results import SchemaError
+
+    with pytest.raises(SchemaError, match="a stored run is malformed"):
+        Metric.from_json("step_time", entry, "f.json")
+
+
+TEST_FILE = '''
+def test_step(perf):
+    perf.metric("step_time", [1.0] * 5, unit="s", better="lower", kind="time")
+'''
+
+
+def test_add_run_keeps_one_run_per_recording(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_step=TEST_FILE)
+    common = ("-p", "no:cacheprovider", "--perf-device=cpu", "--perf-update-baselines")
+    pytester.runpytest(*common).assert_outcomes(passed=1)
+    for _ in range(2):
+        pytester.runpytest(*common, "--perf-add-run").assert_outcomes(passed=1)
+    (path,) = (pytester.path / "baselines").glob("*.json")
+    metric = json.loads(path.read_text())["metrics"]["test_step.py::test_step::step_time"]
+    assert len(metric["runs"]) == 3  # the first recording counts as one run
+    assert all(run["median"] == 1.0 for run in metric["runs"])
+    pytester.runpytest(*common).assert_outcomes(passed=1)  # without --perf-add-run: anew
+    metric = json.loads(Path(path).read_text())["metrics"]["test_step.py::test_step::step_time"]
+    assert metric["runs"] == []
+
+
+def test_add_run_needs_update_baselines(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("-p", "no:cacheprovider", "--perf-add-run")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--perf-add-run (command line) only applies to "
+                                 "--perf-update-baselines*"])
