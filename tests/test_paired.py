@@ -11,7 +11,6 @@ from harness.gate.paired import (
     MIN_ROUNDS,
     PairedOutcome,
     paired_verdict,
-    rounds_for,
     student_t_sf,
 )
 
@@ -104,9 +103,3 @@ def test_false_alarms_stay_near_alpha_under_no_change() -> None:
         alarms += verdict.outcome is PairedOutcome.REGRESSION
     # One-sided alpha 0.01 with the 1% tolerance nearly out of play: about 4 in 400.
     assert alarms <= 12
-
-
-def test_rounds_fit_the_budget_within_bounds() -> None:
-    assert rounds_for(100.0, 20.0, maximum=8) == 5
-    assert rounds_for(10.0, 20.0, maximum=8) == MIN_ROUNDS
-    assert rounds_for(1000.0, 20.0, maximum=8) == 8

@@ -39,6 +39,10 @@ from harness.gate.verdict import Outcome, Verdict
 # repository is a checkout of every file: tens of seconds at most on a runner's disk).
 GIT_TIMEOUT_SECONDS = 300.0
 
+# Seconds one child run may take: the whole GPU suite runs in 1-2 minutes on an H200, so 30
+# minutes only stops a run that hangs.
+CHILD_TIMEOUT_SECONDS = 1800.0
+
 # Lines of a failed child run's output shown in the error: enough for pytest's short summary.
 OUTPUT_TAIL_LINES = 40
 
@@ -184,11 +188,10 @@ class PytestRunner:
     other project measures with the installed plugin.
     """
 
-    def __init__(self, python: str = sys.executable, *, timeout_seconds: float = 1800.0,
-                 extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, python: str = sys.executable, *,
+                 timeout_seconds: float = CHILD_TIMEOUT_SECONDS) -> None:
         self.python = python
         self.timeout_seconds = timeout_seconds
-        self.extra_args = tuple(extra_args)
 
     def __call__(self, tree: Path, pytest_args: Sequence[str], save_path: Path) -> RunResults:
         empty_baselines = save_path.parent / "no-baselines"
@@ -202,7 +205,7 @@ class PytestRunner:
         # it judge strictly or write a baseline are overridden.
         command = [self.python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    "-o", "perf_strict=false", "-o", "perf_update_baselines=false",
-                   *self.extra_args, *pytest_args, f"--perf-save={save_path}",
+                   *pytest_args, f"--perf-save={save_path}",
                    f"--perf-baselines={empty_baselines}"]
         try:
             done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True,

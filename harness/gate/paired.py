@@ -138,15 +138,6 @@ def paired_verdict(metric_id: str, better: Better, base_values: Sequence[float],
     return verdict(outcome, f"{moved}, beyond {bound}; {support}", change, p_value)
 
 
-def rounds_for(remaining_seconds: float, seconds_per_round: float, *, minimum: int = MIN_ROUNDS,
-               maximum: int) -> int:
-    """How many rounds fit into `remaining_seconds` at `seconds_per_round`, within the bounds."""
-    require_positive_int("maximum", maximum)
-    if seconds_per_round <= 0:
-        return maximum
-    return max(minimum, min(maximum, int(remaining_seconds // seconds_per_round)))
-
-
 def student_t_sf(t: float, df: int) -> float:
     """P(T > t) for Student's t with `df` degrees of freedom, t >= 0 (pure Python)."""
     require_positive_int("df", df)
