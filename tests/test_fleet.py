@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from harness.gate.fleet import MIN_FLEET_RUNS, RunSummary, fleet_spread
-from harness.gate.results import Metric
+from harness.gate.results import Metric, RunResults, SchemaError
+from harness.gate.run_options import PerfOptions
+from harness.gate.session import PerfSession
 from harness.gate.verdict import Outcome, judge
 
 pytest_plugins = ["pytester"]
@@ -65,8 +67,6 @@ def test_a_host_sensitive_metric_is_left_to_ab() -> None:
 def test_a_malformed_stored_run_names_the_problem() -> None:
     entry = _metric(1.0, _runs(1.0, 1.1, 1.2)).to_json()
     del entry["runs"][1]["host"]
-    from harness.gate.results import SchemaError
-
     with pytest.raises(SchemaError, match="a stored run is malformed"):
         Metric.from_json("step_time", entry, "f.json")
 
@@ -97,3 +97,22 @@ def test_add_run_needs_update_baselines(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--perf-add-run (command line) only applies to "
                                  "--perf-update-baselines*"])
+
+
+def _session(strict: bool) -> PerfSession:
+    session = PerfSession(PerfOptions(baselines_dir=Path("b"), device="cpu", strict=strict),
+                          {"fingerprint": "cpu"})
+    session.reference = RunResults(kind="baseline", fingerprint="cpu", environment={},
+                                   metrics={"t.py::t::step_time":
+                                            _metric(1.0, _runs(1.00, 1.40, 1.20))})
+    return session
+
+
+@pytest.mark.parametrize(("strict", "outcome"), [(False, "skipped"), (True, "failed")])
+def test_a_worse_host_sensitive_metric_is_a_suspect_for_ab(strict: bool, outcome: str) -> None:
+    session = _session(strict)
+    session.record("t.py::t", _metric(1.5))
+    decision = session.conclude_test("t.py::t")
+    assert decision.outcome == outcome
+    assert decision.suspects == ("t.py::t::step_time",)
+    assert "host-sensitive" in decision.message
