@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m harness ab`."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
+    parser.usage = "python -m harness ab [options] BASE [HEAD] -- PYTEST_ARGS"
     parser.add_argument("base", metavar="BASE", help="git ref of the base (main, a commit)")
     parser.add_argument("head", metavar="HEAD", nargs="?", default=None,
                         help="git ref of the head (default: the working tree as it is)")
