@@ -302,13 +302,11 @@ class PerfSession:
     def _with_runs(self, mid: str, metric: Metric, created: str) -> Metric:
         """`metric` carrying the old baseline's runs of it and this run (--perf-add-run); an old
         baseline metric without runs counts as one run, recorded on its own host."""
-        old = None if self.reference is None else self.reference.metrics.get(mid)
+        reference = self.reference
+        old = None if reference is None else reference.metrics.get(mid)
         earlier: tuple[RunSummary, ...] = ()
-        if old is not None:
-            earlier = old.runs or (_summary(old, self.reference.environment
-                                            if self.reference is not None else {},
-                                            self.reference.created
-                                            if self.reference is not None else ""),)
+        if reference is not None and old is not None:
+            earlier = old.runs or (_summary(old, reference.environment, reference.created),)
         return metric.with_changes(runs=(*earlier, _summary(metric, self.environment, created)))
 
     def write_baseline(self) -> tuple[RunResults | None, RunResults, Path | None]:
@@ -392,7 +390,7 @@ def _noisy_worsening(verdict: Verdict) -> bool:
 def _summary(metric: Metric, environment: dict[str, Any], created: str) -> RunSummary:
     """One run of `metric` for a baseline's runs: its statistics and the host it ran on."""
     host = environment.get("hostname") or "unknown host"
-    cpu = (environment.get("host") or {}).get("cpu_model") if isinstance(
-        environment.get("host"), dict) else None
+    record = environment.get("host")
+    cpu = record.get("cpu_model") if isinstance(record, dict) else None
     return RunSummary(median=metric.median, spread=metric.spread, count=metric.count,
                       host=f"{host} ({cpu})" if cpu else str(host), created=created)

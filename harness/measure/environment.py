@@ -105,6 +105,7 @@ def run_environment(device: str, *, repo_dir: Path | None = None,
         "hostname": socket.gethostname(),
         "git_commit": commit,
         "git_dirty": dirty,
-        "host": {**describe_host(0 if device == "cuda" else None),
+        # The GPU this process measures on (a torchrun rank's own), for its NUMA node.
+        "host": {**describe_host(torch.cuda.current_device() if device == "cuda" else None),
                  "calibration": calibrate_host(device)},
     }
