@@ -80,6 +80,43 @@ def test_the_budget_stops_the_rounds_but_never_below_the_minimum(tmp_path: Path)
     assert "stopping after 3 rounds" in lines[-1]
 
 
+def test_watched_metrics_decided_early_stop_the_rounds(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    runner = ScriptedRunner({"base": 1.0, "head": 1.0}, host=[1.0, 1.0, 1.2, 1.2, 0.9, 0.9])
+    lines: list[str] = []
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.01, max_rounds=8, budget_seconds=1e6, work_dir=tmp_path,
+                    progress=lines.append, watch=lambda mid: True)
+    assert result.rounds == 3
+    assert "decided after 3 rounds" in lines[-1]
+    assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
+
+
+def test_an_early_regression_needs_the_stricter_bound_of_several_looks(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    # 5% slower with a noisy host: p ~ 0.02 < 0.05 after 3 rounds, but not below 0.05 / 6 looks.
+    runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 0.99, 1.0, 0.97, 1.0, 1.0])
+    early = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                   alpha=0.05, max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
+    (first,) = early.verdicts.values()
+    assert first.outcome is PairedOutcome.REGRESSION and first.p_value is not None
+    assert 0.05 / 6 < first.p_value < 0.05
+    runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 0.99, 1.0, 0.97, 1.0, 1.0])
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.05, max_rounds=8, budget_seconds=1e6, work_dir=tmp_path,
+                    watch=lambda mid: True)
+    assert result.rounds > 3
+
+
+def test_unwatched_metrics_never_stop_the_rounds(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    runner = ScriptedRunner({"base": 1.0, "head": 1.0}, host=[1.0])
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.01, max_rounds=5, budget_seconds=1e6, work_dir=tmp_path,
+                    watch=lambda mid: False)
+    assert result.rounds == 5
+
+
 def test_too_few_rounds_are_refused(tmp_path: Path) -> None:
     base, head = _sides(tmp_path)
     with pytest.raises(ValueError, match="at least 3"):

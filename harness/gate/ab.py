@@ -93,9 +93,14 @@ def run_ab(base: Side, head: Side, pytest_args: Sequence[str], *, runner: TreeRu
            tolerance_of: Callable[[str, Metric], float], alpha: float, max_rounds: int,
            budget_seconds: float, work_dir: Path,
            clock: Callable[[], float] = time.monotonic,
-           progress: Callable[[str], None] = lambda line: None) -> ABResult:
+           progress: Callable[[str], None] = lambda line: None,
+           watch: Callable[[str], bool] | None = None) -> ABResult:
     """Run base and head alternately (ABBA...) and judge every metric both sides measured in every
-    round. `tolerance_of(metric_id, metric)` gives a metric's tolerance (the gate's rules)."""
+    round. `tolerance_of(metric_id, metric)` gives a metric's tolerance (the gate's rules).
+
+    With `watch` (the metric ids a confirmation is about), the rounds also stop once every watched
+    metric is decided (`settled`): a regression confirmed early needs its p-value below alpha
+    divided by the number of looks, so stopping early never raises the false-alarm rate."""
     require_positive_int("max_rounds", max_rounds)
     require_positive("budget_seconds", budget_seconds)
     if max_rounds < MIN_ROUNDS:
@@ -117,10 +122,35 @@ def run_ab(base: Side, head: Side, pytest_args: Sequence[str], *, runner: TreeRu
             runs.append(runner(side.tree, pytest_args, save_path))
         progress(f"A/B round {index + 1}/{max_rounds} ({order[0].label} first): "
                  f"{_round_summary(result)}; {clock() - start:.0f} s so far")
+        if watch is not None and index + 1 >= MIN_ROUNDS and index + 1 < max_rounds:
+            verdicts = judge_rounds(result.base_runs, result.head_runs,
+                                    tolerance_of=tolerance_of, alpha=alpha)
+            if settled(verdicts, watch, alpha=alpha, looks=max_rounds - MIN_ROUNDS + 1):
+                progress(f"A/B: every watched metric is decided after {index + 1} rounds")
+                break
     result.elapsed_seconds = clock() - start
     result.verdicts = judge_rounds(result.base_runs, result.head_runs,
                                    tolerance_of=tolerance_of, alpha=alpha)
     return result
+
+
+def settled(verdicts: dict[str, PairedVerdict], watch: Callable[[str], bool], *, alpha: float,
+            looks: int) -> bool:
+    """Whether every watched metric measured so far is decided, so that more rounds are not
+    needed: unchanged (within its tolerance), deterministic, or worse/better with p below
+    alpha / looks. The Bonferroni bound over the looks (rounds MIN_ROUNDS..max_rounds) keeps the
+    chance of any early false confirmation at or below alpha, as if only one look were taken."""
+    watched = [v for mid, v in verdicts.items() if watch(mid)]
+    if not watched:
+        return False
+    for verdict in watched:
+        if verdict.outcome is PairedOutcome.UNCHANGED:
+            continue
+        if verdict.outcome is PairedOutcome.UNDECIDED:
+            return False
+        if verdict.p_value is not None and verdict.p_value >= alpha / looks:
+            return False
+    return True
 
 
 def judge_rounds(base_runs: Sequence[RunResults], head_runs: Sequence[RunResults], *,

@@ -23,6 +23,12 @@ from typing import Any
 # launch 9.5 us, the next two 47 us and 7.0 us (medians of 5, 2026-12-02).
 CALIBRATION_REPEATS = 7
 WARMUP_REPEATS = 3
+# Seconds each probe is also run unrecorded before it counts. Three warm-up repeats (~15-50 ms)
+# were not enough: a fresh process on an H200 host read dispatch 96 us and launch 11.4 us in its
+# first calibration (best of 7 after 3 warm-ups) and 51-54 us and 7.4-8.0 us in the next three,
+# 0.3 s later (2026-12-02); the slow phase lasted over 50 ms and under 0.3 s after CUDA's start.
+# Only on CUDA, where the calibration is judged; a CPU session keeps its start fast.
+WARMUP_SECONDS = 0.3
 # Tiny kernels launched per repetition of the launch probe: ~2-10 ms of host work at 5-20 us
 # per launch, long enough to average the clock's granularity, short enough for the budget.
 LAUNCHES_PER_REPEAT = 400
@@ -112,20 +118,25 @@ def numa_warning(host: dict[str, Any]) -> str | None:
 def calibrate_host(device: str) -> dict[str, float]:
     """The host's speed in three probes, each the best of CALIBRATION_REPEATS: kernel launches
     (CUDA only), a Python call loop, and a pageable host-to-device copy (CUDA only)."""
-    result = {"dispatch_us": _best_of(_dispatch_probe, "lower")}
+    warmup = WARMUP_SECONDS if device == "cuda" else 0.0
+    result = {"dispatch_us": _best_of(_dispatch_probe, "lower", warmup)}
     if device == "cuda":
         import torch
 
         if torch.cuda.is_available():
-            result["launch_us"] = _best_of(_launch_probe, "lower")
-            result["pageable_h2d_gbps"] = _best_of(_pageable_copy_probe, "higher")
+            result["launch_us"] = _best_of(_launch_probe, "lower", warmup)
+            result["pageable_h2d_gbps"] = _best_of(_pageable_copy_probe, "higher", warmup)
     return result
 
 
-def _best_of(probe: Callable[[], float], better: str) -> float:
-    """The best reading of CALIBRATION_REPEATS after WARMUP_REPEATS (one-time costs, clocks)."""
-    for _ in range(WARMUP_REPEATS):
+def _best_of(probe: Callable[[], float], better: str, warmup_seconds: float) -> float:
+    """The best reading of CALIBRATION_REPEATS after at least WARMUP_REPEATS unrecorded runs and
+    `warmup_seconds` of them (one-time costs, a CPU clock still ramping up)."""
+    start = time.perf_counter()
+    warmups = 0
+    while warmups < WARMUP_REPEATS or time.perf_counter() - start < warmup_seconds:
         probe()
+        warmups += 1
     readings = [probe() for _ in range(CALIBRATION_REPEATS)]
     return min(readings) if better == "lower" else max(readings)
 
