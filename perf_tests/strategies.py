@@ -13,10 +13,18 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from harness.theory.config import MLP_KINDS, NORM_KINDS, POSITION_KINDS, TransformerConfig
+from harness.theory.config import (
+    MLP_KINDS,
+    NORM_KINDS,
+    POSITION_KINDS,
+    QK_NORM_KINDS,
+    TransformerConfig,
+)
 from harness.theory.flops import RECOMPUTE_KINDS
 from harness.theory.hardware import gpu_spec, known_gpus
 from harness.theory.memory.states import OPTIMIZERS, PRECISIONS, ZERO_STAGES
+from harness.theory.mla import MLA
+from harness.theory.moe import MoE
 
 STYLES: tuple[str, ...] = ("gpt", "llama", "bloom", "any")
 
@@ -74,6 +82,63 @@ def transformer_configs(draw: st.DrawFn, *, max_layers: int = 8, max_hidden: int
         bias=draw(st.booleans()), qkv_bias=draw(st.none() | st.booleans()),
         norm=draw(st.sampled_from(NORM_KINDS)), position=draw(st.sampled_from(POSITION_KINDS)),
         embedding_norm=draw(st.booleans()))
+
+
+@st.composite
+def experts(draw: st.DrawFn, *, num_layers: int, max_experts: int = 16,
+            max_width: int = 512) -> MoE:
+    """A valid `MoE` for a model of `num_layers` layers: some layers may stay dense (DeepSeek's
+    leading ones, Qwen's mlp_only_layers), never all of them."""
+    num_experts = draw(st.integers(1, max_experts))
+    dense = draw(st.sets(st.integers(0, num_layers - 1), max_size=num_layers - 1))
+    shared = draw(st.integers(0, 2))
+    return MoE(num_experts=num_experts, top_k=draw(st.integers(1, num_experts)),
+               expert_ffn_hidden_size=draw(st.integers(1, max_width)),
+               num_shared_experts=shared,
+               shared_ffn_hidden_size=draw(st.none() | st.integers(1, max_width)),
+               shared_expert_gate=shared > 0 and draw(st.booleans()),
+               dense_layers=tuple(sorted(dense)))
+
+
+def latent_attentions(*, max_rank: int = 256, max_head_dim: int = 64) -> st.SearchStrategy[MLA]:
+    """A valid `MLA` (DeepSeek-V2/V3 attention), with or without a query bottleneck."""
+    widths = st.integers(1, max_head_dim)
+    return st.builds(MLA, kv_lora_rank=st.integers(1, max_rank), qk_nope_head_dim=widths,
+                     qk_rope_head_dim=widths, v_head_dim=widths,
+                     q_lora_rank=st.none() | st.integers(1, max_rank))
+
+
+@st.composite
+def variant_configs(draw: st.DrawFn, *, max_layers: int = 6, max_hidden: int = 512,
+                    max_heads: int = 16) -> TransformerConfig:
+    """A valid `TransformerConfig` using the fields beyond the classic block: a head width apart
+    from hidden/heads, query/key norms, norm placements and parallel residuals, sliding windows
+    with global layers, output biases and offset position tables, experts and latent attention.
+
+    These are theory-only shapes: `harness.model` builds the classic block, so the properties
+    that build a model draw `transformer_configs` instead.
+    """
+    base = draw(transformer_configs(max_layers=max_layers, max_hidden=max_hidden,
+                                    max_heads=max_heads, styles=("llama", "any")))
+    layers = base.num_layers
+    placement = draw(st.sampled_from(("pre", "post", "sandwich", "single")))
+    parallel = placement == "single" or (placement == "pre" and draw(st.booleans()))
+    window = draw(st.none() | st.integers(1, 4096))
+    global_layers = (tuple(sorted(draw(st.sets(st.integers(0, layers - 1)))))
+                     if window is not None else ())
+    mla = draw(st.none() | latent_attentions())
+    changes: dict[str, Any] = dict(
+        head_dim=draw(st.sampled_from([0, 1, 2, 32, 64, 96, 128, 256])),
+        qk_norm="none" if mla is not None else draw(st.sampled_from(QK_NORM_KINDS)),
+        norm_placement=placement, parallel_residual=parallel, sliding_window=window,
+        global_layers=global_layers, output_bias=draw(st.booleans()),
+        moe=draw(st.none() | experts(num_layers=layers)), mla=mla,
+        name="variant-drawn")
+    if mla is not None:
+        changes["num_kv_heads"] = None
+    if base.position == "learned":
+        changes["position_offset"] = draw(st.integers(0, 2))
+    return base.replace(**changes)
 
 
 def configs_with_layouts(**config_bounds: Any
@@ -160,6 +225,36 @@ def invalid_config_kwargs(draw: st.DrawFn) -> dict[str, Any]:
         kv_heads = draw(st.integers(1, 2 * heads).filter(lambda g: heads % g != 0))
         kwargs.update(hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads)
     return kwargs
+
+
+@st.composite
+def invalid_variant_kwargs(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    """(kwargs, a fragment of the message) for `TransformerConfig(**kwargs)` with one of the
+    architecture fields broken or combined impossibly, on top of a valid small config."""
+    kwargs = dict(_BASE_CONFIG)  # 2 layers, 4 heads of 16
+    flaws: tuple[tuple[dict[str, Any], str], ...] = (
+        ({"head_dim": -1}, "head_dim must be a positive integer"),
+        ({"qk_norm": "both"}, "qk_norm must be one of"),
+        ({"norm_placement": "single"}, "needs parallel_residual=True"),
+        ({"norm_placement": "sandwich", "parallel_residual": True}, "parallel_residual=True"),
+        ({"sliding_window": 0}, "sliding_window must be a positive integer"),
+        ({"global_layers": (0,)}, "sliding_window is None"),
+        ({"sliding_window": 8, "global_layers": (1, 0)}, "increasing order"),
+        ({"sliding_window": 8, "global_layers": (2,)}, "layer indices 0..1"),
+        ({"position": "rope", "position_offset": 2}, "has none"),
+        ({"moe": {"num_experts": 8}}, "moe must be a harness.MoE"),
+        ({"moe": MoE(num_experts=4, top_k=2, expert_ffn_hidden_size=8,
+                     dense_layers=(0, 1))}, "use moe=None"),
+        ({"moe": MoE(num_experts=4, top_k=2, expert_ffn_hidden_size=8,
+                     dense_layers=(5,))}, "layer indices 0..1"),
+        ({"num_kv_heads": 2, "mla": MLA(kv_lora_rank=8, qk_nope_head_dim=8,
+                                         qk_rope_head_dim=4, v_head_dim=8)}, "every head"),
+        ({"qk_norm": "head", "mla": MLA(kv_lora_rank=8, qk_nope_head_dim=8,
+                                         qk_rope_head_dim=4, v_head_dim=8)}, "qk_norm='none'"),
+    )
+    changes, message = draw(st.sampled_from(flaws))
+    kwargs.update(changes)
+    return kwargs, message
 
 
 def bad_sizes() -> st.SearchStrategy[Any]:

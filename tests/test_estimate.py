@@ -11,9 +11,11 @@ import pytest
 
 from harness.cli import main
 from harness.cli.estimate import render_estimate
+from harness.gate.formatting import format_count
 from harness.theory.estimate import default_seq_len, estimate
 from harness.theory.flops import decode_flops, forward_flops, six_nd, train_flops
 from harness.theory.hardware import gpu_spec
+from harness.theory.hf import load_hf_config
 from harness.theory.memory.breakdown import CUDA_CONTEXT_BYTES_RANGE, DISTRIBUTED_BUFFER_BYTES_RANGE
 from harness.theory.memory.inference import inference_memory, kv_cache_bytes
 from harness.theory.memory.training import training_memory
@@ -320,3 +322,60 @@ def test_the_estimate_is_frozen():
     result = estimate(get_model("gpt2"))
     with pytest.raises(AttributeError):
         result.workload.seq_len = 2  # type: ignore[misc]
+
+
+# -- Hugging Face model directories and architectures beyond the dense block ---------------------
+
+QWEN3_MOE_TINY = {  # Qwen3-30B-A3B's shape, shrunk: 4 layers, 16 experts of which 4 per token
+    "model_type": "qwen3_moe", "hidden_size": 256, "intermediate_size": 768,
+    "moe_intermediate_size": 96, "num_attention_heads": 8, "num_key_value_heads": 2,
+    "head_dim": 64, "num_hidden_layers": 4, "num_experts": 16, "num_experts_per_tok": 4,
+    "vocab_size": 1024, "max_position_embeddings": 4096, "mlp_only_layers": [],
+    "decoder_sparse_step": 1, "tie_word_embeddings": False, "norm_topk_prob": True,
+}
+
+
+def test_a_model_directory_estimates_total_and_active_parameters(tmp_path: Path, capsys):
+    folder = tmp_path / "qwen3-moe-tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(QWEN3_MOE_TINY))
+    assert main(["estimate", "--config", str(folder), "--seq", "512"]) == 0
+    out = capsys.readouterr().out
+    cfg = load_hf_config(folder)
+    assert f"{cfg.num_params():,}" in out
+    assert f"active per token (top-k experts)  {format_count(cfg.active_params())}" in out
+    assert "active parameters only" in out
+    assert "route each token to 4 of 16 experts" in out
+    result = _run_json(capsys, "--config", str(folder), "--seq", "512")
+    assert result["parameters"]["active"] == cfg.active_params() < cfg.num_params()
+    assert result["flops"]["six_nd_per_step"] == six_nd(cfg.active_params(), 512)
+    assert result["model"]["moe"]["num_experts"] == 16
+
+
+def test_a_directory_without_config_json_exits_2_saying_what_to_pass(tmp_path: Path, capsys):
+    assert main(["estimate", "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "has no config.json" in err
+
+
+def test_an_unknown_key_is_refused_until_the_user_vouches_for_it(tmp_path: Path, capsys):
+    path = tmp_path / "tinyllama" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**TINY_LLAMA, "my_lab_flag": 1}))
+    assert main(["estimate", "--config", str(path)]) == 2
+    assert "my_lab_flag" in capsys.readouterr().err
+    result = _run_json(capsys, "--config", str(path), "--ignore-key", "my_lab_flag")
+    assert result["parameters"]["total"] == 1_100_048_384
+
+
+def test_ignore_key_without_a_config_is_refused(capsys):
+    assert main(["estimate", "gpt2", "--ignore-key", "x"]) == 2
+    assert "--ignore-key applies to --config" in capsys.readouterr().err
+
+
+def test_sliding_windows_are_noted_and_shrink_the_kv_cache(capsys):
+    result = _run_json(capsys, "mistral-7b", "--seq", "16384")
+    assert any("sliding windows: 32 layers attend to the last 4,096 tokens" in note
+               for note in result["notes"])
+    cfg = get_model("mistral-7b")
+    assert result["inference"]["kv_cache_bytes_per_request"] == kv_cache_bytes(cfg, 1, 4096)

@@ -29,6 +29,8 @@ from harness.theory.flops import (
     train_flops,
     two_n,
 )
+from harness.theory.mla import MLA
+from harness.theory.moe import MoE
 from harness.theory.params import matmul_params, num_params
 from harness.theory.zoo import MODEL_ZOO, get_model
 
@@ -365,3 +367,95 @@ def test_mfu_rejects_bad_input_naming_the_argument(kwargs: dict, message: str) -
 def test_bad_arguments_are_value_errors_naming_them(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- head widths, windows, experts, latent attention -------------------------------------------
+
+def test_palm_attention_term_uses_its_256_channel_heads() -> None:
+    # PaLM 540B (Chowdhery et al. 2022): 48 heads of 256 channels on d_model 18432, one
+    # key/value head, parallel layers. 12 L H Q T per token with Q = 256, not d_model / H = 384.
+    cfg = TransformerConfig(num_layers=118, hidden_size=18432, num_heads=48, head_dim=256,
+                            num_kv_heads=1, vocab_size=256000, ffn_hidden_size=4 * 18432,
+                            mlp="swiglu", bias=False, position="rope", parallel_residual=True,
+                            norm_placement="single")
+    seq = 2048
+    per_token = train_flops(cfg, 1, seq).model // seq
+    assert per_token == 6 * matmul_params(cfg) + 12 * 118 * 48 * 256 * seq
+
+
+def test_a_sliding_window_bounds_the_keys_of_every_query() -> None:
+    cfg, b, s = get_model("mistral-7b"), 1, 16384  # 32 layers, window 4096
+    w, layers, h = 4096, 32, 4096
+    parts = forward_flops_breakdown(cfg, b, s)
+    assert parts["attention_scores"] == layers * 2 * b * s * w * h
+    causal = forward_flops_breakdown(cfg, b, s, causal=True)
+    # The causal band: s^2/2 - (s - w)^2/2 query-key pairs.
+    assert causal["attention_scores"] == layers * b * w * (2 * s - w) * h
+    full = forward_flops_breakdown(cfg.replace(sliding_window=None), b, s, causal=True)
+    assert causal["attention_scores"] < full["attention_scores"]
+
+
+def test_global_layers_keep_full_attention_beside_windowed_ones() -> None:
+    cfg = get_model("llama-2-7b").replace(sliding_window=1024, global_layers=(1, 3))
+    b, s = 1, 4096
+    windowed = forward_flops_breakdown(cfg, b, s)["attention_scores"]
+    per_layer_full = 2 * b * s * s * 4096
+    per_layer_window = 2 * b * s * 1024 * 4096
+    assert windowed == 2 * per_layer_full + 30 * per_layer_window
+
+
+def test_decode_reads_at_most_the_window_of_keys() -> None:
+    cfg = get_model("mistral-7b")
+    assert decode_flops(cfg, 1, 100_000) == decode_flops(cfg, 1, 4095)
+    assert decode_flops(cfg, 1, 100) < decode_flops(cfg, 1, 4095)
+
+
+def test_flop_counter_convention_counts_windowed_layers_in_full() -> None:
+    cfg = get_model("mistral-7b").replace(num_layers=2)
+    assert flop_counter_flops(cfg, 1, 8192, fused_attention=False) == \
+        train_flops(cfg.replace(sliding_window=None), 1, 8192).hardware
+    assert counted_train_step(cfg, 1, 16) == flop_counter_flops(cfg, 1, 16,
+                                                                fused_attention=False)
+
+
+def _mixtral_like() -> TransformerConfig:
+    moe = MoE(num_experts=8, top_k=2, expert_ffn_hidden_size=14336)
+    return get_model("mistral-7b").replace(sliding_window=None, moe=moe)
+
+
+def test_expert_flops_follow_active_parameters_as_megatron_and_torchtitan_count_them() -> None:
+    cfg, b, s = _mixtral_like(), 2, 4096
+    parts = forward_flops_breakdown(cfg, b, s)
+    tokens = b * s
+    assert parts["mlp"] == 0
+    assert parts["experts"] == 32 * 2 * tokens * 2 * 3 * 4096 * 14336  # two experts a token
+    assert parts["router"] == 32 * 2 * tokens * 4096 * 8
+    # torchtitan: 6 * (active parameters - embedding) + 12 L H Q T per token.
+    per_token = train_flops(cfg, b, s).model // tokens
+    assert per_token == 6 * matmul_params(cfg) + 12 * 32 * 32 * 128 * s
+    # Megatron-LM's closed form, which leaves out the router's h x E matmul.
+    h, layers, v = 4096, 32, 32000
+    megatron = 12 * tokens * layers * h * h * (
+        (1 + 8 / 32 + s / h) + (14336 / h) * 2 * 3 / 2 + v / (2 * layers * h))
+    router = 3 * parts["router"]
+    assert train_flops(cfg, b, s).model - router == pytest.approx(megatron, rel=1e-12)
+
+
+def test_six_nd_uses_active_parameters_for_experts() -> None:
+    cfg = _mixtral_like()
+    rule = six_nd(cfg.active_params(), 4096)
+    exact = train_flops(cfg, 1, 4096).model
+    assert approximation_error(cfg, 1, 4096) == pytest.approx((rule - exact) / exact)
+
+
+def test_latent_attention_scores_over_its_qk_width_and_decodes_over_the_latent() -> None:
+    mla = MLA(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+    cfg = TransformerConfig(num_layers=2, hidden_size=2048, num_heads=16, vocab_size=1000,
+                            mlp="swiglu", bias=False, norm="rmsnorm", position="rope", mla=mla)
+    b, s = 1, 1024
+    parts = forward_flops_breakdown(cfg, b, s)
+    assert parts["attention_scores"] == 2 * 2 * b * s * s * 16 * 192
+    assert parts["attention_values"] == 2 * 2 * b * s * s * 16 * 128
+    # Absorbed decode: every head scores over the 576 cached channels and sums 512.
+    one_token = forward_flops(cfg, b, 1) - 2 * 2 * b * 16 * (192 + 128)
+    assert decode_flops(cfg, b, 999) == one_token + 2 * 2 * b * 16 * (576 + 512) * 1000

@@ -11,7 +11,10 @@ import pytest
 import harness.theory
 import harness.theory.config
 from harness.theory.config import TransformerConfig
+from harness.theory.mla import MLA
+from harness.theory.moe import MoE
 from harness.theory.params import (
+    active_params,
     approx_params_gpt,
     attention_params,
     layer_params,
@@ -176,8 +179,11 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_config_counts_its_parameters_without_importing_params() -> None:
+    # It may import its own parts (experts, latent attention), nothing that builds on it.
     config = Path(harness.theory.config.__file__)
-    assert not any(name.startswith("harness.theory") for name in _imports(config))
+    own_parts = {"harness.theory.moe", "harness.theory.mla"}
+    assert not any(name.startswith("harness.theory") and name not in own_parts
+                   for name in _imports(config))
     cfg = get_model("llama-2-7b")
     assert cfg.num_params() == num_params(cfg) == sum(param_breakdown(cfg).values())
     assert layer_params(cfg) == cfg.layer_params() == (
@@ -192,3 +198,89 @@ def test_the_theory_imports_only_the_standard_library_itself_and_the_checks() ->
             allowed = (top in sys.stdlib_module_names or name == "harness.checks"
                        or name.startswith("harness.theory"))
             assert allowed, f"{path.relative_to(root)} imports {name}"
+
+
+# --- head widths, norms, experts and latent attention ------------------------------------------
+
+# PaLM 540B (Chowdhery et al. 2022, table 1 and section 2): 118 layers of d_model 18432 with 48
+# heads of 256 channels (12288 wide, not 18432), one key/value head, parallel attention and MLP
+# behind one LayerNorm, SwiGLU of 4 d_model, no biases anywhere, shared input/output embedding.
+PALM_540B = TransformerConfig(
+    num_layers=118, hidden_size=18432, num_heads=48, head_dim=256, num_kv_heads=1,
+    vocab_size=256000, ffn_hidden_size=4 * 18432, mlp="swiglu", bias=False, norm="layernorm",
+    position="rope", parallel_residual=True, norm_placement="single", name="palm-540b")
+
+
+def test_palm_540b_with_48_heads_of_256_channels_has_its_published_540_35b() -> None:
+    assert PALM_540B.query_width == 12288 != PALM_540B.hidden_size
+    assert PALM_540B.num_params() // 10**7 == 54035  # 540.35B as the paper gives it
+
+
+def test_an_explicit_head_dim_sizes_queries_keys_values_and_output() -> None:
+    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_heads=4, head_dim=32,
+                            num_kv_heads=2, vocab_size=10, bias=False)
+    h, q, kv = 64, 4 * 32, 2 * 32
+    assert attention_params(cfg) == h * q + 2 * h * kv + q * h
+
+
+def test_ignoring_qwen3_head_dim_would_miss_a_seventh_of_qwen3_0_6b() -> None:
+    # The issue that made head_dim a field: hidden/heads = 64, but Qwen3-0.6B's heads are 128.
+    qwen3 = TransformerConfig(num_layers=28, hidden_size=1024, num_heads=16, num_kv_heads=8,
+                              head_dim=128, vocab_size=151936, ffn_hidden_size=3072,
+                              mlp="swiglu", bias=False, norm="rmsnorm", position="rope",
+                              qk_norm="head")
+    narrow = qwen3.replace(head_dim=0)
+    assert round(1 - narrow.num_params() / qwen3.num_params(), 3) == 0.148
+
+
+def test_query_key_norms_per_head_or_over_all_channels() -> None:
+    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_heads=4, num_kv_heads=2,
+                            vocab_size=10, bias=False, norm="rmsnorm")
+    plain = attention_params(cfg)
+    assert attention_params(cfg.replace(qk_norm="head")) - plain == 2 * 16  # Qwen3, Gemma 3
+    assert attention_params(cfg.replace(qk_norm="full")) - plain == 64 + 32  # OLMo 2
+
+
+@pytest.mark.parametrize(("placement", "parallel", "norms"), [
+    ("pre", False, 2), ("post", False, 2), ("sandwich", False, 4), ("pre", True, 2),
+    ("single", True, 1)])
+def test_norms_per_layer_follow_their_placement(placement: str, parallel: bool,
+                                                norms: int) -> None:
+    cfg = get_model("llama-2-7b").replace(norm_placement=placement, parallel_residual=parallel)
+    assert param_breakdown(cfg)["layer_norms"] == 32 * norms * 4096
+
+
+def test_output_bias_and_position_offset_add_their_rows() -> None:
+    cfg = get_model("gpt2")
+    assert num_params(cfg.replace(output_bias=True)) - num_params(cfg) == 50257
+    assert num_params(cfg.replace(position_offset=2)) - num_params(cfg) == 2 * 768
+
+
+def test_experts_count_router_routed_and_shared_experts_and_only_top_k_are_active() -> None:
+    moe = MoE(num_experts=8, top_k=2, expert_ffn_hidden_size=32, num_shared_experts=1,
+              shared_ffn_hidden_size=48, shared_expert_gate=True, dense_layers=(0,))
+    cfg = TransformerConfig(num_layers=3, hidden_size=16, num_heads=2, vocab_size=10,
+                            mlp="swiglu", bias=False, norm="rmsnorm", ffn_hidden_size=40,
+                            moe=moe)
+    parts = param_breakdown(cfg)
+    assert parts["mlp"] == 1 * 3 * 16 * 40  # the one dense layer
+    assert parts["router"] == 2 * 16 * 8
+    assert parts["experts"] == 2 * 8 * 3 * 16 * 32
+    assert parts["shared_experts"] == 2 * (3 * 16 * 48 + 16)  # with Qwen's gate
+    assert num_params(cfg) - active_params(cfg) == 2 * 6 * 3 * 16 * 32
+    assert layer_params(cfg, 0) != layer_params(cfg, 1) == layer_params(cfg, 2)
+
+
+def test_latent_attention_counts_its_bottlenecks_and_latent_norms() -> None:
+    # DeepSeek-V2-Lite's attention: no query bottleneck, a 512-channel key/value latent plus a
+    # 64-channel rotary key, 16 heads scoring over 128 + 64 channels and returning 128.
+    mla = MLA(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+    cfg = TransformerConfig(num_layers=1, hidden_size=2048, num_heads=16, vocab_size=10,
+                            mlp="swiglu", bias=False, norm="rmsnorm", mla=mla)
+    h = 2048
+    expected = (h * 16 * 192 + h * (512 + 64) + 512 * 16 * (128 + 128) + 16 * 128 * h + 512)
+    assert attention_params(cfg) == expected
+    bottleneck = cfg.replace(mla=MLA(kv_lora_rank=512, qk_nope_head_dim=128,
+                                     qk_rope_head_dim=64, v_head_dim=128, q_lora_rank=1536))
+    assert attention_params(bottleneck) - attention_params(cfg) == \
+        h * 1536 + 1536 + 1536 * 16 * 192 - h * 16 * 192

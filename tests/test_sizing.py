@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.theory.config import TransformerConfig
+from harness.theory.mla import MLA
+from harness.theory.moe import MoE
 from harness.theory.sizing import (
     Finding,
     gemm_quantization,
@@ -158,3 +160,28 @@ def test_sizing_rejects_bad_arguments_by_name() -> None:
         sizing_findings({"hidden_size": 4096}, 1, 128)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seq_len must be a positive integer, got 0"):
         sizing_findings(get_model("gpt2"), 1, 0)
+
+
+def test_head_rule_judges_the_head_width_the_model_has() -> None:
+    # Mistral-Nemo: head_dim 128 on a 5120-wide model with 32 heads (h/a would be 160).
+    nemo = get_model("llama-3-8b").replace(hidden_size=5120, head_dim=128)
+    head = by_rule(sizing_findings(nemo, 1, 2048))["head_dim_power_of_two"]
+    assert head.ok and head.detail == "head_dim = 128 is divisible by 128"
+    mla = nemo.replace(mla=MLA(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                               v_head_dim=128), num_kv_heads=None)
+    head = by_rule(sizing_findings(mla, 1, 2048))["head_dim_power_of_two"]
+    assert head.ok and head.detail == "qk_head_dim = 192 is divisible by 64"
+
+
+def test_expert_widths_are_judged_and_an_unused_dense_width_is_not() -> None:
+    moe = MoE(num_experts=128, top_k=8, expert_ffn_hidden_size=700)
+    cfg = get_model("llama-2-7b").replace(moe=moe)
+    findings = by_rule(sizing_findings(cfg, 1, 4096))
+    assert "ffn_alignment" not in findings  # no layer has the dense MLP
+    expert = findings["expert_ffn_alignment"]
+    assert not expert.ok
+    assert expert.detail == "expert d_ff = 700, not a multiple of 64"
+    assert expert.suggestion == "benchmark expert d_ff in 512, 640, 704, 768"
+    dense_first = cfg.replace(moe=MoE(num_experts=128, top_k=8, expert_ffn_hidden_size=768,
+                                      dense_layers=(0,)))
+    assert by_rule(sizing_findings(dense_first, 1, 4096))["ffn_alignment"].ok

@@ -36,6 +36,8 @@ def _section(title: str, rows: Sequence[Sequence[object]], headers: tuple[str, .
 def _parameters_section(result: Estimate) -> str:
     p = result.parameters
     rows = [["total", format_count(p.total), f"{p.total:,}"],
+            ["active per token" + (" (top-k experts)" if p.active != p.total else ""),
+             format_count(p.active), f"{p.active:,}"],
             ["non-embedding", format_count(p.non_embedding), f"{p.non_embedding:,}"]]
     rows += [[f"  {part}", format_count(count), f"{count:,}"]
              for part, count in p.breakdown.items() if count]
@@ -56,6 +58,8 @@ def _flops_section(result: Estimate) -> str:
     ]
     attention = ("causal attention halved" if w.causal
                  else "non-causal attention, as Megatron-LM and PaLM count it")
+    if result.parameters.active != result.parameters.total:
+        attention += "; active parameters only"
     error = f.six_nd_relative_error
     title = (f"FLOPs (a multiply-add is 2; {attention}): 6ND is {abs(error):.1%} "
              f"{'above' if error > 0 else 'below'} the model FLOPs")
@@ -202,7 +206,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", metavar="MODEL",
                         help="a model of the zoo (e.g. llama-2-7b, gpt2); or use --config")
     parser.add_argument("--config", metavar="PATH",
-                        help="a Hugging Face style config.json instead of a zoo name")
+                        help="a Hugging Face model directory or its config.json instead of a "
+                             "zoo name")
+    parser.add_argument("--ignore-key", action="append", default=[], metavar="KEY",
+                        help="a config.json key that changes neither parameters nor FLOPs but "
+                             "is unknown to the loader (repeatable)")
     parser.add_argument("--batch", type=int, default=1,
                         help="micro-batch size per GPU (default 1)")
     parser.add_argument("--seq", type=int, default=None,
@@ -240,10 +248,13 @@ def _model_from(args: argparse.Namespace) -> TransformerConfig:
     if args.model and args.config:
         raise ValueError(f"give either a model name or --config, not both "
                          f"(got {args.model!r} and --config {args.config!r})")
+    if args.ignore_key and not args.config:
+        raise ValueError("--ignore-key applies to --config; pass --config PATH as well")
     if args.config:
-        return load_hf_config(args.config)
+        return load_hf_config(args.config, ignore_keys=args.ignore_key)
     if not args.model:
-        raise ValueError("name a model (e.g. llama-2-7b) or pass --config path/config.json")
+        raise ValueError("name a model (e.g. llama-2-7b) or pass --config with a model "
+                         "directory or its config.json")
     return get_model(args.model)
 
 

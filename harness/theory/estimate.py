@@ -9,6 +9,7 @@ is the JSON `python -m harness estimate --json` prints; `harness.cli.estimate` d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,7 +48,12 @@ from harness.theory.parallel import (
     global_batch_size,
     tokens_per_step,
 )
-from harness.theory.params import approx_params_gpt, non_embedding_params, param_breakdown
+from harness.theory.params import (
+    active_params,
+    approx_params_gpt,
+    non_embedding_params,
+    param_breakdown,
+)
 from harness.theory.sizing import Finding, sizing_findings
 
 # Assumed model FLOPs utilisation for time estimates. Source 001: Megatron-LM's published A100
@@ -90,9 +96,12 @@ class Workload:
 
 @dataclass(frozen=True)
 class ParameterCounts:
-    """The exact count, Kaplan's non-embedding N, the textbook estimate and the exact parts."""
+    """The exact count (every expert), the parameters one token uses (`active`: top_k routed
+    experts; the total for a dense model), Kaplan's non-embedding N, the textbook estimate and
+    the exact parts."""
 
     total: int
+    active: int
     non_embedding: int
     textbook_estimate: int
     breakdown: Mapping[str, int]
@@ -215,6 +224,33 @@ class Estimate:
         }
 
 
+def architecture_notes(cfg: TransformerConfig, seq_len: int) -> list[str]:
+    """What the estimate of this architecture assumes beyond the classic dense block."""
+    notes = []
+    if cfg.moe is not None:
+        moe = cfg.moe
+        notes.append(
+            f"mixture of experts: {cfg.num_moe_layers} of {cfg.num_layers} layers route each "
+            f"token to {moe.top_k} of {moe.num_experts} experts"
+            + (f" plus {moe.num_shared_experts} shared" if moe.num_shared_experts else "")
+            + "; model FLOPs and 6ND count active parameters (Megatron-LM / torchtitan "
+              "convention), memory counts every expert; expert-parallel all-to-all traffic "
+              "is not modelled")
+    if cfg.mla is not None:
+        notes.append(f"multi-head latent attention: the KV cache holds the compressed latent "
+                     f"({cfg.mla.cached_width} elements per token and layer); decode FLOPs "
+                     f"use the absorbed form")
+    windows = {w: n for w, n in cfg.window_counts().items() if w is not None}
+    if windows:
+        spans = ", ".join(f"{n} layers attend to the last {w:,} tokens" for w, n in windows.items())
+        full = cfg.window_counts().get(None, 0)
+        notes.append(f"sliding windows: {spans}, {full} to the whole context; attention FLOPs "
+                     f"and the KV cache count only the window"
+                     + ("" if min(windows) < seq_len else
+                        f" (at sequence {seq_len:,} no window is reached yet)"))
+    return notes
+
+
 def default_seq_len(cfg: TransformerConfig) -> int:
     """The sequence length used when none is given: the model's context, at most 2048."""
     return min(cfg.max_position_embeddings, DEFAULT_MAX_SEQ)
@@ -262,9 +298,11 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
         notes.append(f"seq_len {seq} is beyond the {cfg.max_position_embeddings} positions "
                      f"{cfg.name} was trained for ({cfg.position} positions extrapolate)")
 
-    # Parameters.
+    # Parameters: all of them, and those one token uses (6ND counts those).
     breakdown = param_breakdown(cfg)
     total_params = sum(breakdown.values())
+    active = active_params(cfg)
+    notes += architecture_notes(cfg, seq)
 
     # FLOPs: per micro-batch on one replica, per optimizer step on all of them.
     gbs = global_batch_size(batch_size, dp, grad_accum_steps)
@@ -272,7 +310,7 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     micro = train_flops(cfg, batch_size, seq, recompute, causal)
     step = train_flops(cfg, gbs, seq, recompute, causal)
     forward_step = forward_flops(cfg, gbs, seq, causal)
-    rule = six_nd(total_params, step_tokens)
+    rule = six_nd(active, step_tokens)
 
     # Training memory of the busiest GPU and whether it fits beside the CUDA context (and
     # NCCL's buffers when GPUs talk).
@@ -309,7 +347,8 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
     serving = inference_memory(cfg, 1, seq, element_bytes, element_bytes)
     kv_request = kv_cache_bytes(cfg, 1, seq, element_bytes)
     prefill = forward_flops(cfg, 1, seq, causal)
-    bytes_per_decoded_token = serving.parts["weights"] + kv_request
+    # One request's token reads the weights it multiplies by: with experts, only its top_k.
+    bytes_per_decoded_token = math.ceil(active * element_bytes) + kv_request
     decode = decode_flops(cfg, 1, seq)
     bandwidth_bound = spec.memory_bandwidth_bytes_per_s / bytes_per_decoded_token
     compute_bound = peak / decode
@@ -322,7 +361,7 @@ def estimate(cfg: TransformerConfig, *, batch_size: int = 1, seq_len: int | None
             precision=precision, optimizer=optimizer, recompute=recompute, causal=causal,
             assumed_mfu=mfu),
         parameters=ParameterCounts(
-            total=total_params, non_embedding=non_embedding_params(cfg),
+            total=total_params, active=active, non_embedding=non_embedding_params(cfg),
             textbook_estimate=approx_params_gpt(cfg), breakdown=breakdown),
         flops=FlopCounts(
             forward_per_token=forward_step / step_tokens,

@@ -5,14 +5,22 @@ Conventions (every function here follows them):
 
 - A multiply-add is 2 FLOPs: a (m x k) @ (k x n) matmul costs 2mkn.
 - Only matrix multiplies are counted: the Q, K, V and output projections (K and V of width
-  kv_hidden_size under GQA), the attention scores QK^T and the weighted sum softmax(.)V, the MLP
-  matrices (2, or 3 when gated) and the output layer (logits). Norms, softmax, activations,
+  kv_hidden_size under GQA; MLA's latent projections), the attention scores QK^T and the
+  weighted sum softmax(.)V, the MLP matrices (2, or 3 when gated), the router and experts of
+  MoE layers and the output layer (logits). Norms, softmax, activations,
   residual adds, biases, RoPE/ALiBi and the embedding lookup are left out: they are a fraction of
   a percent of the total, and it is exactly what `torch.utils.flop_counter.FlopCounterMode`
   counts, so the two can be put side by side.
 - Attention follows the Megatron-LM/PaLM convention: non-causal, every query against every key
   (4*b*s^2*h per layer forward). With `causal=True` the score and weighted-sum matmuls are halved,
   the work a causal kernel that skips masked blocks does (FlashAttention's own accounting).
+  A sliding-window layer counts each query against at most its window of keys
+  (`twice_attended_pairs`): the window is architecture, not masking, so it applies in both
+  conventions.
+- Mixture of experts: model FLOPs follow active parameters, each token through its top_k
+  routed experts, the shared experts and the router (Megatron-LM `num_floating_point_operations`
+  and torchtitan `get_moe_model_nparams_and_flops`; PaLM's 6N + 12LHQT per token with N the
+  active matmul parameters). Experts a token is not routed to cost nothing.
 - Training: backward = 2 x forward (gradients for inputs and for weights), so model FLOPs are
   3 x forward. "Model" FLOPs exclude recomputation (they give MFU); "hardware" FLOPs include it
   (they give HFU), so model <= hardware always.
@@ -36,7 +44,7 @@ from harness.checks import (
     require_positive_int,
 )
 from harness.theory.config import TransformerConfig, require_config
-from harness.theory.params import num_params
+from harness.theory.params import active_params, mlp_matmul_weights, moe_matmul_weights
 
 # Activation recomputation, as every formula (FLOPs, memory, communication) spells it.
 RECOMPUTE_KINDS: tuple[str, ...] = ("none", "selective", "full")
@@ -67,33 +75,65 @@ class Flops:
         return (self.hardware - self.model) / self.model if self.model else 0.0
 
 
+def twice_attended_pairs(seq_len: int, window: int | None, causal: bool) -> int:
+    """Twice the (query, key) pairs one sequence's attention core computes, an integer in
+    every case: 2s^2 non-causal; s^2 causal (half the square: FlashAttention's accounting,
+    which counts the diagonal blocks as half); with a window w < s, 2sw non-causal (every query
+    against a full window) and w(2s - w) causal (the band s^2 - (s - w)^2 of the square)."""
+    s = seq_len
+    if window is None or window >= s:
+        return s * s if causal else 2 * s * s
+    return window * (2 * s - window) if causal else 2 * s * window
+
+
+def _attention_core(cfg: TransformerConfig, b: int, s: int, causal: bool,
+                    windows: bool) -> tuple[int, int]:
+    """(QK^T, softmax.V) FLOPs over all layers; each layer's sliding window counted unless
+    `windows` is False (what an eager implementation computes: full s x s, masked)."""
+    scores = values = 0
+    for window, layers in cfg.window_counts().items():
+        pairs2 = twice_attended_pairs(s, window if windows else None, causal)
+        # 2 FLOPs per multiply-add over qk (or v) channels per head: 2 * pairs * H * d.
+        scores += layers * b * pairs2 * cfg.num_heads * cfg.qk_head_dim
+        values += layers * b * pairs2 * cfg.num_heads * cfg.v_head_dim
+    return scores, values
+
+
+def _forward_parts(cfg: TransformerConfig, batch_size: int, seq_len: int, causal: bool,
+                   windows: bool) -> dict[str, int]:
+    cfg = require_config(cfg)
+    b = require_positive_int("batch_size", batch_size)
+    s = require_positive_int("seq_len", seq_len)
+    require_bool("causal", causal)
+    tokens = b * s
+    projections, output = cfg.attention_projection_weights()
+    moe = moe_matmul_weights(cfg)
+    scores, values = _attention_core(cfg, b, s, causal, windows)
+    layers, moe_layers = cfg.num_layers, cfg.num_moe_layers
+    return {
+        "qkv_projection": layers * 2 * tokens * projections,
+        "attention_scores": scores,
+        "attention_values": values,
+        "attention_output": layers * 2 * tokens * output,
+        "mlp": cfg.num_dense_layers * 2 * tokens * mlp_matmul_weights(cfg),
+        "router": moe_layers * 2 * tokens * moe["router"],
+        "experts": moe_layers * 2 * tokens * moe["experts"],
+        "shared_experts": moe_layers * 2 * tokens * moe["shared_experts"],
+        "logits": 2 * tokens * cfg.hidden_size * cfg.vocab_size,
+    }
+
+
 def forward_flops_breakdown(cfg: TransformerConfig, batch_size: int, seq_len: int,
                             causal: bool = False) -> dict[str, int]:
     """Forward matmul FLOPs by part, summed over all layers; the values add up to
     `forward_flops`.
 
-    Keys: qkv_projection, attention_scores (QK^T), attention_values (softmax.V),
-    attention_output, mlp, logits.
+    Keys: qkv_projection (Q, K, V or MLA's latent projections), attention_scores (QK^T),
+    attention_values (softmax.V), attention_output, mlp (dense layers), router, experts (the
+    top_k routed experts of each token), shared_experts, logits. Sliding-window layers count
+    the keys inside their window (`twice_attended_pairs`).
     """
-    cfg = require_config(cfg)
-    b = require_positive_int("batch_size", batch_size)
-    s = require_positive_int("seq_len", seq_len)
-    require_bool("causal", causal)
-    h, kv, f, layers = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size, cfg.num_layers
-    tokens = b * s
-    mlp_matrices = 3 if cfg.gated_mlp else 2
-    # Every head scores s queries against s keys over head_dim channels: heads * head_dim = h.
-    core = 2 * b * s * s * h
-    if causal:
-        core //= 2  # exact: 2*b*s*s*h is even
-    return {
-        "qkv_projection": layers * 2 * tokens * h * (h + 2 * kv),
-        "attention_scores": layers * core,
-        "attention_values": layers * core,
-        "attention_output": layers * 2 * tokens * h * h,
-        "mlp": layers * mlp_matrices * 2 * tokens * h * f,
-        "logits": 2 * tokens * h * cfg.vocab_size,
-    }
+    return _forward_parts(cfg, batch_size, seq_len, causal, windows=True)
 
 
 def forward_flops(cfg: TransformerConfig, batch_size: int, seq_len: int,
@@ -111,16 +151,8 @@ def _transformer_layer_flops(parts: dict[str, int]) -> int:
     return sum(value for key, value in parts.items() if key != "logits")
 
 
-def train_flops(cfg: TransformerConfig, batch_size: int, seq_len: int, recompute: str = "none",
-                causal: bool = False) -> Flops:
-    """FLOPs of one training step (forward + backward) on batch_size x seq_len tokens.
-
-    model = 3 x forward. hardware adds what recomputation repeats: "selective" the attention core
-    (QK^T and softmax.V) once, "full" one forward of the transformer layers (not of the output
-    layer, which Megatron-LM never recomputes).
-    """
+def _train(parts: dict[str, int], recompute: str) -> Flops:
     recompute = require_choice("recompute", recompute, RECOMPUTE_KINDS)
-    parts = forward_flops_breakdown(cfg, batch_size, seq_len, causal)
     model = TRAIN_FORWARD_MULTIPLE * sum(parts.values())
     if recompute == "selective":
         extra = parts["attention_scores"] + parts["attention_values"]
@@ -131,39 +163,72 @@ def train_flops(cfg: TransformerConfig, batch_size: int, seq_len: int, recompute
     return Flops(model=model, hardware=model + extra)
 
 
+def train_flops(cfg: TransformerConfig, batch_size: int, seq_len: int, recompute: str = "none",
+                causal: bool = False) -> Flops:
+    """FLOPs of one training step (forward + backward) on batch_size x seq_len tokens.
+
+    model = 3 x forward. hardware adds what recomputation repeats: "selective" the attention core
+    (QK^T and softmax.V) once, "full" one forward of the transformer layers (not of the output
+    layer, which Megatron-LM never recomputes). For mixture-of-experts models every token counts
+    its top_k routed experts, the shared experts and the router: active parameters, as
+    Megatron-LM's `num_floating_point_operations` (moe_router_topk, shared experts) and
+    torchtitan's `get_moe_model_nparams_and_flops` count MoE model FLOPs (6 x active matmul
+    parameters per token plus non-causal attention); Megatron omits the router's h x E matmul,
+    which is counted here.
+    """
+    require_choice("recompute", recompute, RECOMPUTE_KINDS)
+    return _train(forward_flops_breakdown(cfg, batch_size, seq_len, causal), recompute)
+
+
 def flop_counter_flops(cfg: TransformerConfig, batch_size: int, seq_len: int,
                        recompute: str = "none", fused_attention: bool = True) -> int:
-    """What `FlopCounterMode` reports for one forward + backward of `harness.model.build_model`.
+    """What `FlopCounterMode` reports for one forward + backward of `harness.model.build_model`
+    (or of a transformers model of the same config with eager attention, its experts run as
+    `batched_mm`: each token through its top_k experts).
 
-    FlopCounterMode ignores causal masking (it counts the non-causal work). With a fused SDPA
-    kernel (flash, memory-efficient or cuDNN: the CUDA path) it counts the attention backward as
-    2.5 x the forward core, because that backward recomputes QK^T: one extra score matmul per
-    layer beyond the hardware FLOPs. Where SDPA falls back to the math path (meta tensors) it
-    sees plain bmm ops whose backward is exactly 2 x forward (`fused_attention=False`).
+    FlopCounterMode ignores causal masking and sliding windows (it counts the full s x s work
+    the kernels are given). With a fused SDPA kernel (flash, memory-efficient or cuDNN: the
+    CUDA path) it counts the attention backward as 2.5 x the forward core, because that
+    backward recomputes QK^T: one extra score matmul per layer beyond the hardware FLOPs. Where
+    SDPA falls back to the math path (meta tensors) or attention is eager, it sees plain bmm
+    ops whose backward is exactly 2 x forward (`fused_attention=False`).
     """
     require_bool("fused_attention", fused_attention)
-    counted = train_flops(cfg, batch_size, seq_len, recompute=recompute, causal=False).hardware
+    require_choice("recompute", recompute, RECOMPUTE_KINDS)
+    parts = _forward_parts(cfg, batch_size, seq_len, causal=False, windows=False)
+    counted = _train(parts, recompute).hardware
     if fused_attention:
-        counted += forward_flops_breakdown(cfg, batch_size, seq_len)["attention_scores"]
+        counted += parts["attention_scores"]
     return counted
 
 
 def decode_flops(cfg: TransformerConfig, batch_size: int, context_len: int) -> int:
     """Matmul FLOPs to generate one new token per sequence with a KV cache of context_len tokens.
 
-    The new token goes through every projection, MLP and the output layer as a 1-token forward;
-    its query attends to context_len + 1 keys (the cached ones and its own), so the score and
-    weighted-sum matmuls each cost 2*b*h*(context_len + 1) per layer. This is source 003's
-    decode formula 24*l*h^2*b + 4*l*h*b*(s+1) + 2*b*h*V for a GPT block.
+    The new token goes through every projection, MLP (its experts) and the output layer as a
+    1-token forward; its query attends to context_len + 1 keys (the cached ones and its own; at
+    most the window in a sliding-window layer), so the score and weighted-sum matmuls each cost
+    2*b*heads*head_dim*keys per layer. This is source 003's decode formula
+    24*l*h^2*b + 4*l*h*b*(s+1) + 2*b*h*V for a GPT block. MLA decodes in its absorbed form
+    (DeepSeek-V2, appendix; what serving engines run over the compressed cache): the
+    up-projections fold into the query and the output, costing their weights once per token, and
+    every head scores over the cached kv_lora_rank + qk_rope_head_dim channels and sums
+    kv_lora_rank channels.
     """
     cfg = require_config(cfg)
     b = require_positive_int("batch_size", batch_size)
     require_non_negative_int("context_len", context_len)  # 0: an empty cache
     one_token = forward_flops_breakdown(cfg, b, 1)
-    keys = context_len + 1
-    attention_core = 2 * (cfg.num_layers * 2 * b * cfg.hidden_size * keys)
-    return (one_token["qkv_projection"] + one_token["attention_output"] + one_token["mlp"]
-            + one_token["logits"] + attention_core)
+    if cfg.mla is not None:
+        score_width, value_width = cfg.mla.cached_width, cfg.mla.kv_lora_rank
+    else:
+        score_width, value_width = cfg.qk_head_dim, cfg.v_head_dim
+    attention_core = 0
+    for window, layers in cfg.window_counts().items():
+        keys = context_len + 1 if window is None else min(context_len + 1, window)
+        attention_core += layers * 2 * b * cfg.num_heads * (score_width + value_width) * keys
+    return (sum(one_token.values()) - one_token["attention_scores"]
+            - one_token["attention_values"] + attention_core)
 
 
 def six_nd(num_params: int, tokens: int) -> int:
@@ -180,12 +245,12 @@ def two_n(num_params: int) -> int:
 
 def approximation_error(cfg: TransformerConfig, batch_size: int, seq_len: int,
                         causal: bool = False) -> float:
-    """Relative error of 6ND (N = `cfg.num_params()`, D = batch_size*seq_len) against the full
-    model FLOPs: positive when 6ND overestimates (it charges the input embedding and learned
-    positions, which do no matmul), negative when it underestimates (it ignores attention
-    scores, which grow with seq_len)."""
+    """Relative error of 6ND (N = `active_params(cfg)`, all parameters of a dense model,
+    D = batch_size*seq_len) against the full model FLOPs: positive when 6ND overestimates (it
+    charges the input embedding and learned positions, which do no matmul), negative when it
+    underestimates (it ignores attention scores, which grow with seq_len)."""
     exact = train_flops(cfg, batch_size, seq_len, "none", causal).model
-    rule = six_nd(num_params(cfg), batch_size * seq_len)
+    rule = six_nd(active_params(cfg), batch_size * seq_len)
     return (rule - exact) / exact
 
 

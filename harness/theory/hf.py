@@ -1,171 +1,116 @@
-"""Hugging Face config.json files as `TransformerConfig`s: llama, mistral, qwen2, gpt2, bloom.
+"""Hugging Face config.json files as `TransformerConfig`s.
 
-Each loader reads the keys transformers itself reads for that `model_type`, with transformers'
-defaults where a key is absent, and refuses what `TransformerConfig` cannot describe (a
-`ValueError` names the key, the value or the model type).
+Supported `model_type`s (`HF_MODEL_TYPES`): llama, mistral, qwen2, gpt2, bloom, mixtral,
+qwen2_moe, qwen3, qwen3_moe, gemma, gemma2, gemma3_text, olmo2, phi, phi3, gpt_neox, opt,
+deepseek_v2, deepseek_v3. Each reader (`harness.theory.hf_models`) reads the keys transformers
+itself reads for that type, with transformers' defaults where a key is absent, and the
+resulting counts equal those of the model transformers builds (pinned by
+tests/test_hf_architectures.py). A key that could change the counts is never ignored: a key
+that is neither read nor known to be neutral is an error (`harness.theory.hf_keys`), as is a
+value `TransformerConfig` cannot describe. Every error is a `ValueError` naming the file, the key
+or the model type, and what to do instead.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.checks import require_bool, require_positive_int
+from harness.checks import file_problem
 from harness.theory.config import TransformerConfig
+from harness.theory.hf_keys import ConfigKeys
+from harness.theory.hf_models import HF_MODEL_TYPES, read_config
 
-# Hugging Face `model_type` values that `config_from_hf` understands.
-HF_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "gpt2", "bloom")
+__all__ = ["HF_MODEL_TYPES", "config_from_hf", "load_hf_config"]
 
-# `activation_function` values of GPT-2 configs (transformers' ACT2FN names) and what they mean.
-_GPT2_ACTIVATIONS: dict[str, str] = {
-    "gelu": "gelu", "gelu_new": "gelu", "gelu_fast": "gelu", "gelu_pytorch_tanh": "gelu",
-    "relu": "relu",
+CONFIG_FILE_NAME = "config.json"
+
+# Types whose config.json wraps a text model in something else, and where to find the text one.
+_WRAPPERS: dict[str, str] = {
+    "gemma3": "its vision tower is not modelled; load the text model's settings (the "
+              "'text_config' entry, model_type 'gemma3_text') instead",
 }
 
-# `hidden_act` of LLaMA-style configs: the activation inside the gated MLP.
-_GATED_ACTIVATIONS: dict[str, str] = {
-    "silu": "swiglu", "swish": "swiglu",
-    "gelu": "geglu", "gelu_new": "geglu", "gelu_pytorch_tanh": "geglu",
-}
 
-# BLOOM's config.json has no position limit (ALiBi has no table); its models were trained on
-# 2048-token sequences (BigScience 2022), which `seq_length` states where present.
-_BLOOM_TRAINING_SEQ_LEN = 2048
+def config_from_hf(data: Mapping[str, Any], *, name: str = "custom",
+                   ignore_keys: Iterable[str] = ()) -> TransformerConfig:
+    """A `TransformerConfig` from a Hugging Face style config.json dict.
 
-
-def _hf_key(data: Mapping[str, Any], key: str, model_type: str) -> Any:
-    if key not in data or data[key] is None:
-        raise ValueError(f"config.json of model_type {model_type!r} is missing the key {key!r}; "
-                         f"supported model types: {', '.join(HF_MODEL_TYPES)}")
-    return data[key]
-
-
-def _hf_int(data: Mapping[str, Any], key: str, model_type: str) -> int:
-    return require_positive_int(f"config.json key {key!r}", _hf_key(data, key, model_type))
-
-
-def _hf_bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    return default if value is None else require_bool(f"config.json key {key!r}", value)
-
-
-def _hf_choice(data: Mapping[str, Any], key: str, default: str, meanings: Mapping[str, str]
-               ) -> str:
-    value = data.get(key, default)
-    if value not in meanings:
-        raise ValueError(f"config.json key {key!r} is {value!r}; supported values: "
-                         f"{', '.join(meanings)}")
-    return meanings[value]
-
-
-def _llama_style_from_hf(data: Mapping[str, Any], model_type: str, name: str
-                         ) -> TransformerConfig:
-    num_heads = _hf_int(data, "num_attention_heads", model_type)
-    kv_heads = (_hf_int(data, "num_key_value_heads", model_type)
-                if data.get("num_key_value_heads") is not None else num_heads)
-    if model_type == "qwen2":
-        # Qwen2 fixes its biases in code: on q, k and v, nowhere else.
-        bias, qkv_bias = False, True
-    else:
-        # LLaMA's `attention_bias` covers q, k, v and o; `mlp_bias` the three MLP matrices.
-        attention_bias = _hf_bool(data, "attention_bias", False)
-        mlp_bias = _hf_bool(data, "mlp_bias", False)
-        if attention_bias != mlp_bias:
-            raise ValueError(
-                f"config.json has attention_bias={attention_bias} but mlp_bias={mlp_bias}; "
-                f"TransformerConfig.bias covers the attention output and the MLP together, so "
-                f"only equal values (both true or both false) are supported")
-        bias = qkv_bias = attention_bias
-    return TransformerConfig(
-        num_layers=_hf_int(data, "num_hidden_layers", model_type),
-        hidden_size=_hf_int(data, "hidden_size", model_type),
-        num_heads=num_heads,
-        num_kv_heads=kv_heads,
-        vocab_size=_hf_int(data, "vocab_size", model_type),
-        ffn_hidden_size=_hf_int(data, "intermediate_size", model_type),
-        mlp=_hf_choice(data, "hidden_act", "silu", _GATED_ACTIVATIONS),
-        # transformers' LlamaConfig, MistralConfig and Qwen2Config default to an untied head.
-        tied_embeddings=_hf_bool(data, "tie_word_embeddings", False),
-        bias=bias,
-        qkv_bias=qkv_bias,
-        norm="rmsnorm",
-        position="rope",
-        max_position_embeddings=_hf_int(data, "max_position_embeddings", model_type),
-        name=name,
-    )
-
-
-def _gpt2_from_hf(data: Mapping[str, Any], name: str) -> TransformerConfig:
-    # `n_inner` null or absent means 4 * n_embd (transformers' GPT2MLP).
-    n_inner = data.get("n_inner")
-    return TransformerConfig(
-        num_layers=_hf_int(data, "n_layer", "gpt2"),
-        hidden_size=_hf_int(data, "n_embd", "gpt2"),
-        num_heads=_hf_int(data, "n_head", "gpt2"),
-        vocab_size=_hf_int(data, "vocab_size", "gpt2"),
-        ffn_hidden_size=None if n_inner is None else _hf_int(data, "n_inner", "gpt2"),
-        mlp=_hf_choice(data, "activation_function", "gelu_new", _GPT2_ACTIVATIONS),
-        tied_embeddings=_hf_bool(data, "tie_word_embeddings", True),
-        bias=True,
-        norm="layernorm",
-        position="learned",
-        max_position_embeddings=_hf_int(data, "n_positions", "gpt2"),
-        name=name,
-    )
-
-
-def _bloom_from_hf(data: Mapping[str, Any], name: str) -> TransformerConfig:
-    # Small BLOOMs spell the width `n_embed`, the larger ones `hidden_size`.
-    width_key = "hidden_size" if data.get("hidden_size") is not None else "n_embed"
-    seq_len = data.get("seq_length")
-    return TransformerConfig(
-        num_layers=_hf_int(data, "n_layer", "bloom"),
-        hidden_size=_hf_int(data, width_key, "bloom"),
-        num_heads=_hf_int(data, "n_head", "bloom"),
-        vocab_size=_hf_int(data, "vocab_size", "bloom"),
-        ffn_hidden_size=None,  # BloomMLP is always 4h; `n_inner` is not read by transformers
-        mlp="gelu",
-        tied_embeddings=_hf_bool(data, "tie_word_embeddings", True),
-        bias=True,
-        norm="layernorm",
-        position="alibi",
-        max_position_embeddings=(_BLOOM_TRAINING_SEQ_LEN if seq_len is None
-                                 else _hf_int(data, "seq_length", "bloom")),
-        embedding_norm=True,
-        name=name,
-    )
-
-
-def config_from_hf(data: Mapping[str, Any], *, name: str = "custom") -> TransformerConfig:
-    """A `TransformerConfig` from a Hugging Face style config.json dict (llama, mistral, qwen2,
-    gpt2, bloom); a `ValueError` names the missing key or the unsupported `model_type`."""
+    `ignore_keys` names keys the caller knows to change neither parameters nor FLOPs and that
+    this loader does not know; any other unknown key is a `ValueError`.
+    """
     if not isinstance(data, Mapping):
         raise ValueError(f"data must be the dict of a config.json, got {type(data).__name__}")
+    if isinstance(ignore_keys, str) or not all(isinstance(key, str) for key in ignore_keys):
+        raise ValueError(f"ignore_keys must be a list of key names, got {ignore_keys!r}")
     model_type = data.get("model_type")
+    supported = ", ".join(HF_MODEL_TYPES)
     if model_type is None:
         raise ValueError(f"config.json has no 'model_type' key; supported model types: "
-                         f"{', '.join(HF_MODEL_TYPES)}")
-    if model_type not in HF_MODEL_TYPES:
+                         f"{supported}")
+    if isinstance(model_type, str) and model_type in _WRAPPERS:
+        raise ValueError(f"model_type {model_type!r} is not supported: {_WRAPPERS[model_type]}")
+    if not isinstance(model_type, str) or model_type not in HF_MODEL_TYPES:
         raise ValueError(f"model_type {model_type!r} is not supported; supported model types: "
-                         f"{', '.join(HF_MODEL_TYPES)}")
-    if model_type == "gpt2":
-        return _gpt2_from_hf(data, name)
-    if model_type == "bloom":
-        return _bloom_from_hf(data, name)
-    return _llama_style_from_hf(data, model_type, name)
+                         f"{supported}")
+    keys = ConfigKeys(data, model_type)
+    cfg = read_config(keys, name)
+    keys.check_all_read(ignore_keys)
+    return cfg
 
 
-def load_hf_config(path: str | Path) -> TransformerConfig:
-    """Read a Hugging Face style config.json from disk; errors name the file."""
-    p = Path(path)
+def _config_file(path: Path) -> Path:
+    """`path` itself, or the config.json inside it when it is a directory."""
+    if path.is_dir():
+        inside = path / CONFIG_FILE_NAME
+        if not inside.exists():
+            raise ValueError(f"{path}: the directory has no {CONFIG_FILE_NAME}; pass the model "
+                             f"directory that holds {CONFIG_FILE_NAME} (as downloaded from the "
+                             f"Hugging Face hub) or the file itself")
+        return inside
+    return path
+
+
+def load_hf_config(path: str | os.PathLike[str], *,
+                   ignore_keys: Iterable[str] = ()) -> TransformerConfig:
+    """Read a Hugging Face config.json, given as the file or as the model directory holding
+    it; the config is named after that directory. Every error names the path and the fix."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise ValueError(f"path must be a model directory or its {CONFIG_FILE_NAME} as a str "
+                         f"or pathlib.Path, got {type(path).__name__} ({path!r})")
+    given = Path(path)
+    if not str(path).strip():
+        raise ValueError("path is empty; pass a model directory or its config.json")
+    p = _config_file(given)
+    problem = file_problem(p)
+    if problem is not None:
+        raise ValueError(f"{p} {problem}; pass a model directory or its {CONFIG_FILE_NAME}")
     try:
-        data = json.loads(p.read_text())
+        raw = p.read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"{p}: no such config file") from None
+        raise ValueError(f"{p}: no such file; pass a model directory or its "
+                         f"{CONFIG_FILE_NAME}") from None
+    except OSError as exc:
+        raise ValueError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+                         f"{exc.start}); a {CONFIG_FILE_NAME} is UTF-8 JSON - is this the "
+                         f"right file (not the weights)?") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ValueError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                         f"{exc.colno})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a JSON object of model settings")
-    return config_from_hf(data, name=p.parent.name or p.stem)
+        raise ValueError(f"{p}: expected a JSON object of model settings, got a JSON "
+                         f"{type(data).__name__}")
+    folder = p.resolve().parent.name or p.stem
+    try:
+        return config_from_hf(data, name=folder or "custom", ignore_keys=ignore_keys)
+    except ValueError as exc:
+        raise ValueError(f"{p}: {exc}") from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from harness.checks import require_positive_int
 from harness.theory.config import TransformerConfig, require_config
-from harness.theory.params import attention_params, mlp_params, norm_params, param_breakdown
+from harness.theory.params import layer_params, param_breakdown
 from harness.theory.units import ceil_div
 
 # Megatron-LM pads the vocabulary to a multiple of `make_vocab_size_divisible_by` (default 128)
@@ -84,29 +84,38 @@ class TensorParallelLayout:
     vocab_per_rank: int
 
 
+def _tensor_parallel_sizes(cfg: TransformerConfig) -> dict[str, int]:
+    """The sizes Megatron-LM splits over tensor-parallel ranks, by config field."""
+    sizes = {"num_heads": cfg.num_heads, "num_kv_heads": cfg.kv_heads}
+    if cfg.num_dense_layers:
+        sizes["ffn_hidden_size"] = cfg.ffn_size
+    if cfg.moe is not None:
+        sizes["MoE.expert_ffn_hidden_size"] = cfg.moe.expert_ffn_hidden_size
+        if cfg.moe.num_shared_experts:
+            sizes["MoE.shared_ffn_hidden_size"] = cfg.moe.shared_width
+    return sizes
+
+
 def check_tensor_parallel(cfg: TransformerConfig, tp: int) -> TensorParallelLayout:
     """Check that `cfg` splits evenly over `tp` tensor-parallel ranks; return each rank's share.
 
-    Query heads, key/value heads and the feed-forward width must be divisible by tp. Key/value
-    heads are never replicated: Megatron-LM divides `num_query_groups` by the tensor-parallel size
-    and refuses otherwise (inference engines such as vLLM replicate them instead; that layout is
-    not modelled here). The vocabulary is padded as Megatron-LM does, so it always divides.
+    Query heads, key/value heads and the feed-forward width (of the dense MLP, and of the
+    routed and shared experts: expert tensor parallelism) must be divisible by tp. Key/value
+    heads are never replicated: Megatron-LM divides `num_query_groups` by the tensor-parallel
+    size and refuses otherwise (inference engines such as vLLM replicate them instead; that
+    layout is not modelled here). The vocabulary is padded as Megatron-LM does, so it always
+    divides.
     """
     cfg = require_config(cfg)
     require_positive_int("tp", tp)
-    problems = []
-    if cfg.num_heads % tp:
-        problems.append(f"num_heads={cfg.num_heads}")
-    if cfg.kv_heads % tp:
-        problems.append(f"num_kv_heads={cfg.kv_heads}")
-    if cfg.ffn_size % tp:
-        problems.append(f"ffn_hidden_size={cfg.ffn_size}")
+    sizes = _tensor_parallel_sizes(cfg)
+    problems = [f"{name}={size}" for name, size in sizes.items() if size % tp]
     if problems:
         valid = [d for d in range(1, cfg.kv_heads + 1)
-                 if cfg.num_heads % d == 0 and cfg.kv_heads % d == 0 and cfg.ffn_size % d == 0]
+                 if all(size % d == 0 for size in sizes.values())]
         raise ValueError(f"tp={tp} does not divide {', '.join(problems)} of {cfg.name}; "
                          f"tensor-parallel sizes that divide heads, key/value heads and the "
-                         f"feed-forward width: {', '.join(map(str, valid))}")
+                         f"feed-forward widths: {', '.join(map(str, valid))}")
     vocab = padded_vocab_size(cfg.vocab_size, tp)
     return TensorParallelLayout(tp=tp, heads_per_rank=cfg.num_heads // tp,
                                 kv_heads_per_rank=cfg.kv_heads // tp,
@@ -125,26 +134,46 @@ def check_pipeline_parallel(cfg: TransformerConfig, pp: int) -> int:
     return cfg.num_layers // pp
 
 
+def replicated_layer_params(cfg: TransformerConfig, layer: int) -> int:
+    """Parameters of layer `layer` every tensor-parallel rank holds whole: its norms (query/key
+    and MLA latent norms included), the router (and Qwen's shared-expert gate), and the biases
+    of row-parallel layers (attention output, every down projection)."""
+    h = cfg.hidden_size
+    norms = cfg.norms_per_layer * cfg.norm_params() + cfg.attention_norm_params()
+    down_projections, router = 1, 0
+    if cfg.is_moe_layer(layer):
+        assert cfg.moe is not None  # is_moe_layer says so
+        moe = cfg.moe
+        down_projections = moe.num_experts + moe.num_shared_experts
+        router = moe.router_params(h) + moe.shared_gate_params(h)
+    row_biases = h * (1 + down_projections) if cfg.bias else 0
+    return norms + router + row_biases
+
+
 def params_per_rank(cfg: TransformerConfig, tp: int = 1, pp: int = 1) -> int:
     """Parameters held by one rank of the first pipeline stage (the stage with the embedding).
 
-    Megatron-LM layout: attention and MLP weights and the biases of column-parallel layers are
-    split over tp; the biases of row-parallel layers (attention output, MLP down projection),
-    the norms and learned positions are replicated; the token embedding and an untied output
-    layer are split by vocabulary (ceil(vocab / tp) rows, no padding, so tp=1, pp=1 gives
-    exactly `cfg.num_params()`). The final norm and output layer live on the last stage, so they
-    count here only when pp == 1.
+    Megatron-LM layout: attention, MLP and expert weights and the biases of column-parallel
+    layers are split over tp; the norms, routers, biases of row-parallel layers (attention
+    output, MLP down projections) and learned positions are replicated
+    (`replicated_layer_params`); the token embedding and an untied output layer (with its bias)
+    are split by vocabulary (ceil(vocab / tp) rows, no padding, so tp=1, pp=1 gives exactly
+    `cfg.num_params()`). The final norm and output layer live on the last stage, so they count
+    here only when pp == 1. The first stage holds layers 0 .. L/pp - 1 (DeepSeek's leading
+    dense layers among them).
     """
     check_tensor_parallel(cfg, tp)
     layers = check_pipeline_parallel(cfg, pp)
     h = cfg.hidden_size
     parts = param_breakdown(cfg)
-    replicated_biases = 2 * h if cfg.bias else 0  # attention output and MLP down projection
-    split = attention_params(cfg) + mlp_params(cfg) - replicated_biases
-    layer = split // tp + replicated_biases + 2 * norm_params(cfg)
+    stage_layers = 0
+    for layer in range(layers):
+        replicated = replicated_layer_params(cfg, layer)
+        stage_layers += (layer_params(cfg, layer) - replicated) // tp + replicated
     vocab_rows = ceil_div(cfg.vocab_size, tp)
-    first_stage = vocab_rows * h + parts["position"] + parts["embedding_norm"] + layers * layer
+    first_stage = vocab_rows * h + parts["position"] + parts["embedding_norm"] + stage_layers
     if pp > 1:
         return first_stage
-    output = 0 if cfg.tied_embeddings else vocab_rows * h
+    output = ((0 if cfg.tied_embeddings else vocab_rows * h)
+              + (vocab_rows if cfg.output_bias else 0))
     return first_stage + parts["final_norm"] + output

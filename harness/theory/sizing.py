@@ -90,7 +90,11 @@ def _power_of_two_finding(rule: str, what: str, value: int) -> Finding:
 
 def sizing_findings(cfg: TransformerConfig, batch_size: int, seq_len: int,
                     tp: int = 1) -> list[Finding]:
-    """Source 001's sizing rules applied to a model, micro-batch, sequence length and tp."""
+    """Source 001's sizing rules applied to a model, micro-batch, sequence length and tp.
+
+    The head rule judges the head width the model has (head_dim, or MLA's qk head width), the
+    d_ff rule the dense MLP when a layer has one, and expert models get the same rule for their
+    routed (and, when different, shared) expert widths."""
     cfg = require_config(cfg)
     require_positive_int("batch_size", batch_size)
     require_positive_int("seq_len", seq_len)
@@ -105,7 +109,15 @@ def sizing_findings(cfg: TransformerConfig, batch_size: int, seq_len: int,
         suggestion=None if vocab_ok else
         f"pad the vocabulary to {ceil_div(v, VOCAB_MULTIPLE) * VOCAB_MULTIPLE}"))
 
-    findings.append(_power_of_two_finding("head_dim_power_of_two", "h/a", cfg.head_dim))
+    # The head width the model has: h/a unless head_dim is set apart from it; MLA scores over
+    # qk_nope_head_dim + qk_rope_head_dim channels per head.
+    if cfg.mla is not None:
+        head_label = "qk_head_dim"
+    elif cfg.head_dim * a == h:
+        head_label = "h/a"
+    else:
+        head_label = "head_dim"
+    findings.append(_power_of_two_finding("head_dim_power_of_two", head_label, cfg.qk_head_dim))
 
     if h % tp:
         findings.append(Finding(rule="hidden_per_tp_power_of_two", ok=False,
@@ -130,11 +142,26 @@ def sizing_findings(cfg: TransformerConfig, batch_size: int, seq_len: int,
         suggestion=None if tp_ok else
         f"keep tp <= {GPUS_PER_NODE} and scale with pipeline or data parallelism instead"))
 
+    if cfg.num_dense_layers:
+        findings.append(_ffn_finding("ffn_alignment", "d_ff", f, h, tp, cfg.gated_mlp))
+    if cfg.moe is not None:
+        moe = cfg.moe
+        findings.append(_ffn_finding("expert_ffn_alignment", "expert d_ff",
+                                     moe.expert_ffn_hidden_size, h, tp, cfg.gated_mlp))
+        if moe.num_shared_experts and moe.shared_width != moe.expert_ffn_hidden_size:
+            findings.append(_ffn_finding("shared_expert_ffn_alignment", "shared expert d_ff",
+                                         moe.shared_width, h, tp, cfg.gated_mlp))
+    return findings
+
+
+def _ffn_finding(rule: str, what: str, f: int, h: int, tp: int, gated: bool) -> Finding:
+    """Whether a feed-forward width f splits over tp ranks into multiples of the Tensor Core
+    alignment, and aligned widths to benchmark when it does not."""
     ffn_ok = f % tp == 0 and (f // tp) % TENSOR_CORE_ALIGNMENT == 0
-    detail = f"d_ff = {f}" if tp == 1 else f"d_ff/t = {f}/{tp}"
+    detail = f"{what} = {f}" if tp == 1 else f"{what}/t = {f}/{tp}"
     if tp > 1 and f % tp == 0:
         detail += f" = {f // tp}"
-    if cfg.gated_mlp:
+    if gated and what == "d_ff":
         detail += f" ({f / h:.4f}h; 8h/3 = {8 * h / 3:.1f})"
     if f % tp:
         detail += ", not an integer"
@@ -144,13 +171,11 @@ def sizing_findings(cfg: TransformerConfig, batch_size: int, seq_len: int,
     if not ffn_ok:
         per_rank_multiples = tuple(multiple * tp for multiple in FFN_CANDIDATE_MULTIPLES)
         candidates = _aligned_neighbours(f, per_rank_multiples)
-        suggestion = f"benchmark d_ff in {', '.join(map(str, candidates))}"
+        suggestion = f"benchmark {what} in {', '.join(map(str, candidates))}"
         around_8h_3 = swiglu_ffn_candidates(h, per_rank_multiples)
-        if cfg.gated_mlp and around_8h_3 != candidates:
+        if gated and what == "d_ff" and around_8h_3 != candidates:
             suggestion += f"; aligned widths around 8h/3: {', '.join(map(str, around_8h_3))}"
-    findings.append(Finding(rule="ffn_alignment", ok=ffn_ok, detail=detail,
-                            suggestion=suggestion))
-    return findings
+    return Finding(rule=rule, ok=ffn_ok, detail=detail, suggestion=suggestion)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,15 @@ def _gpt2(name: str, layers: int, hidden: int, heads: int) -> TransformerConfig:
 
 
 def _llama(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int,
-           vocab: int, positions: int, *, qkv_bias: bool = False) -> TransformerConfig:
+           vocab: int, positions: int, *, qkv_bias: bool = False,
+           sliding_window: int | None = None) -> TransformerConfig:
     # LLaMA family: RMSNorm, RoPE, SwiGLU, no biases, untied output layer.
     return TransformerConfig(num_layers=layers, hidden_size=hidden, num_heads=heads,
                              num_kv_heads=kv_heads, ffn_hidden_size=ffn, vocab_size=vocab,
                              mlp="swiglu", tied_embeddings=False, bias=False, qkv_bias=qkv_bias,
                              norm="rmsnorm", position="rope",
-                             max_position_embeddings=positions, name=name)
+                             max_position_embeddings=positions, sliding_window=sliding_window,
+                             name=name)
 
 
 # Sizes from each model's published config.json (Hugging Face hub).
@@ -43,7 +45,8 @@ MODEL_ZOO: dict[str, TransformerConfig] = {
         _llama("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, 4096),
         _llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192),
         _llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192),
-        _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 32768),
+        # Mistral 7B v0.1 attends through a 4096-token sliding window on every layer.
+        _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 32768, sliding_window=4096),
         _llama("qwen2-7b", 28, 3584, 28, 4, 18944, 152064, 32768, qkv_bias=True),
     )
 }
