@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,36 @@ def test_find_metric_id_prefers_an_exact_match_over_substrings():
     assert find_metric_id(ids, "p90", where="here") == "a::step_time_p90"
     with pytest.raises(ValueError, match="here: 'step' matches 2 metric ids"):
         find_metric_id(ids, "step", where="here")
+
+
+def test_dir_that_is_a_file_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    not_a_directory = tmp_path / "baselines.json"
+    not_a_directory.write_text("{}")
+    assert run_baselines(monkeypatch, "list", "--dir", not_a_directory) == 2
+    assert (f"error: {not_a_directory}: is a regular file, not a directory; pass --dir with "
+            f"the directory") in capsys.readouterr().err
+
+
+def test_show_of_a_fifo_exits_2_without_blocking(tmp_path, monkeypatch, capsys):
+    fifo = tmp_path / "results"
+    os.mkfifo(fifo)
+    assert run_baselines(monkeypatch, "show", fifo) == 2
+    assert f"error: {fifo}: is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+
+
+def test_list_with_a_dangling_link_exits_2_naming_it(baselines_dir, monkeypatch, capsys):
+    link = baselines_dir / "nvidia-b200-x8.json"
+    link.symlink_to(baselines_dir / "gone.json")
+    assert run_baselines(monkeypatch, "list", "--dir", baselines_dir) == 2
+    assert (f"error: {link}: is a symbolic link to '{baselines_dir / 'gone.json'}', which does "
+            f"not exist") in capsys.readouterr().err
+
+
+def test_history_leaves_out_a_replaced_unreadable_baseline(tmp_path, monkeypatch, capsys):
+    directory = tmp_path / "baselines"
+    directory.mkdir()
+    store.baseline_path(directory, H100).write_text("{damaged")
+    store.write_baseline(directory, baseline(H100, "2026-03-01T02:00:00+00:00",
+                                             {STEP_TIME: step_time(0.110)}))
+    assert run_baselines(monkeypatch, "history", H100, "step_time", "--dir", directory) == 0
+    assert f"{STEP_TIME} [s, lower is better], 1 files" in capsys.readouterr().out

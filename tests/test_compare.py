@@ -40,10 +40,10 @@ def tflops(median: float, *, seed: int = 1) -> Metric:
 
 
 def save(path: Path, metrics: dict[str, Metric], *, fingerprint: str = FINGERPRINT,
-         kind: str = "results") -> Path:
+         kind: str = "results", created: str = "2026-01-15T02:00:00+00:00") -> Path:
     store.save_results(path, RunResults(kind=kind, fingerprint=fingerprint,  # type: ignore[arg-type]
                                         environment=dict(ENVIRONMENT), metrics=metrics,
-                                        created="2026-01-15T02:00:00+00:00"))
+                                        created=created))
     return path
 
 
@@ -58,10 +58,10 @@ def verdict_line(output: str, metric_name: str) -> str:
     return lines[0]
 
 
-def test_identical_files_exit_0_and_read_unchanged(tmp_path, monkeypatch, capsys):
+def test_identical_numbers_of_two_runs_exit_0_and_read_unchanged(tmp_path, monkeypatch, capsys):
     metrics = {STEP_TIME: step_time(0.100), TFLOPS: tflops(400.0)}
     base = save(tmp_path / "main.json", metrics, kind="baseline")
-    new = save(tmp_path / "pr.json", metrics)
+    new = save(tmp_path / "pr.json", metrics, created="2026-01-16T02:00:00+00:00")
     assert run_compare(monkeypatch, base, new) == 0
     out = capsys.readouterr().out
     assert "unchanged" in verdict_line(out, "step_time")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,3 +122,42 @@ def test_missing_matplotlib_names_the_extra_to_install(baselines_dir, tmp_path, 
         plot.draw_trend(points, tmp_path / "trend.png", fingerprint=H100)
     assert str(error.value) == "matplotlib is not installed: pip install 'perf-harness[plot]'"
     assert not (tmp_path / "trend.png").exists()
+
+
+def test_output_onto_a_directory_exits_2_before_any_work(baselines_dir, tmp_path, capsys):
+    assert cli.main(["plot", H100, "step_time", "--dir", str(baselines_dir),
+                     "-o", str(tmp_path)]) == 2
+    assert (f"error: -o {tmp_path}: is a directory, not a regular file; give the PNG file to "
+            f"write, such as {tmp_path / 'trend.png'}") in capsys.readouterr().err
+
+
+def test_output_onto_a_fifo_exits_2_without_blocking(baselines_dir, tmp_path, capsys):
+    fifo = tmp_path / "trend.png"
+    os.mkfifo(fifo)
+    assert cli.main(["plot", H100, "step_time", "--dir", str(baselines_dir),
+                     "-o", str(fifo)]) == 2
+    assert f"-o {fifo}: is a FIFO (named pipe), not a regular file" in capsys.readouterr().err
+
+
+def test_output_that_cannot_be_written_exits_2_naming_it(baselines_dir, tmp_path, monkeypatch,
+                                                         capsys):
+    matplotlib_figure = pytest.importorskip("matplotlib.figure")
+
+    def refuse(self: object, path: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(matplotlib_figure.Figure, "savefig", refuse)  # a read-only place
+    output = tmp_path / "trend.png"
+    assert cli.main(["plot", H100, "step_time", "--dir", str(baselines_dir),
+                     "-o", str(output)]) == 2
+    assert (f"error: {output}: cannot be written (Permission denied); choose a writable path "
+            f"with -o") in capsys.readouterr().err
+
+
+def test_output_under_a_file_exits_2_naming_it(baselines_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("")
+    output = tmp_path / "notes.txt" / "trend.png"
+    assert cli.main(["plot", H100, "step_time", "--dir", str(baselines_dir),
+                     "-o", str(output)]) == 2
+    assert (f"error: -o {output}: cannot exist: a part of its path is a file, not a directory"
+            in capsys.readouterr().err)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.synchronize
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,8 +131,8 @@ def test_garbage_in_the_middle_is_reported_as_invalid_json(tmp_path: Path) -> No
         load_results(path)
 
 
-def test_directory_instead_of_file_is_unreadable(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match=r"cannot be read"):
+def test_directory_instead_of_file_is_refused_naming_what_it_is(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"is a directory, not a regular file; give the path"):
         load_results(tmp_path)
 
 
@@ -338,11 +340,22 @@ def test_history_of_unknown_fingerprint_is_empty(tmp_path: Path) -> None:
     assert history(tmp_path, "nvidia-b200-x8") == []
 
 
-def test_history_keeps_a_damaged_old_baseline_and_names_it(tmp_path: Path) -> None:
+def test_a_damaged_old_baseline_is_kept_byte_for_byte_apart_from_the_history(
+        tmp_path: Path) -> None:
     path = baseline_path(tmp_path, FINGERPRINT)
     path.write_text('{"schema_version": 1, "kind": "base')
     archived = write_baseline(tmp_path, make_results(version=1))
-    assert archived is not None and archived.read_text() == '{"schema_version": 1, "kind": "base'
+    assert archived is not None and archived.name.endswith(".json.unreadable")
+    assert archived.read_text() == '{"schema_version": 1, "kind": "base'
+    # The history still loads: the unreadable copy is kept, but not as a baseline.
+    assert [version_of(results) for _, results in history(tmp_path, FINGERPRINT)] == [1]
+
+
+def test_a_damaged_history_entry_is_named_when_the_history_is_read(tmp_path: Path) -> None:
+    write_baseline(tmp_path, make_results(version=1))
+    archived = write_baseline(tmp_path, make_results(version=2))
+    assert archived is not None
+    archived.write_text('{"schema_version": 1, "kind": "base')
     with pytest.raises(StoreError, match=rf"{archived.name}: truncated JSON"):
         history(tmp_path, FINGERPRINT)
 
@@ -389,3 +402,47 @@ def test_concurrent_writer_processes_never_interleave_or_lose_a_version(tmp_path
         own = [v for v in versions if v // 1000 == writer]
         assert own == sorted(own)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# A refresh in a fresh process (forking the test process, which may run threads, is not safe):
+# merge this writer's metric into the baseline as `--perf-update-baselines` does, many times over,
+# each round's samples one higher than the last.
+REFRESHER = """
+import sys
+from pathlib import Path
+from harness.gate import store
+from harness.gate.results import Metric, RunResults
+
+directory, fingerprint, mid, rounds = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+for round_ in range(rounds):
+    def merge(current, round_=round_):
+        metrics = {} if current is None else dict(current.metrics)
+        metrics[mid] = Metric(name="step_time", unit="s", better="lower", kind="time",
+                              samples=(1.0 + round_,))
+        return RunResults(kind="baseline", fingerprint=fingerprint, environment={},
+                          metrics=metrics, created="2026-01-01T00:00:00+00:00")
+    store.update_baseline(directory, fingerprint, merge)
+"""
+
+REFRESH_ROUNDS = 25
+
+
+def test_concurrent_refreshes_of_different_tests_lose_no_metric_and_roll_none_back(
+        tmp_path: Path) -> None:
+    ids = [f"perf_tests/test_{name}.py::test_step::step_time" for name in ("gpt2", "llama")]
+    writers = [subprocess.Popen([sys.executable, "-c", REFRESHER, str(tmp_path), FINGERPRINT,
+                                 mid, str(REFRESH_ROUNDS)]) for mid in ids]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0
+    entries = history(tmp_path, FINGERPRINT)
+    assert len(entries) == 2 * REFRESH_ROUNDS  # every write kept, none overwritten unseen
+    final = entries[-1][1].metrics
+    assert {mid: final[mid].median for mid in ids} == dict.fromkeys(ids, REFRESH_ROUNDS)
+    for mid in ids:  # once written, a writer's metric never vanishes or goes back in time
+        seen = [results.metrics[mid].median if mid in results.metrics else None
+                for _, results in entries]
+        first = seen.index(1.0)
+        assert None not in seen[first:]
+        assert seen[first:] == sorted(seen[first:])
+        assert set(seen[first:]) == {1.0 + r for r in range(REFRESH_ROUNDS)}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -15,8 +15,9 @@ Exit codes:
   0  no failing verdict under --fail-on
   1  a regression (with --fail-on unreliable: also an unreliable measurement; with
      --fail-on-missing: also a metric missing in NEW)
-  2  unusable input: a missing, unreadable, truncated or foreign-schema file, a NEW without any
-     metric, or files recorded on different hardware (their fingerprints differ); the message
+  2  unusable input: a missing, unreadable, truncated or foreign-schema file, files recorded on
+     different hardware (their fingerprints differ), or a comparison that would judge nothing: a
+     BASE or NEW without any metric, or BASE and NEW the same file or the same run; the message
      names the file(s)
 """
 
@@ -28,8 +29,9 @@ from pathlib import Path
 from harness.gate import report
 from harness.gate.compare import FAILING_OUTCOMES, Comparison, compare_files, fails
 from harness.gate.formatting import format_value
+from harness.gate.kernel_diff import explain_verdicts
 from harness.gate.results import Metric
-from harness.gate.tolerance import require_tolerance
+from harness.gate.tolerance import parse_tolerance
 
 # Exit codes of the command (see the module docstring).
 EXIT_OK = 0
@@ -42,8 +44,8 @@ exit codes:
   1  a regression (--fail-on unreliable: also an unreliable measurement;
      --fail-on-missing: also a metric that BASE has and NEW lacks)
   2  unusable input: missing, unreadable, truncated or foreign-schema file,
-     NEW without any metric, or files from different hardware (fingerprints
-     differ)
+     files from different hardware (fingerprints differ), or nothing to judge:
+     BASE or NEW without any metric, BASE and NEW the same file or run
 
 Metrics only in NEW are reported as "no baseline"; metrics only in BASE as
 "missing in new" (not a failure unless --fail-on-missing is given).
@@ -72,14 +74,17 @@ def render_missing(missing: dict[str, Metric], *, markdown: bool) -> str:
 
 
 def render_comparison(comparison: Comparison, *, markdown: bool) -> str:
-    """The full text of a comparison: the verdict table, then what NEW lacks."""
+    """The full text of a comparison: the verdict table, the kernel diff of every regressed
+    step (`harness.gate.kernel_diff`), then what NEW lacks."""
     if markdown:
         title = f"Performance: {comparison.new_path.name} vs {comparison.base_path.name}"
         table = report.render_markdown(comparison.verdicts, title=title)
     else:
         table = report.render_summary(comparison.verdicts)
+    explained = report.render_explanations(explain_verdicts(comparison.verdicts),
+                                           markdown=markdown)
     missing = render_missing(comparison.missing_in_new, markdown=markdown)
-    return table if not missing else f"{table}\n\n{missing}"
+    return "\n\n".join(part for part in (table, explained, missing) if part)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,16 +102,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'unreliable' fails on regressions and unreliable measurements)")
     parser.add_argument("--fail-on-missing", action="store_true",
                         help="also exit 1 when BASE has a metric that NEW lacks")
-    parser.add_argument("--tolerance", type=float, default=None, metavar="FRACTION",
+    # Text, parsed in run(): "5%" then gets the message with the fraction to write, exit 2.
+    parser.add_argument("--tolerance", default=None, metavar="FRACTION",
                         help="relative tolerance for every metric, e.g. 0.05 for 5%% (default: "
                              "each metric's stored tolerance, else the default of its kind)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load both files, judge, print the table and return the exit code."""
-    tolerance: float | None = args.tolerance
-    if tolerance is not None:
-        require_tolerance("--tolerance", tolerance)
+    tolerance = None if args.tolerance is None else parse_tolerance("--tolerance",
+                                                                     args.tolerance)
     comparison = compare_files(args.base, args.new, tolerance=tolerance)
     print(render_comparison(comparison, markdown=args.markdown))
     return exit_code(comparison, fail_on=args.fail_on, fail_on_missing=args.fail_on_missing)

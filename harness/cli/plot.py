@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.checks import file_problem
 from harness.gate import store
 from harness.gate.formatting import format_percent
 from harness.gate.lookup import find_metric_id, unknown_fingerprint
@@ -169,9 +170,24 @@ def draw_trend(points: Sequence[Point], output: Path, *, fingerprint: str) -> Pa
     axes.legend(loc="best", fontsize=8)
     figure.autofmt_xdate()
     figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, format="png")
+    check_output(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(output, format="png")
+    except OSError as exc:
+        raise ValueError(f"{output}: cannot be written ({exc.strerror or exc}); choose a "
+                         f"writable path with -o, such as /tmp/trend.png") from None
     return output
+
+
+def check_output(output: Path) -> None:
+    """A ValueError when `output` cannot become a PNG: it is a directory, a FIFO or another
+    thing that is not a regular file (a missing file is fine: it is created)."""
+    problem = file_problem(output)
+    if problem is None:
+        return
+    example = output / "trend.png" if output.is_dir() else Path("trend.png")
+    raise ValueError(f"-o {output}: {problem}; give the PNG file to write, such as {example}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Gather the points, draw them, say where the picture is."""
+    check_output(args.output)  # before the work, so a wrong -o costs nothing
     points = metric_history(args.dir, args.fingerprint, args.metric, args.results)
     output = draw_trend(points, args.output, fingerprint=args.fingerprint)
     print(f"wrote {output}: {points[0].metric_id}, {len(points)} points")

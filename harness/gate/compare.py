@@ -3,11 +3,13 @@
 The same engine as the pytest plugin, so a comparison on the command line and one in the suite
 never disagree. Both baseline files and saved results are accepted (one schema family). Metrics
 only in NEW are judged "no baseline"; metrics only in BASE are listed as missing in NEW, which is
-not a regression (nothing was measured) unless the caller asks for it to fail.
+not a regression (nothing was measured) unless the caller asks for it to fail. A comparison that
+could judge nothing (a file with itself, a side without metrics) is an error, never a pass.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +51,28 @@ def check_same_hardware(base: RunResults, base_path: Path,
             f"a fingerprint")
 
 
+def check_two_runs(base: RunResults, base_path: Path, new: RunResults, new_path: Path) -> None:
+    """Refuse a comparison that would judge nothing, so a gate never passes on it: the same
+    run on both sides (one file, or a copy of it), or a side without metrics."""
+    if not new.metrics:
+        raise ValueError(f"{new_path}: holds no metrics, so nothing can be compared; was every "
+                         f"measured test skipped or deselected in that run?")
+    if not base.metrics:
+        raise ValueError(f"{base_path}: holds no metrics, so every metric of {new_path} would "
+                         f"pass unjudged; compare against a run or baseline that measured "
+                         f"something")
+    if base.created == new.created and base.metrics == new.metrics:
+        raise ValueError(f"{new_path} and {base_path} hold the same run (recorded "
+                         f"{new.created or 'at the same time'}, the same samples): nothing "
+                         f"changed between them by construction; compare the new run's saved "
+                         f"results (--perf-save) against the base")
+
+
 def compare_results(base: RunResults, new: RunResults, *, base_path: Path, new_path: Path,
                     tolerance: float | None = None) -> Comparison:
     """Judge every metric of NEW against BASE with `verdict.judge`; list what NEW lacks."""
     check_same_hardware(base, base_path, new, new_path)
-    if not new.metrics:
-        raise ValueError(f"{new_path}: holds no metrics, so nothing can be compared; was every "
-                         f"measured test skipped or deselected in that run?")
+    check_two_runs(base, base_path, new, new_path)
     verdicts = [
         judge(mid, measured, base.metrics.get(mid), tolerance=tolerance,
               baseline_environment=base.environment, environment=new.environment)
@@ -71,10 +88,21 @@ def compare_files(base_path: Path, new_path: Path, *,
     """Load both files (a `store.StoreError` naming a bad one) and compare them."""
     if tolerance is not None:
         require_tolerance("tolerance", tolerance)
+    if _same_file(base_path, new_path):
+        raise ValueError(f"{new_path} is {base_path}: a file compared with itself changes by "
+                         f"nothing; give the base run's file and the new run's file")
     base = store.load_results(base_path)
     new = store.load_results(new_path)
     return compare_results(base, new, base_path=base_path, new_path=new_path,
                            tolerance=tolerance)
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether both paths lead to one file (the same path, a link, a hard link)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one is missing: loading it names the problem
+        return False
 
 
 def fails(comparison: Comparison, *, fail_on: str, fail_on_missing: bool = False) -> bool:

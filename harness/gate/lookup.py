@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from harness.checks import directory_problem
 from harness.gate import store
 from harness.gate.results import RunResults
 
@@ -14,7 +15,12 @@ MAX_IDS_IN_MESSAGE = 10
 
 
 def known_fingerprints(directory: Path) -> list[str]:
-    """The fingerprints stored in `directory`; a ValueError when the directory does not exist."""
+    """The fingerprints stored in `directory`; a ValueError when the directory does not exist
+    or is something else."""
+    problem = directory_problem(directory)
+    if problem is not None:
+        raise ValueError(f"{directory}: {problem}; pass --dir with the directory that holds the "
+                         f"<fingerprint>.json baselines")
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such baselines directory; pass --dir, or record "
                          f"baselines with `pytest -m gpu --perf-update-baselines`")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from harness.checks import require_positive, require_positive_int, require_text
 from harness.gate.formatting import format_percent
 from harness.gate.results import BETTER_VALUES, Better
+from harness.gate.tolerance import require_tolerance
 
 # Fewest rounds a paired verdict is reached on: with 2 rounds the t-test has 1 degree of freedom
 # and needs t > 31.8 for p < 0.01, so nothing short of a doubling would ever be confirmed.
@@ -91,8 +92,7 @@ def paired_verdict(metric_id: str, better: Better, base_values: Sequence[float],
                          f"{len(base)} and {len(head)} values")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be a probability strictly between 0 and 1, got {alpha!r}")
-    if not 0 < tolerance < 10:
-        raise ValueError(f"tolerance must be a relative change such as 0.05, got {tolerance!r}")
+    tolerance = require_tolerance("tolerance", tolerance)
 
     def verdict(outcome: PairedOutcome, reason: str, change: float | None = None,
                 p_value: float | None = None) -> PairedVerdict:

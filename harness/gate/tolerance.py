@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.checks import require_finite
+from harness.checks import require_finite, shown
 
 # Upper bound (exclusive) of a tolerance: a relative change of 1000%. No real gate is that loose,
 # so anything at or beyond it is a typo (5 meant as 5%).
@@ -83,8 +83,29 @@ def require_tolerance(name: str, value: object) -> float:
     if not is_tolerance(value):
         raise ValueError(f"{name} must be a relative change above 0 and below "
                          f"{MAX_TOLERANCE:g} ({MAX_TOLERANCE:.0%}), such as 0.05 for 5%, "
-                         f"got {value!r}")
+                         f"got {shown(value)}{_as_fraction_hint(value)}")
     return require_finite(name, value)
+
+
+def parse_tolerance(name: str, text: str) -> float:
+    """A tolerance given as text (a command-line option): "0.05" -> 0.05; "5%" and anything
+    else that is not a valid tolerance is a ValueError naming `name` and the fraction to write."""
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    return require_tolerance(name, value)
+
+
+def _as_fraction_hint(value: object) -> str:
+    """For a percentage written as text ("5%", "5 %"): how to write it as a fraction."""
+    if not isinstance(value, str) or not value.strip().endswith("%"):
+        return ""
+    try:
+        percent = float(value.strip()[:-1])
+    except ValueError:
+        return ""
+    return f"; a tolerance is a fraction, write {percent / 100:g} for {value.strip()}"
 
 
 def choose_tolerance(kind: str, *, explicit: float | None = None, own: float | None = None,
