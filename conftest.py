@@ -4,8 +4,17 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-# A plain checkout (the GPU machine runs the suite without installing) has no entry point;
-# the name matches the entry point's, so an installed package is not registered twice.
+# pytester's in-process runs drop every module an inner run imported: torch cannot be imported a
+# second time in one process, and a module imported anew next to one kept from before makes
+# two copies of its classes (an enum member of one is not `is` the other's). The plugin imports
+# torch and the measuring and judging code only once a test measures, so the outer session
+# imports them here, once, before any inner run.
+import harness.pytest_plugin.confirm  # noqa: F401
+import harness.pytest_plugin.fixture  # noqa: F401
+
+# A plain checkout (the GPU machine runs the suite without installing) has no entry point. An
+# installed package's `perf_harness` entry point names this same module, which pytest registers
+# once under this name (harness/pytest_plugin/entry_point.py).
 pytest_plugins = ["harness.pytest_plugin"]
 
 # "ci": few examples so the CPU suite stays within its budget on 2 cores; "dev": the default

@@ -69,11 +69,11 @@ def _logged(name, function):
 
 # Record which rank writes files (the plugin calls these through the module).
 store.save_results = _logged("save_results", store.save_results)
-store.write_baseline = _logged("write_baseline", store.write_baseline)
+store.update_baseline = _logged("update_baseline", store.update_baseline)
 
 
-def pytest_configure(config):
-    (HERE / f"junitxml-rank{RANK}.txt").write_text(str(config.option.xmlpath))
+def pytest_sessionfinish(session):
+    (HERE / f"junitxml-rank{RANK}.txt").write_text(str(session.config.option.xmlpath))
 
 
 def pytest_runtest_logreport(report):
@@ -150,6 +150,8 @@ def test_not_distributed():
 """
 
 FILE = "test_launch.py"
+# The hardware key of a 2-rank CPU launch on this machine ("cpu-<model>-x2").
+CPU_X2 = environment.cpu_fingerprint(2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +220,7 @@ def _metric(value: float) -> Metric:
 def judged(tmp_path_factory: pytest.TempPathFactory) -> LaunchResult:
     """One launch that judges against a baseline where test_regressed had twice the
     throughput, test_unchanged the same, and test_collectives nothing."""
-    baseline = RunResults(kind="baseline", fingerprint="cpu-x2", environment={"device": "cpu"},
+    baseline = RunResults(kind="baseline", fingerprint=CPU_X2, environment={"device": "cpu"},
                           metrics={f"{FILE}::test_regressed::throughput": _metric(20.0),
                                    f"{FILE}::test_unchanged::throughput": _metric(20.0)})
     project = _project(tmp_path_factory.mktemp("judged") / "project", baseline)
@@ -278,11 +280,11 @@ def test_a_test_needing_more_ranks_than_launched_is_skipped_with_the_reason(
 
 def test_only_rank_0_prints_the_report_and_saves_the_results(judged: LaunchResult) -> None:
     assert judged.stdout.count("short test summary info") == 1
-    assert judged.stdout.count("hardware fingerprint cpu-x2") == 1
+    assert judged.stdout.count(f"hardware fingerprint {CPU_X2}") == 1
     assert judged.writes(0) == ["save_results"]
     assert judged.writes(1) == []
     saved = store.load_results(judged.project / "results.json")
-    assert saved.fingerprint == "cpu-x2"
+    assert saved.fingerprint == CPU_X2
     assert saved.environment["distributed"] == {"world_size": 2, "nodes": 1, "backend": "gloo",
                                                 "nccl": None}
 
@@ -312,9 +314,9 @@ def test_lockstep_timing_gives_every_rank_the_same_samples(judged: LaunchResult)
 
 def test_only_rank_0_writes_the_baseline_of_the_rank_count(recorded: LaunchResult) -> None:
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr
-    assert recorded.writes(0) == ["write_baseline"]
+    assert recorded.writes(0) == ["update_baseline"]
     assert recorded.writes(1) == []
-    baseline = store.load_baseline(recorded.project / "baselines", "cpu-x2")
+    baseline = store.load_baseline(recorded.project / "baselines", CPU_X2)
     assert baseline is not None
     assert set(baseline.metrics) == {f"{FILE}::test_unchanged::throughput"}
     assert not (recorded.project / "baselines" / "history").exists(), "written more than once"
@@ -335,11 +337,13 @@ def test_alone():
 
 
 @pytest.fixture
-def no_launch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A plain pytest process: no launcher variables, no CUDA."""
+def no_launch(monkeypatch: pytest.MonkeyPatch, pytester: pytest.Pytester) -> None:
+    """A plain pytest process: no launcher variables, no CUDA; the markers apply to every test,
+    as in this repository (the tests here do not use `perf`)."""
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(environment, "cuda_available", lambda: False)
+    pytester.makeini("[pytest]\nperf_marker_scope = all\n")
 
 
 def test_distributed_tests_are_skipped_without_a_launch_saying_how_to_run_them(
@@ -548,8 +552,8 @@ def test_the_memory_of_joining_is_split_into_init_and_first_barrier() -> None:
 
 
 def test_a_distributed_cpu_run_is_fingerprinted_by_its_rank_count() -> None:
-    assert environment.run_environment("cpu", world_size=2)["fingerprint"] == "cpu-x2"
-    assert environment.run_environment("cpu")["fingerprint"] == "cpu"
+    assert environment.run_environment("cpu", world_size=2)["fingerprint"] == CPU_X2
+    assert environment.run_environment("cpu")["fingerprint"] == environment.cpu_fingerprint()
     with pytest.raises(ValueError, match="world_size must be a positive integer"):
         environment.run_environment("cpu", world_size=0)
 

@@ -69,11 +69,12 @@ def test_measure_save_record_and_rerun_against_the_baseline(pytester: pytest.Pyt
                                f"--perf-save={tmp_path / 'first.json'}")
     first.assert_outcomes(passed=1)
     assert first.ret == 0
-    first.stdout.fnmatch_lines([f"wrote {baselines / 'cpu.json'} (2 metric(s))",
-                                "new baseline for cpu: 2 metrics",
+    cpu = environment.cpu_fingerprint()
+    first.stdout.fnmatch_lines([f"wrote {baselines / f'{cpu}.json'} (2 metric(s))",
+                                f"new baseline for {cpu}: 2 metrics",
                                 f"{NODEID}::matmul *s*added"])
     saved = store.load_results(tmp_path / "first.json")
-    baseline = store.load_baseline(baselines, "cpu")
+    baseline = store.load_baseline(baselines, cpu)
     assert baseline is not None and baseline.kind == "baseline"
     assert set(saved.metrics) == set(baseline.metrics) == {f"{NODEID}::matmul",
                                                            f"{NODEID}::matmul_tflops"}
@@ -85,12 +86,12 @@ def test_measure_save_record_and_rerun_against_the_baseline(pytester: pytest.Pyt
     second.assert_outcomes(passed=1)
     assert second.ret == 0
     second.stdout.fnmatch_lines([
-        f"against {baselines / 'cpu.json'} (hardware fingerprint cpu)",
+        f"against {baselines / f'{cpu}.json'} (hardware fingerprint {cpu})",
         "test*metric*baseline*measured*change*verdict",
         f"{NODEID}*matmul *s*s*%*",
         f"{NODEID}*matmul_tflops*FLOP/s*FLOP/s*%*",
     ])
     rerun = store.load_results(tmp_path / "second.json")
-    assert rerun.kind == "results" and rerun.fingerprint == "cpu"
+    assert rerun.kind == "results" and rerun.fingerprint == cpu
     assert rerun.metrics[f"{NODEID}::matmul"].samples != saved.metrics[
         f"{NODEID}::matmul"].samples, "the second run must measure anew, not reuse samples"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.measure import gpu_state
-from harness.measure.environment import git_state, run_environment
+from harness.measure.environment import cpu_fingerprint, git_state, run_environment
 from harness.measure.gpu_state import (
     DISTORTING_THROTTLE_REASONS,
     NVML_THROTTLE_REASONS,
@@ -137,7 +137,8 @@ def test_cpu_run_environment_has_the_cpu_fingerprint_and_the_versions(tmp_path: 
     import torch
 
     env = run_environment("cpu", repo_dir=tmp_path)
-    assert env["fingerprint"] == "cpu"
+    assert env["fingerprint"] == cpu_fingerprint()  # "cpu-<model>"
+    assert env["fingerprint"].startswith("cpu")
     assert env["device"] == "cpu"
     assert env["torch"] == torch.__version__
     assert env["python"] == platform.python_version()

@@ -19,6 +19,12 @@ import pytest
 from harness.gate import store
 from harness.gate.results import Metric, RunResults
 from harness.measure import environment, memory
+from harness.measure.sampling import TimingPolicy
+from harness.pytest_plugin.options import DEFAULT_BUDGET_SECONDS
+
+# The hardware key of this machine's CPU runs ("cpu-<model>"), and so its baseline file's name.
+FINGERPRINT = environment.cpu_fingerprint()
+BASELINE_FILE = f"{FINGERPRINT}.json"
 
 CONFTEST = """
 import os
@@ -84,7 +90,7 @@ def record_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
                     *args: str) -> Path:
     result = run(pytester, monkeypatch, "--perf-update-baselines", *args, seed=1)
     assert result.ret == 0, result.stdout.str()
-    path = pytester.path / "baselines" / "cpu.json"
+    path = pytester.path / "baselines" / BASELINE_FILE
     assert path.is_file()
     return path
 
@@ -105,11 +111,27 @@ def test_help_lists_the_perf_options_and_their_ini_keys(pytester: pytest.Pyteste
         result.stdout.fnmatch_lines([f"  {key} (*"])
 
 
-def test_markers_lists_gpu_and_distributed(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("-p", "harness.pytest_plugin", "--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.gpu: measures on a CUDA device*",
-                                 "@pytest.mark.distributed: reserved for multi-GPU*"])
+def test_help_names_the_default_sampling_budget_of_the_timing_policy(
+        pytester: pytest.Pytester) -> None:
+    assert DEFAULT_BUDGET_SECONDS == TimingPolicy().budget_seconds
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "--help")
+    text = " ".join(result.stdout.str().split())  # argparse wraps the help text
+    assert (f"--perf-budget=SECONDS sampling time budget of one measurement in seconds "
+            f"(default {DEFAULT_BUDGET_SECONDS:g})") in text
 
+
+def test_markers_lists_gpu_distributed_and_perf(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("-p", "harness.pytest_plugin", "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.gpu: (perf-harness) measures on a CUDA device*",
+                                 "@pytest.mark.distributed: (perf-harness) reserved for "
+                                 "multi-GPU*",
+                                 "@pytest.mark.perf: (perf-harness) set on every test that uses "
+                                 "the perf fixture*"])
+
+
+# The markers' meaning for every test, as this repository's own suite has it (an unrelated
+# project's own gpu marker is left alone: tests/test_plugin_citizen.py).
+ALL_TESTS_INI = "[pytest]\nperf_marker_scope = all\n"
 
 GPU_TEST = """
 import pytest
@@ -124,6 +146,7 @@ def test_on_cpu():
 
 
 def test_gpu_tests_are_skipped_without_cuda_with_the_reason(pytester: pytest.Pytester) -> None:
+    pytester.makeini(ALL_TESTS_INI)
     pytester.makepyfile(test_gpu=GPU_TEST)
     result = pytester.runpytest("-p", "harness.pytest_plugin", "-rs")
     result.assert_outcomes(passed=1, skipped=1)
@@ -133,6 +156,7 @@ def test_gpu_tests_are_skipped_without_cuda_with_the_reason(pytester: pytest.Pyt
 
 def test_dash_m_gpu_without_cuda_stops_before_running_anything(
         pytester: pytest.Pytester) -> None:
+    pytester.makeini(ALL_TESTS_INI)
     pytester.makepyfile(test_gpu=GPU_TEST)
     result = pytester.runpytest("-p", "harness.pytest_plugin", "-m", "gpu", "--perf-save=out.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -146,6 +170,7 @@ def test_dash_m_gpu_without_cuda_stops_before_running_anything(
 def test_dash_m_gpu_with_perf_device_cpu_is_refused_even_with_cuda(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(environment, "cuda_available", lambda: True)
+    pytester.makeini(ALL_TESTS_INI)
     pytester.makepyfile(test_gpu=GPU_TEST)
     result = pytester.runpytest("-p", "harness.pytest_plugin", "-m", "gpu and not slow",
                                 "--perf-device", "cpu")
@@ -155,6 +180,7 @@ def test_dash_m_gpu_with_perf_device_cpu_is_refused_even_with_cuda(
 
 
 def test_dash_m_not_gpu_runs_the_cpu_tests(pytester: pytest.Pytester) -> None:
+    pytester.makeini(ALL_TESTS_INI)
     pytester.makepyfile(test_gpu=GPU_TEST)
     result = pytester.runpytest("-p", "harness.pytest_plugin", "-m", "not gpu")
     result.assert_outcomes(passed=1, deselected=1)
@@ -208,10 +234,10 @@ def test_ini_keys_set_defaults_and_the_command_line_wins(
     suite.makeini("[pytest]\nperf_baselines = from_ini\nperf_update_baselines = true\n")
     result = run(suite, monkeypatch)
     assert result.ret == 0, result.stdout.str()
-    assert (suite.path / "from_ini" / "cpu.json").is_file()
+    assert (suite.path / "from_ini" / BASELINE_FILE).is_file()
     result = run(suite, monkeypatch, "--perf-baselines", "from_cli")
     assert result.ret == 0, result.stdout.str()
-    assert (suite.path / "from_cli" / "cpu.json").is_file()
+    assert (suite.path / "from_cli" / BASELINE_FILE).is_file()
 
 
 # -- verdicts -----------------------------------------------------------------------------------
@@ -224,7 +250,8 @@ def test_unchanged_run_passes_with_the_verdict_table(suite: pytest.Pytester,
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
         "*= perf =*",
-        f"against {suite.path / 'baselines' / 'cpu.json'} (hardware fingerprint cpu)",
+        f"against {suite.path / 'baselines' / BASELINE_FILE} (hardware fingerprint "
+        f"{FINGERPRINT})",
         "test*metric*baseline*measured*change*verdict",
         f"{NODEID}*time *s*s*unchanged",
         f"{NODEID}*time_tflops*TFLOP/s*TFLOP/s*unchanged",
@@ -233,12 +260,14 @@ def test_unchanged_run_passes_with_the_verdict_table(suite: pytest.Pytester,
 
 def test_ten_percent_slower_fails_that_test_with_the_detail_table(
         suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    suite.makepyfile(test_other="def test_other(perf):\n    perf.metric('score', 1.0, unit='')\n")
+    suite.makepyfile(
+        test_other="def test_other(perf):\n    perf.metric('score', 1.0, unit='ratio')\n")
     record_baseline(suite, monkeypatch)
     result = run(suite, monkeypatch, seed=2, slowdown=1.1)
     result.assert_outcomes(failed=1, passed=1, errors=0)
     result.stdout.re_match_lines([
-        rf"perf regression in {NODEID}: time, time_tflops worse than .*cpu\.json beyond "
+        rf"perf regression in {NODEID}: time, time_tflops worse than "
+        rf".*{re.escape(BASELINE_FILE)} beyond "
         rf"tolerance",
         rf"(?i){NODEID}::time: regression \(lower is better\)",
         r"median .*s .*s",
@@ -407,7 +436,7 @@ def test_missing_baseline_skips_naming_the_file_and_the_command(
         suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run(suite, monkeypatch, "-rs")
     result.assert_outcomes(skipped=1)
-    path = suite.path / "baselines" / "cpu.json"
+    path = suite.path / "baselines" / BASELINE_FILE
     result.stdout.fnmatch_lines([
         f"SKIPPED [[]1[]] test_kernel.py:*: perf: no baseline for time, time_tflops: {path} "
         f"does not exist; record it with `pytest {NODEID} --perf-update-baselines "
@@ -417,11 +446,11 @@ def test_missing_baseline_skips_naming_the_file_and_the_command(
 def test_metric_missing_from_an_existing_baseline_skips(suite: pytest.Pytester,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     record_baseline(suite, monkeypatch)
-    suite.makepyfile(test_new="def test_new(perf):\n    perf.metric('score', 2.0, unit='')\n")
+    suite.makepyfile(test_new="def test_new(perf):\n    perf.metric('score', 2.0, unit='ratio')\n")
     result = run(suite, monkeypatch, "-rs", seed=2)
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED*test_new.py:*: perf: no baseline for score: *cpu.json "
-                                 "has no entry for it*"])
+    result.stdout.fnmatch_lines([f"SKIPPED*test_new.py:*: perf: no baseline for score: "
+                                 f"*{BASELINE_FILE} has no entry for it*"])
 
 
 def test_strict_mode_fails_a_metric_without_baseline(suite: pytest.Pytester,
@@ -473,7 +502,7 @@ def test_step_and_loader(perf):
 """)
     result = run(suite, monkeypatch, "--perf-update-baselines")
     assert result.ret == 0, result.stdout.str()
-    recorded = store.load_results(suite.path / "baselines" / "cpu.json").metrics
+    recorded = store.load_results(suite.path / "baselines" / BASELINE_FILE).metrics
     prefix = "test_kernel.py::test_step_and_loader::"
     assert {f"{prefix}linear_step_time", f"{prefix}rows_wait_time"} <= set(recorded)
     # A tolerance given to perf.train_step / perf.dataloader lands on their timing metrics.
@@ -512,7 +541,7 @@ def _valid_document(fingerprint: str) -> dict:
 
 @pytest.mark.parametrize(("content", "message"), [
     ('{"schema_version": 1, "kind": "basel', "truncated JSON"),
-    (json.dumps({**_valid_document("cpu"), "schema_version": 99}),
+    (json.dumps({**_valid_document(FINGERPRINT), "schema_version": 99}),
      "schema_version 99 is not supported"),
     (json.dumps(_valid_document("nvidia-h100-80gb-hbm3")),
      "recorded on hardware 'nvidia-h100-80gb-hbm3'"),
@@ -520,7 +549,7 @@ def _valid_document(fingerprint: str) -> dict:
 def test_bad_baseline_file_ends_the_run_naming_the_file(
         suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, content: str,
         message: str) -> None:
-    path = suite.path / "baselines" / "cpu.json"
+    path = suite.path / "baselines" / BASELINE_FILE
     path.parent.mkdir()
     path.write_text(content)
     result = run(suite, monkeypatch)
@@ -536,7 +565,7 @@ def test_compare_file_of_other_hardware_is_refused(suite: pytest.Pytester,
     result = run(suite, monkeypatch, f"--perf-compare={path}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {path}: recorded on hardware 'nvidia-h200', but this "
-                                 f"run is on 'cpu'*"])
+                                 f"run is on '{FINGERPRINT}'*"])
 
 
 def test_existing_path_after_a_path_option_asks_for_the_equals_form(
@@ -559,7 +588,7 @@ def test_save_writes_the_runs_results_with_raw_samples(suite: pytest.Pytester,
     result.stdout.fnmatch_lines([f"saved 2 metric(s) of this run to {path}"])
     saved = store.load_results(path)
     assert saved.kind == "results"
-    assert saved.fingerprint == "cpu"
+    assert saved.fingerprint == FINGERPRINT
     assert set(saved.metrics) == {f"{NODEID}::time", f"{NODEID}::time_tflops"}
     time = saved.metrics[f"{NODEID}::time"]
     assert time.count >= 10 and time.unit == "s" and time.better == "lower"
@@ -599,23 +628,26 @@ def test_update_writes_the_baseline_and_keeps_the_old_one_in_history(
         suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     path = record_baseline(suite, monkeypatch)
     first = store.load_results(path)
-    assert first.kind == "baseline" and first.fingerprint == "cpu"
+    assert first.kind == "baseline" and first.fingerprint == FINGERPRINT
     result = run(suite, monkeypatch, "--perf-update-baselines", seed=2, slowdown=1.1)
     assert result.ret == 0
-    history = list((suite.path / "baselines" / "history" / "cpu").glob("*.json"))
+    history = list((suite.path / "baselines" / "history" / FINGERPRINT).glob("*.json"))
     assert len(history) == 1
     assert store.load_results(history[0]).metrics == first.metrics
     result.stdout.fnmatch_lines([f"wrote {path} (2 metric(s)); the previous one is kept as "
                                  f"{history[0]}",
-                                 "baseline for cpu: 2 metrics updated, 0 added, 0 removed",
+                                 f"baseline for {FINGERPRINT}: 2 metrics updated, 0 added, 0 "
+                                 f"removed",
                                  f"{NODEID}::time *ms*ms*+1?.?*"])
 
 
 def test_update_keeps_the_metrics_of_tests_that_did_not_run(
         suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    suite.makepyfile(test_other="def test_other(perf):\n    perf.metric('score', 1.0, unit='')\n")
+    suite.makepyfile(
+        test_other="def test_other(perf):\n    perf.metric('score', 1.0, unit='ratio')\n")
     path = record_baseline(suite, monkeypatch)
-    suite.makepyfile(test_other="def test_other(perf):\n    perf.metric('score', 2.0, unit='')\n")
+    suite.makepyfile(
+        test_other="def test_other(perf):\n    perf.metric('score', 2.0, unit='ratio')\n")
     result = run(suite, monkeypatch, "--perf-update-baselines", "test_other.py")
     assert result.ret == 0
     merged = store.load_results(path)
@@ -632,19 +664,19 @@ def test_update_refuses_after_a_failed_test(suite: pytest.Pytester,
     suite.makepyfile(test_broken=FAILING_TEST)
     result = run(suite, monkeypatch, "--perf-update-baselines")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["ERROR: baseline *cpu.json not written: 1 test(s) failed: "
-                                 "test_broken.py::test_broken. Fix and re-run, or pass "
-                                 "--perf-force*"])
-    assert not (suite.path / "baselines" / "cpu.json").exists()
+    result.stdout.fnmatch_lines([f"ERROR: baseline *{BASELINE_FILE} not written: 1 test(s) "
+                                 f"failed: test_broken.py::test_broken. Fix and re-run, or pass "
+                                 f"--perf-force*"])
+    assert not (suite.path / "baselines" / BASELINE_FILE).exists()
     forced = run(suite, monkeypatch, "--perf-update-baselines", "--perf-force")
     assert forced.ret == pytest.ExitCode.TESTS_FAILED  # the test still failed
-    assert (suite.path / "baselines" / "cpu.json").is_file()
+    assert (suite.path / "baselines" / BASELINE_FILE).is_file()
 
 
 def test_update_refuses_unreliable_measurements(suite: pytest.Pytester,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     result = run(suite, monkeypatch, "--perf-update-baselines", throttled_snapshots=4)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines([f"ERROR: baseline *cpu.json not written: 2 metric(s) were "
+    result.stdout.fnmatch_lines([f"ERROR: baseline *{BASELINE_FILE} not written: 2 metric(s) were "
                                  f"measured unreliably: {NODEID}::time*"])
-    assert not (suite.path / "baselines" / "cpu.json").exists()
+    assert not (suite.path / "baselines" / BASELINE_FILE).exists()

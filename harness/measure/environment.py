@@ -8,6 +8,7 @@ The GPU's state around each measurement is `harness.measure.gpu_state`'s.
 from __future__ import annotations
 
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pynvml
 
 from harness.checks import require_positive_int
-from harness.measure import devices
+from harness.measure import devices, host
 from harness.measure.devices import DEVICES, nvml_text
 from harness.measure.host import calibrate_host, describe_host
 from harness.theory.hardware import CPU_NAME, fingerprint
@@ -31,6 +32,21 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# What a CPU's model name carries besides the model: trademark marks, the base clock, and words
+# every model has ("Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz", "AMD EPYC 7763 64-Core
+# Processor"); dropped from the fingerprint, which keeps vendor, family and model number.
+_CPU_MODEL_NOISE = re.compile(r"\((?:r|tm|c)\)|@.*$|\b(?:cpu|processor|\d+-core)\b",
+                              re.IGNORECASE)
+
+
+def cpu_fingerprint(count: int = 1) -> str:
+    """The hardware key of a CPU run of `count` ranks: "cpu-" and this CPU's model,
+    "cpu-intel-xeon-platinum-8480c", so that a laptop's baseline is never judged on a CI
+    runner; "cpu" alone (with "-x<count>") where the model has no name left to use."""
+    model = " ".join(_CPU_MODEL_NOISE.sub(" ", host.cpu_model()).split())
+    return fingerprint(f"{CPU_NAME} {model}", count)
 
 
 def git_state(directory: Path) -> tuple[str | None, bool | None]:
@@ -64,15 +80,17 @@ def driver_version() -> str | None:
 
 
 def run_environment(device: str, *, repo_dir: Path | None = None,
-                    world_size: int | None = None) -> dict[str, Any]:
+                    world_size: int | None = None, calibrate: bool = True) -> dict[str, Any]:
     """The environment of a run on `device` ("cuda" or "cpu"): GPU name and count, driver, CUDA,
     torch, python, hostname, git commit and dirty flag, the host (CPU, affinity against the
     GPU's NUMA node, a calibration of under a second: `harness.measure.host`), and the hardware
-    fingerprint its baselines are stored under ("cpu" for CPU runs, so CPU and GPU baselines
-    never mix).
+    fingerprint its baselines are stored under ("cpu-<model>" for CPU runs, `cpu_fingerprint`,
+    so CPU and GPU baselines never mix, nor those of two CPU models).
 
     `world_size` is the number of ranks of a distributed run (one device each): the fingerprint
-    then counts those devices, "nvidia-h200-x2" or "cpu-x2", not the GPUs the host has.
+    then counts those devices, "nvidia-h200-x2" or "cpu-amd-epyc-x2", not the GPUs the host
+    has. `calibrate=False` leaves the calibration out (None): a run whose environment nobody
+    judges, as an A/B child's, saves its second.
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -89,7 +107,7 @@ def run_environment(device: str, *, repo_dir: Path | None = None,
         count = len(gpus) if world_size is None else world_size
         hardware_key = fingerprint(gpus[0].name, count)
     else:
-        hardware_key = fingerprint(CPU_NAME, world_size or 1)
+        hardware_key = cpu_fingerprint(world_size or 1)
     commit, dirty = git_state(repo_dir if repo_dir is not None else Path.cwd())
     return {
         "device": device,
@@ -107,5 +125,5 @@ def run_environment(device: str, *, repo_dir: Path | None = None,
         "git_dirty": dirty,
         # The GPU this process measures on (a torchrun rank's own), for its NUMA node.
         "host": {**describe_host(torch.cuda.current_device() if device == "cuda" else None),
-                 "calibration": calibrate_host(device)},
+                 "calibration": calibrate_host(device) if calibrate else None},
     }

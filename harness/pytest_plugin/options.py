@@ -1,5 +1,7 @@
 """The `--perf-*` options and their `perf_*` ini keys: the table, their registration, and their
-validation into a `PerfOptions` (`read_options`), with the `TimingPolicy` they make.
+validation into a `PerfOptions` (`read_options`), with the `TimingPolicy` they make; and the
+ini key `perf_marker_scope` (`marker_scope`): which tests the `gpu` and `distributed` markers
+apply to.
 
 A bad value is a pytest.UsageError naming the option and where its value came from (command
 line, ini file, -o). Give path options with "=" (`--perf-compare=main.json`): pytest picks its
@@ -15,10 +17,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
+from harness.checks import directory_problem, file_problem
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS
 from harness.gate.paired import MIN_ROUNDS
 from harness.gate.run_options import (
@@ -29,11 +32,21 @@ from harness.gate.run_options import (
     PerfOptions,
 )
 from harness.gate.tolerance import TOLERANCE_RULE, is_tolerance
-from harness.measure import environment
-from harness.measure.sampling import TimingPolicy
+
+if TYPE_CHECKING:
+    from harness.measure.sampling import TimingPolicy
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 DEFAULT_BASELINES_DIR = "baselines"
+# `TimingPolicy().budget_seconds`, written out so that the help text does not import the
+# sampling code (and torch) at plugin load; tests/test_plugin.py checks that the two agree.
+DEFAULT_BUDGET_SECONDS = 1.0
+
+# perf_marker_scope: "perf" (the default) applies the plugin's `gpu` and `distributed` markers
+# to tests that use the `perf` fixture only, so another project's own markers of those names
+# keep their meaning; "all" applies them to every test of a project that opts in.
+MARKER_SCOPE_INI = "perf_marker_scope"
+MARKER_SCOPES: tuple[str, ...] = ("perf", "all")
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("--perf-tolerance", "float", "relative tolerance for every metric, e.g. 0.05 for "
             "5% (overrides per-metric and default tolerances)", "FLOAT"),
     _Option("--perf-budget", "float", "sampling time budget of one measurement in seconds "
-            f"(default {TimingPolicy.budget_seconds:g})", "SECONDS"),
+            f"(default {DEFAULT_BUDGET_SECONDS:g})", "SECONDS"),
     _Option("--perf-confirm-delay", "float", "seconds to wait before re-measuring a test that "
             "regressed, to confirm it; 0 re-measures at once (default "
             f"{DEFAULT_CONFIRM_DELAY_SECONDS:g})", "SECONDS"),
@@ -93,6 +106,11 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
             f"{DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
+    _Option("--perf-trace", "path", "keep a Chrome/Perfetto trace of each confirmed "
+            "regression's profiled pass (under A/B the base's too) in DIR/<test>/: its first 2 "
+            "steps, gzipped, at most 16 MiB each", "DIR"),
+    _Option("--perf-trace-all", "flag", "with --perf-trace: keep the trace of every profiled "
+            "test, not only of the regressed ones"),
 )
 
 
@@ -116,6 +134,19 @@ def add_options(parser: pytest.Parser) -> None:
             # "string", parsed here: the message of a bad value then names the key and file.
             parser.addini(option.ini, f"default for {option.flag}: {option.help}",
                           type="string", default="")
+    parser.addini(MARKER_SCOPE_INI, "which tests the gpu and distributed markers of perf-harness "
+                  "apply to: perf (tests that use the perf fixture; default) or all (every "
+                  "test, for a project whose markers are the plugin's)", type="string",
+                  default="")
+
+
+def marker_scope(config: pytest.Config) -> str:
+    """The validated `perf_marker_scope`: "perf" (the default) or "all"."""
+    value = str(config.getini(MARKER_SCOPE_INI)).strip() or MARKER_SCOPES[0]
+    if value not in MARKER_SCOPES:
+        raise pytest.UsageError(f"{_ini_source(config, MARKER_SCOPE_INI)}: {value!r} is not "
+                                f"valid; choose one of {', '.join(MARKER_SCOPES)}")
+    return value
 
 
 def _ini_source(config: pytest.Config, name: str) -> str:
@@ -201,13 +232,20 @@ def _flag(config: pytest.Config, option: _Option) -> tuple[bool, str]:
     return (True, raw[1]) if raw is not None else (False, "")
 
 
-def _device(config: pytest.Config, option: _Option) -> tuple[str, str]:
-    """The resolved device ("cuda" or "cpu") and where the choice came from ("" for auto)."""
+def _device(config: pytest.Config, option: _Option, resolve: bool) -> tuple[str, str]:
+    """The resolved device ("cuda" or "cpu") and where the choice came from ("" for auto).
+
+    Without `resolve` an unset or "auto" device stays "auto": resolving it asks torch, whose
+    import the plugin leaves to runs that measure. An explicit "cuda" is checked either way."""
     raw = _raw_value(config, option)
     requested, source = ("auto", "") if raw is None else (str(raw[0]).strip(), raw[1])
     if requested not in DEVICE_CHOICES:
         raise pytest.UsageError(f"{source}: {requested!r} is not a device; choose one of "
                                 f"{', '.join(DEVICE_CHOICES)}")
+    if requested == "cpu" or (requested == "auto" and not resolve):
+        return requested, source
+    from harness.measure import environment
+
     available = environment.cuda_available()
     if requested == "cuda" and not available:
         raise pytest.UsageError(f"{source}: no CUDA device is visible ({no_cuda_detail()}); "
@@ -246,9 +284,20 @@ def _check_path_options_left_the_rootdir_alone(config: pytest.Config) -> None:
                 f"and with it every test id and metric id")
 
 
-def read_options(config: pytest.Config) -> PerfOptions:
+def default_baselines_dir(config: pytest.Config) -> Path | None:
+    """`<rootdir>/baselines` when neither --perf-baselines nor perf_baselines names the
+    directory, else None (the user chose it)."""
+    option = next(option for option in OPTIONS if option.flag == "--perf-baselines")
+    if _raw_value(config, option) is not None:
+        return None
+    return config.rootpath / DEFAULT_BASELINES_DIR
+
+
+def read_options(config: pytest.Config, *, resolve_device: bool = True) -> PerfOptions:
     """Validate the `--perf-*` options and `perf_*` ini keys; a pytest.UsageError naming the
-    option and where its value came from (command line or ini file) when one is bad."""
+    option and where its value came from (command line or ini file) when one is bad.
+
+    `resolve_device=False` (the check at configure time) leaves an unset device "auto"."""
     _check_path_options_left_the_rootdir_alone(config)
     by_flag = {option.flag: option for option in OPTIONS}
     baselines, baselines_source = _path(config, by_flag["--perf-baselines"])
@@ -265,13 +314,21 @@ def read_options(config: pytest.Config) -> PerfOptions:
                                    "a number of seconds greater than 0, such as 300")
     confirm_delay = _delay(config, by_flag["--perf-confirm-delay"],
                            DEFAULT_CONFIRM_DELAY_SECONDS)
-    device, device_source = _device(config, by_flag["--perf-device"])
+    device, device_source = _device(config, by_flag["--perf-device"], resolve_device)
     confirm = _choice(config, by_flag["--perf-confirm"], CONFIRM_CHOICES, "auto")
     ab_rounds = _number(config, by_flag["--perf-ab-rounds"],
                         f"a whole number of rounds of at least {MIN_ROUNDS}, such as 5",
                         lambda number: number >= MIN_ROUNDS and number == int(number))
     ab_budget = _positive_float(config, by_flag["--perf-ab-budget"],
                                 "a number of seconds greater than 0, such as 240")
+    trace, trace_source = _path(config, by_flag["--perf-trace"])
+    trace_all, trace_all_source = _flag(config, by_flag["--perf-trace-all"])
+    if trace_all and trace is None:
+        raise pytest.UsageError(f"{trace_all_source} only applies to --perf-trace; add "
+                                f"--perf-trace=DIR or drop --perf-trace-all")
+    if trace is not None and trace.exists() and not trace.is_dir():
+        raise pytest.UsageError(f"{trace_source}: {trace} is a file; give a directory for the "
+                                f"traces, such as {trace.parent / 'traces'}")
 
     if update and compare is not None:
         raise pytest.UsageError(f"{update_source} and {compare_source} conflict: a baseline "
@@ -286,6 +343,12 @@ def read_options(config: pytest.Config) -> PerfOptions:
     if save is not None and save.is_dir():
         raise pytest.UsageError(f"--perf-save: {save} is a directory; give a file name such as "
                                 f"{save / 'results.json'}")
+    if baselines is not None and (problem := directory_problem(baselines)) is not None:
+        raise pytest.UsageError(f"{baselines_source}: {baselines} {problem}; give the directory "
+                                f"that holds the <fingerprint>.json baselines")
+    if compare is not None and (problem := file_problem(compare)) is not None:
+        raise pytest.UsageError(f"{compare_source}: {compare} {problem}; give a results file "
+                                f"saved with --perf-save")
     repeat_flags: list[str] = []
     if baselines_source.endswith("(command line)"):
         repeat_flags.append(f"--perf-baselines {baselines}")
@@ -296,6 +359,8 @@ def read_options(config: pytest.Config) -> PerfOptions:
     child_args = [f"--perf-device={device}"]
     if budget is not None:
         child_args.append(f"--perf-budget={budget:g}")
+    if trace is not None:  # as ini keys: a base tree without the option only warns about them
+        child_args += ["-o", f"perf_trace={trace.resolve()}", "-o", "perf_trace_all=true"]
     return PerfOptions(
         baselines_dir=baselines, device=device, update_baselines=update, add_run=add_run,
         force=force,
@@ -304,11 +369,13 @@ def read_options(config: pytest.Config) -> PerfOptions:
         confirm_delay_seconds=confirm_delay, repeat_flags=tuple(repeat_flags), confirm=confirm,
         ab_rounds=DEFAULT_AB_ROUNDS if ab_rounds is None else int(ab_rounds),
         ab_budget_seconds=DEFAULT_AB_BUDGET_SECONDS if ab_budget is None else ab_budget,
-        child_args=tuple(child_args))
+        child_args=tuple(child_args), trace_dir=trace, trace_all=trace_all)
 
 
 def timing_policy(options: PerfOptions) -> TimingPolicy:
     """The run's TimingPolicy: the defaults, with --perf-budget as the sampling budget."""
+    from harness.measure.sampling import TimingPolicy
+
     policy = TimingPolicy()
     if options.budget_seconds is not None:
         policy = dataclasses.replace(policy, budget_seconds=options.budget_seconds)
