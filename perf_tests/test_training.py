@@ -15,6 +15,7 @@ from harness.model import build_model, lm_loss, random_batch
 from harness.pytest_plugin.fixture import Perf
 from harness.theory.flops import flop_counter_flops
 from harness.workloads.bounds import peak_flops_of
+from harness.workloads.injections import inject
 from harness.workloads.models import TransformerWorkload
 from harness.workloads.tolerances import HOST_BOUND_TOLERANCE
 from harness.workloads.training import (
@@ -40,7 +41,8 @@ def _measure_training(perf: Perf, workload: TransformerWorkload,
     generator = torch.Generator(device=perf.device).manual_seed(0)
     inputs = random_batch(cfg, workload.batch_size, workload.seq_len, device=perf.device,
                           generator=generator)
-    measured = perf.train_step(model, inputs, lm_loss, optimizer, config=cfg,
+    loss_fn = inject(model, lm_loss, perf.device)  # PERF_INJECT: a regression on purpose
+    measured = perf.train_step(model, inputs, loss_fn, optimizer, config=cfg,
                                recompute=recompute, autocast_dtype=torch.bfloat16,
                                precision=TRAINING_PRECISION, optimizer_name="adamw",
                                peak_dtype="bf16",

@@ -7,9 +7,16 @@ import re
 
 import pytest
 
+from harness.gate.anatomy import anatomy, class_seconds
 from harness.gate.formatting import format_change, format_value
+from harness.gate.kernel_diff import Explanation, diff_profiles
+from harness.gate.profile import DeviceProfile, KernelRow
 from harness.gate.report import (
+    render_anatomy,
+    render_anatomy_table,
     render_baseline_changes,
+    render_explanation,
+    render_explanations,
     render_markdown,
     render_summary,
     render_verdict_detail,
@@ -265,3 +272,97 @@ def test_first_baseline_lists_every_metric_as_added() -> None:
 def test_outcome_words_in_reports_match_the_enum() -> None:
     text = render_summary([no_baseline()])
     assert Outcome.NO_BASELINE.value in text
+
+
+# --- the anatomy of a step and the kernel diff of a regression ------------------------------
+
+GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_cublas"
+NORM = "void at::native::vectorized_layer_norm_kernel<float, float>(int, float)"
+
+
+def step_profile(gemm_seconds: float, *, idle: float = 0.02) -> DeviceProfile:
+    rows = (KernelRow(GEMM, 96, gemm_seconds, "forward"), KernelRow(NORM, 48, 0.004, "backward"))
+    return DeviceProfile(steps=5, device_seconds=gemm_seconds + 0.004, idle_fraction=idle,
+                         host_issue_seconds=0.01, kernels=rows,
+                         classes=class_seconds((r.name, r.seconds_per_step) for r in rows),
+                         phases={"forward": gemm_seconds, "backward": 0.004})
+
+
+def gemm_regression() -> Explanation:
+    diff = diff_profiles([step_profile(0.050)], [step_profile(0.056)])
+    return Explanation(f"{NODE}::device_time", (f"{NODE}::step_time", f"{NODE}::device_time"),
+                       diff)
+
+
+def test_a_kernel_diff_names_the_mover_its_share_and_the_total() -> None:
+    text = render_explanation(gemm_regression())
+    assert text.startswith(f"kernel diff of {NODE}::device_time (explains step_time, "
+                           f"device_time): step ")
+    assert "cause: kernels" in text
+    gemm = next(line for line in text.splitlines() if line.startswith("gemm tn"))
+    assert "contraction" in gemm and "forward" in gemm and "+6 ms" in gemm
+    assert re.search(r"9\d\.\d %", gemm)  # most of the change: the idle time moved with it
+    total = next(line for line in text.splitlines() if line.startswith("total (the step)"))
+    assert "100.0 %" in total
+    assert "beyond 1% of the base step" in text
+    assert "by class: GEMM / attention (tensor contractions) 50 ms -> 56 ms (+6 ms)" in text
+
+
+def test_a_kernel_diff_in_markdown_is_a_github_table() -> None:
+    text = render_explanation(gemm_regression(), markdown=True)
+    assert text.startswith(f"**kernel diff** of `{NODE}::device_time`")
+    assert "| gemm tn " in text and "|---" in text
+    assert "\n- by class:" in text
+
+
+def test_a_regression_without_kernel_tables_says_which_side_lacks_one() -> None:
+    missing = Explanation(f"{NODE}::device_time", (f"{NODE}::step_time",), None,
+                          "no kernel table on the base side (measured without a profiled pass)")
+    assert render_explanations([missing]).endswith("no kernel table on the base side "
+                                                   "(measured without a profiled pass)")
+
+
+def test_the_anatomy_shows_each_class_beside_its_theory() -> None:
+    text = render_anatomy(anatomy(step_profile(0.050)))
+    gemm = next(line for line in text.splitlines() if line.startswith("GEMM / attention"))
+    assert "50 ms" in gemm and "99.8 % of FLOPs" in gemm
+    idle = next(line for line in text.splitlines() if line.startswith("GPU idle"))
+    assert "2.0 %" in idle and "0 % (GPU-bound)" in idle
+    assert "backward / forward 0.08 x (theory ~2x" in text
+
+
+def test_the_anatomy_table_has_one_line_per_profiled_step() -> None:
+    profiled = Metric(name="device_time", unit="s", better="lower", kind="time",
+                      samples=(0.054,), profile=step_profile(0.050))
+    metrics = {f"{NODE}::device_time": profiled, f"{NODE}::step_time": time_metric(0.055)}
+    text = render_anatomy_table(metrics)
+    rows = [line for line in text.splitlines() if line.startswith(NODE)]
+    assert len(rows) == 1 and "GPU idle" in text and "bwd/fwd" in text
+    assert render_anatomy_table({f"{NODE}::step_time": time_metric(0.055)}) == ""
+
+
+def test_a_failing_test_shows_the_kernel_diff_under_its_detail_table(tmp_path) -> None:
+    from harness.gate.run_options import PerfOptions
+    from harness.gate.session import PerfSession
+
+    session = PerfSession(PerfOptions(baselines_dir=tmp_path, device="cpu"),
+                          {"fingerprint": "nvidia-h200"})
+
+    def step(seconds: float, gemm: float) -> dict[str, Metric]:
+        samples = tuple(seconds * (1 + 0.001 * i) for i in range(10))
+        return {"step_time": Metric(name="step_time", unit="s", better="lower", kind="time",
+                                    samples=samples),
+                "device_time": Metric(name="device_time", unit="s", better="lower",
+                                      kind="time", samples=samples,
+                                      profile=step_profile(gemm))}
+
+    session.reference = RunResults(kind="baseline", fingerprint="nvidia-h200", environment={},
+                                   metrics={f"{NODE}::{k}": m
+                                            for k, m in step(0.054, 0.050).items()})
+    for metric in step(0.060, 0.056).values():
+        session.record(NODE, metric)
+    decision = session.conclude_test(NODE)
+    assert decision.outcome == "failed" and decision.regression
+    assert "kernel diff of " + NODE + "::device_time" in decision.message
+    assert "gemm tn" in decision.message
+    assert any("anatomy of the profiled steps" in line for line in session.summary_lines())

@@ -1,5 +1,5 @@
-"""`python -m harness estimate | compare | baselines | plot`: the command line, one module per
-command.
+"""`python -m harness estimate | compare | ab | explain | baselines | plot`: the command line, one
+module per command.
 
 This module only dispatches: each command module exposes `add_arguments(parser)` and
 `run(args) -> int` (the exit code). Errors a user can fix are printed as one line, never a
@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("harness.cli.compare", "compare two saved result files with the plugin's verdicts"),
     "ab": ("harness.cli.ab", "run two git refs' tests alternately on this machine and judge "
                              "them pair by pair"),
+    "explain": ("harness.cli.explain", "which kernels moved between two saved runs: the "
+                                       "kernel diff of each regressed step"),
     "baselines": ("harness.cli.baselines", "list, show and trace the stored baselines"),
     "plot": ("harness.cli.plot", "draw a metric's history as a PNG (needs matplotlib)"),
 }

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from harness.gate import ab, report
 from harness.gate.compare import FAILING_OUTCOMES
+from harness.gate.kernel_diff import explain_verdicts, runs_profiles
 from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric
 from harness.gate.tolerance import choose_tolerance, require_tolerance
@@ -121,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
                f"{result.rounds} alternating rounds in {result.elapsed_seconds:.0f} s on this "
                f"machine; columns 'baseline' and 'measured' are the medians of base's and "
                f"head's run medians")
+    # Every regression with the kernel diff of its step over the rounds' profiles.
+    explained = report.render_explanations(explain_verdicts(
+        verdicts, base_profiles=runs_profiles(result.base_runs),
+        new_profiles=runs_profiles(result.head_runs)), markdown=args.markdown)
     if args.markdown:
         print(report.render_markdown(verdicts, title=f"Performance A/B: "
                                                       f"{args.head or 'this branch'} vs "
@@ -128,5 +133,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{heading}")
     else:
         print(f"{heading}\n\n{report.render_summary(verdicts)}")
+    if explained:
+        print(f"\n{explained}")
     failing = FAILING_OUTCOMES[args.fail_on]
     return 1 if any(v.outcome in failing for v in verdicts) else 0

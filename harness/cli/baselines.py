@@ -1,21 +1,23 @@
 """`python -m harness baselines list | show | history`: look into the stored baselines.
 
 `list` answers "which hardware has baselines, how many metrics, recorded when and with what";
-`show` prints one file's metrics with their spread and tolerance; `history` follows one metric's
-median through `baselines/history/<fingerprint>/` so a slow drift across refreshes is visible.
+`show` prints one file's metrics with their spread and tolerance, and the anatomy of each
+profiled step; `history` follows one metric's median through
+`baselines/history/<fingerprint>/` so a slow drift across refreshes is visible.
 Unknown fingerprints and bad files are errors (exit 2) that name the known fingerprints or the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from harness.gate import store
+from harness.gate import report, store
 from harness.gate.formatting import format_percent, format_value
 from harness.gate.lookup import (
     find_metric_id,
@@ -68,7 +70,9 @@ def render_show(results: RunResults, source: Path) -> str:
         ])
     table = tabulate(rows, headers=["metric id", "median", "spread", "n", "tolerance", "unit",
                                     "note"])
-    return f"{header}\n\n{table}"
+    # The anatomy of every profiled step: where its time went, beside the theory.
+    anatomy = report.render_anatomy_table(results.metrics)
+    return f"{header}\n\n{table}" + (f"\n\n{anatomy}" if anatomy else "")
 
 
 def render_history(entries: Sequence[tuple[Path, RunResults]], metric_id: str) -> str:
@@ -96,7 +100,8 @@ def render_history(entries: Sequence[tuple[Path, RunResults]], metric_id: str) -
 
 def _show_target(directory: Path, target: str) -> tuple[RunResults, Path]:
     path = Path(target)
-    if target.endswith(".json") or path.is_file():
+    # Any existing path but a directory is a file meant here; load_results names a bad one.
+    if target.endswith(".json") or (os.path.lexists(path) and not path.is_dir()):
         return store.load_results(path), path
     return load_known_baseline(directory, target), store.baseline_path(directory, target)
 

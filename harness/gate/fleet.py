@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.checks import require_non_negative, require_positive_int, require_text
+from harness.gate.profile import DeviceProfile
 
 # Runs of a metric needed before their spread sets the tolerance: two runs give a spread with no
 # spread of its own; three is the fewest that says anything about the fleet.
@@ -40,6 +41,9 @@ class RunSummary:
     count: int
     host: str
     created: str
+    # The run's device profile (kernel table), for the per-run spread of each kernel's time
+    # (`harness.gate.kernel_diff`); None for runs recorded without one.
+    profile: DeviceProfile | None = None
 
     def __post_init__(self) -> None:
         require_non_negative("run median", abs(self.median))
@@ -48,18 +52,24 @@ class RunSummary:
         require_text("run host", self.host)
 
     def to_json(self) -> dict[str, Any]:
-        return {"median": self.median, "spread": self.spread, "count": self.count,
-                "host": self.host, "created": self.created}
+        data: dict[str, Any] = {"median": self.median, "spread": self.spread,
+                                "count": self.count, "host": self.host, "created": self.created}
+        if self.profile is not None:
+            data["profile"] = self.profile.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> RunSummary:
         """Parse one stored run; a ValueError naming `where` and the problem otherwise."""
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: each of 'runs' must be an object, got {data!r}")
+        profile = data.get("profile")
         try:
             return cls(median=float(data["median"]), spread=float(data["spread"]),
                        count=data["count"], host=data["host"],
-                       created=str(data.get("created", "")))
+                       created=str(data.get("created", "")),
+                       profile=None if profile is None
+                       else DeviceProfile.from_json(profile, f"{where}: a stored run"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where}: a stored run is malformed ({exc}); runs need median, "
                              f"spread, count and host") from None

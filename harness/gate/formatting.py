@@ -54,6 +54,12 @@ def format_value(value: float, unit: str) -> str:
     return f"{_significant(value)} {unit}".rstrip()
 
 
+def format_signed(value: float, unit: str) -> str:
+    """A change with its unit and sign: "+1.2 ms", "-340 us", "0 s"."""
+    text = format_value(value, unit)
+    return f"+{text}" if value > 0 else text
+
+
 def format_change(change: float | None) -> str:
     """A relative change with its sign: "+10.2 %", "-3.1 %"; "" when there is none."""
     return "" if change is None else format_percent(change, signed=True)

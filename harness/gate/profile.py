@@ -1,5 +1,7 @@
 """What the GPU did during a measured step, as stored beside a metric (schema version 2): device
-time, the GPU's idle share, the host's issue time and the kernel table.
+time, the GPU's idle share, the host's issue time and the kernel table; optionally (added within
+version 2, absent from older files) the device seconds per class of work and per phase of the
+step, and each kernel's phase (`harness.gate.anatomy`).
 
 Pure records: `harness.measure.kernels` fills them from a profiled pass; the gate stores them,
 shows them and, later, explains a regression with them (which kernel moved, or the host).
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Idle share of the GPU (1 - device time / timed wall time) above which a step counts as
@@ -18,6 +20,10 @@ from typing import Any
 # partly host-bound gpt2-medium step with the GPU-bound ones, where its device time and wall
 # time still agree within 10%.
 HOST_BOUND_IDLE_FRACTION = 0.20
+
+# The name of the kernel table's last row, which sums the kernels below its coverage:
+# "(other 12 kernels)".
+OTHER_ROW_PREFIX = "(other "
 
 
 class ProfileError(ValueError):
@@ -32,22 +38,32 @@ class KernelRow:
     name: str
     calls_per_step: float
     seconds_per_step: float
+    # The phase of the step (forward, backward, optimizer, other) most of its time ran in;
+    # None when the step named no phases (or the file predates them).
+    phase: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "calls_per_step": self.calls_per_step,
-                "seconds_per_step": self.seconds_per_step}
+        data: dict[str, Any] = {"name": self.name, "calls_per_step": self.calls_per_step,
+                                "seconds_per_step": self.seconds_per_step}
+        if self.phase is not None:
+            data["phase"] = self.phase
+        return data
 
 
 @dataclass(frozen=True)
 class DeviceProfile:
     """Per step: device seconds (kernel intervals, overlaps once), the share of the step's
-    window the GPU idled, the host's seconds to issue the step, and the kernel table."""
+    window the GPU idled, the host's seconds to issue the step, and the kernel table; kernel
+    seconds per class of work (all kernels, not only the table's) and per phase, empty when
+    not recorded."""
 
     steps: int
     device_seconds: float
     idle_fraction: float
     host_issue_seconds: float | None
     kernels: tuple[KernelRow, ...]
+    classes: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def host_bound(self) -> bool:
@@ -55,10 +71,15 @@ class DeviceProfile:
         return self.idle_fraction > HOST_BOUND_IDLE_FRACTION
 
     def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "device_seconds": self.device_seconds,
-                "idle_fraction": self.idle_fraction,
-                "host_issue_seconds": self.host_issue_seconds,
-                "kernels": [row.to_json() for row in self.kernels]}
+        data: dict[str, Any] = {"steps": self.steps, "device_seconds": self.device_seconds,
+                                "idle_fraction": self.idle_fraction,
+                                "host_issue_seconds": self.host_issue_seconds,
+                                "kernels": [row.to_json() for row in self.kernels]}
+        if self.classes:
+            data["classes"] = dict(self.classes)
+        if self.phases:
+            data["phases"] = dict(self.phases)
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> DeviceProfile:
@@ -78,14 +99,30 @@ class DeviceProfile:
                    idle_fraction=_number(data, "idle_fraction", where, upper=1.0),
                    host_issue_seconds=None if host is None
                    else _number(data, "host_issue_seconds", where),
-                   kernels=tuple(_row(row, where) for row in rows))
+                   kernels=tuple(_row(row, where) for row in rows),
+                   classes=_seconds_by_name(data, "classes", where),
+                   phases=_seconds_by_name(data, "phases", where))
 
 
 def _row(data: Any, where: str) -> KernelRow:
     if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
         raise ProfileError(f"{where}: every kernel row needs a 'name' string, got {data!r}")
+    phase = data.get("phase")
+    if phase is not None and not isinstance(phase, str):
+        raise ProfileError(f"{where}: a kernel row's 'phase' must be a string, got {phase!r}")
     return KernelRow(data["name"], _number(data, "calls_per_step", where),
-                     _number(data, "seconds_per_step", where))
+                     _number(data, "seconds_per_step", where), phase)
+
+
+def _seconds_by_name(data: Mapping[str, Any], key: str, where: str) -> dict[str, float]:
+    """An optional {name: seconds} object of the profile ({} when absent)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value):
+        raise ProfileError(f"{where}: profile '{key}' must be an object of seconds by name, "
+                           f"got {value!r}")
+    return {name: _number(value, name, f"{where}: profile '{key}'") for name in value}
 
 
 def _number(data: Mapping[str, Any], key: str, where: str, upper: float = math.inf) -> float:

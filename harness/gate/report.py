@@ -1,4 +1,5 @@
-"""Text reports of verdicts and baseline refreshes: pure functions from data to `str`.
+"""Text reports of verdicts, baseline refreshes, step anatomies and kernel diffs: pure functions
+from data to `str`.
 
 The terminal summary and the failure detail of one metric use tabulate's "simple" format; the
 pull-request comment uses GitHub-flavoured markdown. Nothing here measures, judges or writes:
@@ -7,12 +8,21 @@ the callers print or post what these functions return.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tabulate import tabulate
 
-from harness.gate.formatting import format_change, format_percent, format_value
+from harness.gate.anatomy import (
+    BACKWARD_FORWARD_RATIO,
+    BACKWARD_FORWARD_RATIO_RECOMPUTE,
+    CLASS_LABELS,
+    CONTRACTION_FLOP_SHARE,
+    Anatomy,
+)
+from harness.gate.anatomy import anatomy as profile_anatomy
+from harness.gate.formatting import format_change, format_percent, format_signed, format_value
+from harness.gate.kernel_diff import Explanation, KernelDiff, Line
 from harness.gate.results import Metric, RunResults, split_metric_id
 from harness.gate.verdict import (
     REPORT_ORDER,
@@ -223,3 +233,159 @@ def _markdown_text(text: str) -> str:
 def _code_text(text: str) -> str:
     """Text safe inside a markdown code span."""
     return str(text).replace("`", "'").replace("\n", " ")
+
+
+# -- the anatomy of a step and the kernel diff of a regression --------------------------------
+
+ANATOMY_HEADERS: tuple[str, ...] = ("part", "per step", "of step", "theory")
+# Short column names of the one-line-per-step anatomy table.
+ANATOMY_COLUMNS: dict[str, str] = {
+    "contraction": "GEMM/attn", "normalisation": "norm/softmax", "elementwise": "elementwise",
+    "memcpy": "copies", "communication": "NCCL", "optimizer": "optimizer", "other": "other",
+}
+_THEORY: dict[str, str] = {
+    "contraction": f"{format_percent(CONTRACTION_FLOP_SHARE)} of FLOPs",
+    "idle": "0 % (GPU-bound)",
+}
+_STATUS_WORDS: dict[str, str] = {"new": " (new)", "vanished": " (vanished)",
+                                 "unlisted": " (below one side's table)"}
+
+
+def render_anatomy(anatomy: Anatomy, *, markdown: bool = False) -> str:
+    """One step's anatomy: seconds and share of the step per class of work, the GPU's idle
+    time and the overlap of concurrent kernels (classes + idle - overlap = step), each beside
+    its theory; then the phases and backward / forward against ~2."""
+    rows = [[CLASS_LABELS[klass], format_value(seconds, "s"),
+             format_percent(anatomy.share(seconds)), _THEORY.get(klass, "")]
+            for klass, seconds in anatomy.classes.items() if seconds > 0]
+    rows.append(["GPU idle (waiting for the host)", format_value(anatomy.idle_seconds, "s"),
+                 format_percent(anatomy.idle_share), _THEORY["idle"]])
+    if anatomy.overlap_seconds > 0:
+        rows.append(["overlap of concurrent kernels", format_signed(-anatomy.overlap_seconds,
+                                                                    "s"),
+                     format_percent(-anatomy.share(anatomy.overlap_seconds)), ""])
+    rows.append(["step (wall)", format_value(anatomy.step_seconds, "s"), format_percent(1.0),
+                 ""])
+    parts = [_table(rows, ANATOMY_HEADERS, markdown)]
+    kernel_time = sum(anatomy.classes.values())
+    parts.append(f"contractions: {format_percent(anatomy.contraction_time_share)} of kernel "
+                 f"time for {format_percent(CONTRACTION_FLOP_SHARE)} of a transformer's FLOPs "
+                 f"(Ivanov et al. 2020); the rest of the time is data movement")
+    if anatomy.phases:
+        phases = ", ".join(f"{phase} {format_value(seconds, 's')} "
+                           f"({format_percent(seconds / kernel_time if kernel_time else 0.0)})"
+                           for phase, seconds in anatomy.phases.items() if seconds > 0)
+        ratio = anatomy.backward_forward_ratio
+        parts.append(f"phases (kernel time): {phases}; backward / forward "
+                     f"{'n/a' if ratio is None else format_value(ratio, 'x')} (theory "
+                     f"~{BACKWARD_FORWARD_RATIO:g}x, ~{BACKWARD_FORWARD_RATIO_RECOMPUTE:g}x with "
+                     f"full activation checkpointing)")
+    if anatomy.from_table:
+        parts.append("(classes from the stored kernel table: its rest row counts as other)")
+    return "\n\n".join(parts)
+
+
+def render_anatomy_table(metrics: Mapping[str, Metric], *, markdown: bool = False) -> str:
+    """One line per profiled step: its wall time, the share of each class of work and of the
+    GPU's idle time, and backward / forward; "" when no metric carries a profile."""
+    rows = []
+    for mid, metric in sorted(metrics.items()):
+        if metric.profile is None:
+            continue
+        anatomy = profile_anatomy(metric.profile)
+        ratio = anatomy.backward_forward_ratio
+        rows.append([mid, format_value(anatomy.step_seconds, "s"),
+                     *(format_percent(anatomy.share(anatomy.classes.get(klass, 0.0)))
+                       for klass in ANATOMY_COLUMNS),
+                     format_percent(anatomy.idle_share),
+                     "" if ratio is None else format_value(ratio, "x")])
+    if not rows:
+        return ""
+    headers = ("metric", "step", *ANATOMY_COLUMNS.values(), "GPU idle", "bwd/fwd")
+    return ("anatomy of the profiled steps (share of the step's wall time; theory: "
+            f"contractions {format_percent(CONTRACTION_FLOP_SHARE)} of FLOPs, idle 0 %, "
+            f"bwd/fwd ~{BACKWARD_FORWARD_RATIO:g}x):\n\n" + _table(rows, headers, markdown))
+
+
+def render_explanations(explanations: Sequence[Explanation], *, markdown: bool = False) -> str:
+    """Every explanation of a regression: its kernel diff, or why there is none."""
+    return "\n\n".join(render_explanation(e, markdown=markdown) for e in explanations)
+
+
+def render_explanation(explanation: Explanation, *, markdown: bool = False) -> str:
+    """The kernel diff that explains regressed metrics: the step's change and its cause, the
+    lines that moved beyond their noise with their share of the change (they and the rest add
+    up to it), launches, new and vanished kernels within noise, and the move per class and
+    phase."""
+    names = ", ".join(split_metric_id(mid)[1] for mid in explanation.metric_ids)
+    title = f"kernel diff of {explanation.profile_id} (explains {names})"
+    if markdown:
+        title = f"**kernel diff** of `{_code_text(explanation.profile_id)}` (explains " \
+                f"{_markdown_text(names)})"
+    diff = explanation.diff
+    if diff is None:
+        return f"{title}: {explanation.missing}"
+    relative = diff.change / diff.base_step_seconds if diff.base_step_seconds else None
+    heading = (f"{title}: step {format_value(diff.base_step_seconds, 's')} -> "
+               f"{format_value(diff.new_step_seconds, 's')} "
+               f"({format_signed(diff.change, 's')}, {format_change(relative) or 'n/a'}); "
+               f"cause: {_CAUSES[diff.cause]}")
+    rows = [_diff_row(diff, line) for line in (*diff.movers, diff.rest)]
+    rows.append(["total (the step)", "", "", format_value(diff.base_step_seconds, "s"),
+                 format_value(diff.new_step_seconds, "s"), format_signed(diff.change, "s"),
+                 format_percent(1.0 if diff.change else 0.0),
+                 _launches(diff.base_calls, diff.new_calls)])
+    parts = [heading, _table(rows, ("line", "class", "phase", "base", "new", "change",
+                                    "of change", "launches/step"), markdown)]
+    notes = [diff.noise_rule]
+    if diff.hidden_new:
+        notes.append(f"new within noise: {', '.join(diff.hidden_new)}")
+    if diff.hidden_vanished:
+        notes.append(f"vanished within noise: {', '.join(diff.hidden_vanished)}")
+    notes.append("by class: " + _moves(diff.base_classes, diff.new_classes,
+                                       {**CLASS_LABELS, "idle": "GPU idle"}))
+    if diff.base_phases and diff.new_phases:
+        notes.append("by phase: " + _moves(diff.base_phases, diff.new_phases, {}))
+    parts.append("\n".join(f"- {note}" if markdown else f"  {note}" for note in notes))
+    return "\n\n".join(parts)
+
+
+_CAUSES: dict[str, str] = {
+    "kernels": "kernels (below, largest first)",
+    "host": "the host: the GPU idled longer, no kernel moved beyond its noise",
+    "noise": "nothing beyond its noise in the kernel table",
+}
+
+
+def _diff_row(diff: KernelDiff, line: Line) -> list[str]:
+    name = line.key + _STATUS_WORDS.get(line.status, "")
+    klass = {"rest": "", "idle": "idle", "overlap": ""}.get(line.klass, line.klass)
+    return [name, klass, line.phase or "", format_value(line.base_seconds, "s"),
+            format_value(line.new_seconds, "s"), format_signed(line.change, "s"),
+            format_percent(diff.share(line)),
+            "" if line.klass in ("idle", "overlap") else _launches(line.base_calls,
+                                                                    line.new_calls)]
+
+
+def _launches(before: float, after: float) -> str:
+    if round(before, 3) == round(after, 3):
+        return format_value(after, "")
+    return f"{format_value(before, '')} -> {format_value(after, '')}"
+
+
+def _moves(before: Mapping[str, float], after: Mapping[str, float],
+           labels: Mapping[str, str]) -> str:
+    """"label a -> b (+c)" for every name with time on either side."""
+    moved = [f"{labels.get(name, name)} {format_value(before.get(name, 0.0), 's')} -> "
+             f"{format_value(after.get(name, 0.0), 's')} "
+             f"({format_signed(after.get(name, 0.0) - before.get(name, 0.0), 's')})"
+             for name in dict.fromkeys((*before, *after))
+             if before.get(name, 0.0) or after.get(name, 0.0)]
+    return "; ".join(moved) or "none"
+
+
+def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], markdown: bool) -> str:
+    if markdown:
+        rows = [[_markdown_text(cell) for cell in row] for row in rows]
+    return str(tabulate(rows, headers=list(headers), tablefmt="github" if markdown else "simple",
+                        disable_numparse=True))

@@ -55,3 +55,7 @@ class PerfOptions:
     ab_budget_seconds: float = DEFAULT_AB_BUDGET_SECONDS
     # Options every child run of an A/B confirmation repeats (device, sampling budget).
     child_args: tuple[str, ...] = ()
+    # --perf-trace: where profiled passes write their traces, kept for regressed tests only
+    # (every test's with --perf-trace-all, as A/B's child runs do).
+    trace_dir: Path | None = None
+    trace_all: bool = False

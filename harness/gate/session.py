@@ -29,8 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from harness.gate import report, store
+from harness.gate import report, store, traces
 from harness.gate.fleet import RunSummary
+from harness.gate.kernel_diff import explain_verdicts, runs_profiles
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
 from harness.gate.verdict import Outcome, Verdict, judge
@@ -95,6 +96,10 @@ class PerfSession:
         self.passed_tests: set[str] = set()
         # Lines for the terminal summary about saving results and writing the baseline.
         self.end_notes: list[str] = []
+        # Per test confirmed by A/B: its base and head runs, whose profiles explain it.
+        self.ab_runs: dict[str, tuple[list[RunResults], list[RunResults]]] = {}
+        # Per test, whether its latest decision was a regression (which traces to keep).
+        self.regressed: dict[str, bool] = {}
 
     # -- the reference ---------------------------------------------------------------------
 
@@ -110,7 +115,14 @@ class PerfSession:
         """Load the baseline (or --perf-compare file) once; a `store.StoreError` naming the file
         when it is bad or was recorded on other hardware."""
         if self.options.compare_path is None:
-            self.reference = store.load_baseline(self.options.baselines_dir, self.fingerprint)
+            try:
+                self.reference = store.load_baseline(self.options.baselines_dir, self.fingerprint)
+            except store.UnreadableFileError as exc:
+                if not self.options.update_baselines:
+                    raise
+                # The refresh replaces it (store.update_baseline keeps a copy in the history).
+                self.end_notes.append(f"WARNING: the current baseline cannot be read, so this "
+                                      f"run replaces it: {exc}")
             return
         path = self.options.compare_path
         reference = store.load_results(path)
@@ -171,8 +183,10 @@ class PerfSession:
     def decide(self, nodeid: str, verdicts: list[Verdict]) -> Decision:
         """The outcome of a test with these verdicts (rules in the module docstring)."""
         regressions = [v for v in verdicts if v.outcome == Outcome.REGRESSION]
+        self.regressed[nodeid] = bool(regressions)
         if regressions:
-            tables = "\n\n".join(report.render_verdict_detail(v) for v in regressions)
+            tables = "\n\n".join([*(report.render_verdict_detail(v) for v in regressions),
+                                   *self._explanations(nodeid, verdicts)])
             return Decision("failed", (
                 f"perf regression in {nodeid}: {_names(regressions)} worse than "
                 f"{self.reference_path} beyond tolerance\n\n{tables}"), regression=True,
@@ -205,6 +219,16 @@ class PerfSession:
         return Decision("skipped", "perf: " + "; ".join(reasons),
                         suspects=fleet + host_rule if not missing else ())
 
+    def _explanations(self, nodeid: str, verdicts: list[Verdict]) -> list[str]:
+        """The kernel diff of each regressed step: against the A/B's base runs where A/B
+        confirmed it, else against the reference's profiles (its recorded runs' where it has
+        several)."""
+        runs = self.ab_runs.get(nodeid)
+        explanations = explain_verdicts(
+            verdicts, base_profiles=None if runs is None else runs_profiles(runs[0]),
+            new_profiles=None if runs is None else runs_profiles(runs[1]))
+        return [report.render_explanation(e) for e in explanations]
+
     def ab_base_commit(self) -> str | None:
         """The commit the reference was recorded at, when A/B may confirm against it: a clean
         checkout's commit, recorded with the reference, and --perf-confirm not "remeasure"."""
@@ -218,8 +242,12 @@ class PerfSession:
             return None
         return commit
 
-    def redecide(self, nodeid: str, final: list[Verdict], note: str) -> Decision:
-        """Replace this test's suspected verdicts with `final` (an A/B's) and decide again."""
+    def redecide(self, nodeid: str, final: list[Verdict], note: str,
+                 runs: tuple[list[RunResults], list[RunResults]] | None = None) -> Decision:
+        """Replace this test's suspected verdicts with `final` (an A/B's) and decide again;
+        `runs` (base's, head's) explain a confirmed regression with their profiles."""
+        if runs is not None:
+            self.ab_runs[nodeid] = runs
         replaced = {v.metric_id: v for v in final}
         mine = [replaced.get(v.metric_id, v) for v in self.verdicts
                 if split_metric_id(v.metric_id)[0] == nodeid]
@@ -311,10 +339,14 @@ class PerfSession:
 
     def write_baseline(self) -> tuple[RunResults | None, RunResults, Path | None]:
         """Write the merged baseline; returns (old baseline, new baseline, where the old went)."""
-        old = self.reference
-        new = self.merged_baseline()
-        archived = store.write_baseline(self.options.baselines_dir, new)
-        return old, new, archived
+        def merge(current: RunResults | None) -> RunResults:
+            # The baseline as it is now, read under the writers' lock: another run may have
+            # written it since this one started, and its metrics must survive.
+            self.reference = current
+            return self.merged_baseline()
+
+        update = store.update_baseline(self.options.baselines_dir, self.fingerprint, merge)
+        return update.old, update.new, update.archived
 
     def finish(self, *, run_ok: bool) -> bool:
         """Save the results (--perf-save) and refresh the baseline (--perf-update-baselines),
@@ -333,7 +365,22 @@ class PerfSession:
                 ok = False
         if self.options.update_baselines:
             ok = self._refresh_baseline(run_ok) and ok
+        self._keep_traces()
         return ok
+
+    def trace_path(self, nodeid: str, label: str) -> Path | None:
+        """Where the profiled pass of measurement `label` writes its trace (--perf-trace), or
+        None without the option."""
+        directory = self.options.trace_dir
+        return None if directory is None else traces.trace_path(directory, nodeid, label,
+                                                                 self.environment)
+
+    def _keep_traces(self) -> None:
+        """Keep only the traces of tests whose last verdict was a regression (--perf-trace)."""
+        directory = self.options.trace_dir
+        if directory is not None and not self.options.trace_all:
+            tests = {split_metric_id(mid)[0]: False for mid in self.metrics}
+            self.end_notes += traces.keep_regressed(directory, {**tests, **self.regressed})
 
     def _refresh_baseline(self, run_ok: bool) -> bool:
         """Write the merged baseline unless refused; notes what changed. False on failure."""
@@ -357,12 +404,15 @@ class PerfSession:
     def summary_lines(self) -> list[str]:
         """The run's summary: the verdict table (regressions first), improvements, and what was
         saved or written (lines starting "ERROR" are failures); [] when there is nothing."""
-        if not (self.verdicts or self.end_notes):
+        anatomy = report.render_anatomy_table(self.metrics)
+        if not (self.verdicts or self.end_notes or anatomy):
             return []
         lines: list[str] = []
         if self.verdicts:
             lines.append(f"against {self.reference_path} (hardware fingerprint {self.fingerprint})")
             lines.append(report.render_summary(self.verdicts))
+        if anatomy:
+            lines.append(anatomy)
         improved = self.improvements()
         if improved:
             lines.append(f"{len(improved)} metric(s) improved beyond tolerance; if the change is "
@@ -388,9 +438,11 @@ def _noisy_worsening(verdict: Verdict) -> bool:
 
 
 def _summary(metric: Metric, environment: dict[str, Any], created: str) -> RunSummary:
-    """One run of `metric` for a baseline's runs: its statistics and the host it ran on."""
+    """One run of `metric` for a baseline's runs: its statistics, the host it ran on, and its
+    device profile (the per-run spread of its kernels explains a regression later)."""
     host = environment.get("hostname") or "unknown host"
     record = environment.get("host")
     cpu = record.get("cpu_model") if isinstance(record, dict) else None
     return RunSummary(median=metric.median, spread=metric.spread, count=metric.count,
-                      host=f"{host} ({cpu})" if cpu else str(host), created=created)
+                      host=f"{host} ({cpu})" if cpu else str(host), created=created,
+                      profile=metric.profile)

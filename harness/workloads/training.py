@@ -12,6 +12,7 @@ from torch import nn
 from harness.measure.memory import release_cached_memory
 from harness.model import lm_loss
 from harness.theory.zoo import get_model
+from harness.workloads.injections import adamw_options
 from harness.workloads.models import GPT_STYLE, LLAMA_STYLE, TransformerWorkload
 
 # GPT-2 medium at batch 8 x its full 1024-token context = 8192 tokens per step: 19.8 TFLOP of
@@ -92,5 +93,6 @@ def release_cuda_memory() -> None:
 
 def make_optimizer(model: nn.Module, *, fused: bool) -> torch.optim.AdamW:
     """AdamW as large-model training uses it (two fp32 states per parameter); `fused` picks the
-    single-kernel CUDA implementation, which needs the parameters on the GPU."""
-    return torch.optim.AdamW(model.parameters(), lr=TRAINING_LR, fused=fused)
+    single-kernel CUDA implementation, which needs the parameters on the GPU (unless
+    PERF_INJECT=foreach_adamw asks for the for-loop one: `harness.workloads.injections`)."""
+    return torch.optim.AdamW(model.parameters(), lr=TRAINING_LR, **adamw_options(fused=fused))

@@ -1,0 +1,370 @@
+"""Which kernels explain a change of a step: the kernel-level diff of two sides' device profiles.
+
+Each side is one or more profiles of the same step (one per run: a baseline's recorded runs,
+the rounds of an A/B, or a single saved result). A side's step is split into lines that add up
+to its wall time per step: one line per kernel group (`anatomy.kernel_key`, so the same work
+matches whatever kernel its library picked), the GPU's idle time (waiting for the host), and
+minus the overlap of concurrent kernels (counted in two lines, once in the step). The lines'
+changes (mean over runs, new minus base) therefore add up to the step's change, and each is
+shown with its share of it.
+
+Noise: a line moves only beyond its own spread. With two or more runs on a side, a line's
+standard deviation over the runs gives the standard error of its change, and the line is shown
+when it moved beyond SPREAD_MULTIPLE of them; with one run a side, beyond the stated floor
+SINGLE_RUN_FLOOR of the base step. The hidden lines are summed in one line, so the total still
+adds up. Like Holistic Trace Analysis's TraceDiff and AMD's TraceLens, this compares kernels of
+two traces; unlike them it has a noise model.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from harness.gate.anatomy import (
+    CLASSES,
+    PHASES,
+    UNLISTED_KEY,
+    kernel_class,
+    kernel_key,
+    step_seconds,
+)
+from harness.gate.profile import OTHER_ROW_PREFIX, DeviceProfile
+from harness.gate.results import Metric, RunResults, split_metric_id
+from harness.gate.verdict import Outcome, Verdict
+
+# With one run a side there is no spread to judge by: a line must move by 1% of the base step,
+# half the 2% default time tolerance (harness.gate.tolerance), so a hidden line cannot by itself
+# be the main cause of a regression the gate flags.
+SINGLE_RUN_FLOOR = 0.01
+# With runs: beyond 3 standard errors of the line's change (three sigma, as the fleet's
+# tolerance in harness.gate.fleet), a chance move of an unchanged kernel in ~1 of 370 lines.
+SPREAD_MULTIPLE = 3.0
+# Even beyond its spread, a line under 0.2% of the base step is hidden: ten such lines still
+# stay within the 2% default tolerance, and a deterministic kernel's tiny spread would list
+# every small kernel that moved by a microsecond.
+MIN_SHOWN_FRACTION = 0.002
+
+IDLE_KEY = "GPU idle (waiting for the host)"
+OVERLAP_KEY = "overlap of concurrent kernels"
+REST_KEY = "within their noise"
+# Metric kinds a kernel diff explains: time and throughput follow the step's time.
+EXPLAINED_KINDS: frozenset[str] = frozenset({"time", "throughput"})
+PROFILE_METRIC_SUFFIX = "device_time"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of the diff: seconds per step on each side (means over runs), launches per
+    step, the noise it had to pass, and how it changed: "changed", "new", "vanished" (or
+    "unlisted" where the other side's table may hold it below its coverage), "idle",
+    "overlap", or "rest" (the hidden lines summed)."""
+
+    key: str
+    klass: str
+    base_seconds: float
+    new_seconds: float
+    base_calls: float
+    new_calls: float
+    noise_seconds: float
+    status: str
+    phase: str | None = None
+
+    @property
+    def change(self) -> float:
+        return self.new_seconds - self.base_seconds
+
+
+@dataclass(frozen=True)
+class KernelDiff:
+    """The diff of one step between a base and a new side; `movers` plus `rest` add up to
+    `change`, the step's change in seconds per step."""
+
+    base_step_seconds: float
+    new_step_seconds: float
+    movers: tuple[Line, ...]
+    rest: Line
+    hidden_new: tuple[str, ...]
+    hidden_vanished: tuple[str, ...]
+    base_runs: int
+    new_runs: int
+    noise_rule: str
+    base_classes: Mapping[str, float]
+    new_classes: Mapping[str, float]
+    base_phases: Mapping[str, float]
+    new_phases: Mapping[str, float]
+
+    @property
+    def change(self) -> float:
+        return self.new_step_seconds - self.base_step_seconds
+
+    def share(self, line: Line) -> float:
+        """A line's share of the step's change (0 when the step did not change)."""
+        return line.change / self.change if self.change else 0.0
+
+    @property
+    def base_calls(self) -> float:
+        return sum(line.base_calls for line in (*self.movers, self.rest))
+
+    @property
+    def new_calls(self) -> float:
+        return sum(line.new_calls for line in (*self.movers, self.rest))
+
+    @property
+    def cause(self) -> str:
+        """What moved the step: "kernels" when kernel lines moved beyond their noise in the
+        step's direction, "host" when only the GPU's idle time did (no kernel to blame),
+        "noise" when nothing did."""
+        direction = math.copysign(1.0, self.change) if self.change else 0.0
+        moved = [line for line in self.movers if line.change * direction > 0]
+        if any(line.status not in ("idle", "overlap") for line in moved):
+            return "kernels"
+        if any(line.status == "idle" for line in moved):
+            return "host"
+        return "noise"
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side's lines per run: key -> [seconds per run], key -> [calls per run]."""
+
+    seconds: dict[str, list[float]]
+    calls: dict[str, list[float]]
+    klass: dict[str, str]
+    phase: dict[str, str | None]
+    steps: list[float]
+    unlisted: list[float]  # seconds of each run's "(other N kernels)" row
+    classes: dict[str, float]
+    phases: dict[str, float]
+
+
+def diff_profiles(base: Sequence[DeviceProfile], new: Sequence[DeviceProfile]) -> KernelDiff:
+    """The kernel diff of the step the profiles measured: `base` and `new` hold one profile per
+    run (at least one each)."""
+    if not base or not new:
+        raise ValueError(f"a kernel diff needs at least one profile a side, got {len(base)} "
+                         f"base and {len(new)} new")
+    before, after = _side(base), _side(new)
+    base_step = statistics.fmean(before.steps)
+    by_spread = max(len(base), len(new)) >= 2
+    floor = (MIN_SHOWN_FRACTION if by_spread else SINGLE_RUN_FLOOR) * base_step
+    lines: list[Line] = []
+    for key in sorted(set(before.seconds) | set(after.seconds)):
+        b = _per_run(before.seconds, key, len(base))
+        n = _per_run(after.seconds, key, len(new))
+        lines.append(Line(
+            key=key, klass=before.klass.get(key) or after.klass[key],
+            base_seconds=statistics.fmean(b), new_seconds=statistics.fmean(n),
+            base_calls=statistics.fmean(_per_run(before.calls, key, len(base))),
+            new_calls=statistics.fmean(_per_run(after.calls, key, len(new))),
+            noise_seconds=max(floor, _spread_noise(b, n)) if by_spread else floor,
+            status=_status(key, b, n, before, after),
+            phase=after.phase.get(key) or before.phase.get(key)))
+    shown = sorted((line for line in lines if abs(line.change) > line.noise_seconds),
+                   key=lambda line: (-abs(line.change), line.key))
+    hidden = [line for line in lines if abs(line.change) <= line.noise_seconds]
+    rest = Line(REST_KEY, "rest", sum(line.base_seconds for line in hidden),
+                sum(line.new_seconds for line in hidden),
+                sum(line.base_calls for line in hidden), sum(line.new_calls for line in hidden),
+                0.0, "rest")
+    return KernelDiff(
+        base_step_seconds=base_step, new_step_seconds=statistics.fmean(after.steps),
+        movers=tuple(shown), rest=rest,
+        hidden_new=tuple(line.key for line in hidden if line.status == "new"),
+        hidden_vanished=tuple(line.key for line in hidden if line.status == "vanished"),
+        base_runs=len(base), new_runs=len(new),
+        noise_rule=_noise_rule(len(base), len(new), by_spread),
+        base_classes=before.classes, new_classes=after.classes,
+        base_phases=before.phases, new_phases=after.phases)
+
+
+def _noise_rule(base_runs: int, new_runs: int, by_spread: bool) -> str:
+    """The rule a line had to pass to be shown, in words."""
+    if by_spread:
+        return (f"shown: beyond {SPREAD_MULTIPLE:g} standard errors of the per-run spread "
+                f"({base_runs} base, {new_runs} new run(s)) and at least "
+                f"{MIN_SHOWN_FRACTION * 100:g}% of the step")
+    return (f"shown: beyond {SINGLE_RUN_FLOOR * 100:g}% of the base step (one run a side, so "
+            f"no spread to judge by)")
+
+
+def _spread_noise(base: Sequence[float], new: Sequence[float]) -> float:
+    """SPREAD_MULTIPLE standard errors of the difference of two means; a side with one run
+    borrows the other side's standard deviation."""
+    sd_base = statistics.stdev(base) if len(base) >= 2 else None
+    sd_new = statistics.stdev(new) if len(new) >= 2 else None
+    sd_base = sd_new if sd_base is None else sd_base
+    sd_new = sd_base if sd_new is None else sd_new
+    if sd_base is None or sd_new is None:
+        return 0.0
+    return SPREAD_MULTIPLE * math.sqrt(sd_base**2 / len(base) + sd_new**2 / len(new))
+
+
+def _per_run(values: Mapping[str, list[float]], key: str, runs: int) -> list[float]:
+    return values.get(key) or [0.0] * runs
+
+
+def _status(key: str, base: Sequence[float], new: Sequence[float], before: _Side,
+            after: _Side) -> str:
+    if key == IDLE_KEY:
+        return "idle"
+    if key == OVERLAP_KEY:
+        return "overlap"
+    had, has = any(base), any(new)
+    if key == UNLISTED_KEY:  # the tables' rest rows: no kernel of their own
+        return "changed"
+    if has and not had:
+        # A kernel absent from the base's table may sit in its "(other N kernels)" row.
+        return "unlisted" if max(before.unlisted) >= statistics.fmean(new) else "new"
+    if had and not has:
+        return "unlisted" if max(after.unlisted) >= statistics.fmean(base) else "vanished"
+    return "changed"
+
+
+def _side(profiles: Sequence[DeviceProfile]) -> _Side:
+    """Every run's lines (kernel groups, idle, minus the overlap), each run's step, and the
+    side's mean seconds per class and per phase."""
+    runs = len(profiles)
+    seconds: dict[str, list[float]] = {}
+    calls: dict[str, list[float]] = {}
+    klass: dict[str, str] = {IDLE_KEY: "idle", OVERLAP_KEY: "overlap"}
+    phase: dict[str, str | None] = {}
+    steps, unlisted = [], []
+    classes = dict.fromkeys((*CLASSES, "idle", "overlap"), 0.0)
+    phases = dict.fromkeys(PHASES, 0.0)
+    named_phases = all(p.phases for p in profiles)
+    for index, profile in enumerate(profiles):
+        step = step_seconds(profile)
+        steps.append(step)
+        kernel_time = 0.0
+        for row in profile.kernels:
+            key = kernel_key(row.name)
+            seconds.setdefault(key, [0.0] * runs)[index] += row.seconds_per_step
+            calls.setdefault(key, [0.0] * runs)[index] += row.calls_per_step
+            klass.setdefault(key, kernel_class(row.name))
+            phase.setdefault(key, row.phase)
+            kernel_time += row.seconds_per_step
+            classes[kernel_class(row.name)] += row.seconds_per_step / runs
+        unlisted.append(sum(row.seconds_per_step for row in profile.kernels
+                            if row.name.startswith(OTHER_ROW_PREFIX)))
+        idle = _clean(step - profile.device_seconds)
+        overlap = _clean(profile.device_seconds - kernel_time)  # minus the overlap
+        for key, value in ((IDLE_KEY, idle), (OVERLAP_KEY, overlap)):
+            seconds.setdefault(key, [0.0] * runs)[index] = value
+            calls.setdefault(key, [0.0] * runs)
+        classes["idle"] += idle / runs
+        classes["overlap"] += overlap / runs
+        if named_phases:
+            for name, value in profile.phases.items():
+                phases[name] = phases.get(name, 0.0) + value / runs
+    return _Side(seconds, calls, klass, phase, steps, unlisted, classes,
+                 phases if named_phases else {})
+
+
+def _clean(seconds: float) -> float:
+    """0 for a difference below a picosecond: float rounding of equal sums, not time."""
+    return 0.0 if abs(seconds) < 1e-12 else seconds
+
+
+# -- which profile explains which metric ------------------------------------------------------
+
+def profile_metric_id(metric_id: str, metrics: Mapping[str, Metric]) -> str | None:
+    """The id of the metric whose profile explains `metric_id`: the metric itself when it has a
+    profile, else the same test's `<prefix>device_time` with the longest prefix that names the
+    metric (`gemm_device_time` for `gemm` and `gemm_tflops`, `device_time` for `step_time`);
+    None for a metric no kernel diff explains (memory, or no profile in the test)."""
+    metric = metrics.get(metric_id)
+    if metric is None or metric.kind not in EXPLAINED_KINDS:
+        return None
+    if metric.profile is not None:
+        return metric_id
+    nodeid, name = split_metric_id(metric_id)
+    best: tuple[int, str] | None = None
+    for mid, candidate in metrics.items():
+        test, candidate_name = split_metric_id(mid)
+        if test != nodeid or candidate.profile is None \
+                or not candidate_name.endswith(PROFILE_METRIC_SUFFIX):
+            continue
+        prefix = candidate_name[:-len(PROFILE_METRIC_SUFFIX)].rstrip("_")
+        if prefix and name != prefix and not name.startswith(prefix + "_"):
+            continue
+        if best is None or len(prefix) > best[0]:
+            best = (len(prefix), mid)
+    return None if best is None else best[1]
+
+
+def run_profiles(metric: Metric) -> tuple[DeviceProfile, ...]:
+    """A stored metric's profiles, one per recorded run where its runs carry them (two or
+    more: a spread), else its own profile; () when it has none."""
+    per_run = tuple(run.profile for run in metric.runs if run.profile is not None)
+    if len(per_run) >= 2:
+        return per_run
+    return () if metric.profile is None else (metric.profile,)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The kernel diff of the profile metric `profile_id`, which explains the regressed
+    `metric_ids`; `diff` is None where a side has no profile, and `missing` says which."""
+
+    profile_id: str
+    metric_ids: tuple[str, ...]
+    diff: KernelDiff | None
+    missing: str = ""
+
+
+def explain(metric_ids: Sequence[str], metrics: Mapping[str, Metric],
+            base_profiles: Callable[[str], Sequence[DeviceProfile]],
+            new_profiles: Callable[[str], Sequence[DeviceProfile]]) -> list[Explanation]:
+    """One explanation per profile metric that explains some of `metric_ids` (found among
+    `metrics`, the new side's), diffing the profiles each side's function gives for it."""
+    groups: dict[str, list[str]] = {}
+    for mid in metric_ids:
+        pid = profile_metric_id(mid, metrics)
+        if pid is not None:
+            groups.setdefault(pid, []).append(mid)
+    explanations = []
+    for pid, explained in groups.items():
+        before, after = base_profiles(pid), new_profiles(pid)
+        missing = " and ".join(side for side, profiles in (("base", before), ("new", after))
+                               if not profiles)
+        explanations.append(Explanation(
+            pid, tuple(explained), diff_profiles(before, after) if not missing else None,
+            f"no kernel table on the {missing} side (measured without a profiled pass)"
+            if missing else ""))
+    return explanations
+
+
+def explain_verdicts(verdicts: Sequence[Verdict], *,
+                     base_profiles: Callable[[str], Sequence[DeviceProfile]] | None = None,
+                     new_profiles: Callable[[str], Sequence[DeviceProfile]] | None = None
+                     ) -> list[Explanation]:
+    """The explanations of the regressions among `verdicts` (all verdicts of the tests, so
+    that each regressed metric finds its test's profile metric): by default the profiles the
+    verdicts' own baseline and measured metrics carry (a baseline's recorded runs' where it
+    has several); A/B passes its rounds' profiles instead."""
+    new = {v.metric_id: v.measured for v in verdicts}
+    base = {v.metric_id: v.baseline for v in verdicts if v.baseline is not None}
+    regressed = [v.metric_id for v in verdicts
+                 if v.outcome is Outcome.REGRESSION and v.baseline is not None]
+    return explain(regressed, new, base_profiles or stored_profiles(base),
+                   new_profiles or stored_profiles(new))
+
+
+def stored_profiles(metrics: Mapping[str, Metric]) -> Callable[[str], tuple[DeviceProfile, ...]]:
+    """The profiles of a stored side (a baseline or saved results) by metric id: its recorded
+    runs' where it has two or more, else its own (`run_profiles`)."""
+    def profiles(metric_id: str) -> tuple[DeviceProfile, ...]:
+        metric = metrics.get(metric_id)
+        return () if metric is None else run_profiles(metric)
+    return profiles
+
+
+def runs_profiles(runs: Sequence[RunResults]) -> Callable[[str], tuple[DeviceProfile, ...]]:
+    """The profiles of a side measured in several runs (A/B rounds), one per run that has it."""
+    def profiles(metric_id: str) -> tuple[DeviceProfile, ...]:
+        found = (run.metrics.get(metric_id) for run in runs)
+        return tuple(m.profile for m in found if m is not None and m.profile is not None)
+    return profiles
