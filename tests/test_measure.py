@@ -15,12 +15,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness.measure.clocks import HostClock
 from harness.measure.dataloader import batch_tensors, measure_dataloader, window_size
 from harness.measure.memory import (
+    LEAK_THRESHOLD_BYTES,
+    Leak,
+    MemoryLedger,
+    MemoryStart,
     cuda_context_bytes,
     device_memory_usage,
     device_memory_used_bytes,
+    held_memory,
     peak_memory,
     release_cached_memory,
     reset_peak_memory,
+    run_memory_ledger,
+    state_bytes_held,
 )
 from harness.measure.sampling import TimingPolicy
 from harness.measure.train_step import measure_train_step
@@ -198,9 +205,16 @@ def test_train_step_on_cpu_with_bf16_autocast_counts_the_same_flops() -> None:
     ({"gpu": object()}, "pass config="),
     ({"device": "cuda"}, "model has parameters on cpu, but device='cuda'"),
     ({"device": "tpu"}, "device must be 'cpu', 'cuda'"),
-    ({"config": TINY_GPT}, "inputs\\[0\\] must be integer token ids of shape \\(batch, seq\\); "
-                          "got a torch.float32 tensor of shape \\(16, 32\\)"),
+    ({"config": TINY_GPT}, "inputs\\[0\\] must be integer token ids of shape \\(batch, seq\\), "
+                          "or a dict with them as 'input_ids'; got a torch.float32 tensor of "
+                          "shape \\(16, 32\\)"),
     ({"loss_fn": lambda output, target: output}, "loss_fn must return a scalar tensor"),
+    ({"model": nn.ReLU()}, "model \\(ReLU\\) has no parameters that require gradients, so a "
+                           "training step has nothing to train; pass the model whose parameters "
+                           "the optimizer updates"),
+    ({"optimizer": torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)},
+     "the optimizer updates none of the parameters of model \\(Sequential\\); build it from "
+     "them"),
 ])
 def test_train_step_rejects_bad_arguments_with_a_clear_message(changes: dict,
                                                                 message: str) -> None:
@@ -335,6 +349,119 @@ def test_device_memory_without_cuda_says_so(helper: Any) -> None:
         helper(0)
 
 
+class FakeDevice:
+    """What a ledger reads: allocated bytes set by the test, reserved twice that."""
+
+    def __init__(self) -> None:
+        self.allocated = 0
+
+    def read(self) -> tuple[int, int]:
+        return self.allocated, 2 * self.allocated
+
+
+GIB = 2**30
+
+
+def test_memory_held_when_a_test_begins_is_its_starting_point() -> None:
+    device = FakeDevice()
+    ledger = MemoryLedger(device.read)
+    device.allocated = 3 * GIB  # the process's own, before any test
+    start = ledger.begin("t.py::first")
+    assert start == MemoryStart(allocated_bytes=3 * GIB, reserved_bytes=6 * GIB, leaks=())
+    device.allocated = 5 * GIB  # the test's model, still alive while it runs
+    device.allocated = 3 * GIB  # and freed at its end
+    assert ledger.end("t.py::first") is None
+
+
+def test_memory_a_test_leaves_behind_is_a_leak_named_to_the_tests_after_it() -> None:
+    device = FakeDevice()
+    ledger = MemoryLedger(device.read)
+    ledger.begin("t.py::failing")
+    device.allocated = 6 * GIB  # a failed test's model, kept alive past its end
+    leak = ledger.end("t.py::failing")
+    assert leak == Leak(nodeid="t.py::failing", bytes=6 * GIB)
+    start = ledger.begin("t.py::next")
+    assert start.allocated_bytes == 6 * GIB  # subtracted from this test's peaks
+    assert start.leaks == (leak,)
+    assert "leaked by earlier tests: t.py::failing (6.00 GiB)" in start.describe()
+    ledger.end("t.py::next")
+    device.allocated = 0  # the leaked model is freed at last
+    assert ledger.begin("t.py::later").leaks == ()
+
+
+def test_allocator_rounding_left_after_a_test_is_no_leak() -> None:
+    device = FakeDevice()
+    ledger = MemoryLedger(device.read)
+    ledger.begin("t.py::a")
+    device.allocated = LEAK_THRESHOLD_BYTES
+    assert ledger.end("t.py::a") is None
+
+
+def test_a_test_that_never_began_cannot_end() -> None:
+    with pytest.raises(ValueError, match="test 't.py::x' ended without having begun"):
+        MemoryLedger(FakeDevice().read).end("t.py::x")
+
+
+def test_memory_metrics_subtract_what_was_held_and_show_both_breakdowns(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import step
+    from harness.measure.memory import DeviceMemoryUsage
+    from harness.theory.memory.breakdown import MemoryBreakdown
+
+    # The CUDA readings as a GPU would give them: 10 GiB peak allocated, 12 GiB reserved.
+    monkeypatch.setattr(step, "peak_memory", lambda device: (10 * GIB, 12 * GIB))
+    monkeypatch.setattr(step, "device_memory_usage",
+                        lambda index: DeviceMemoryUsage(used_bytes=13 * GIB, per_process=True))
+    start = MemoryStart(allocated_bytes=2 * GIB, reserved_bytes=3 * GIB,
+                        leaks=(Leak("t.py::failed", 2 * GIB),))
+    estimate = MemoryBreakdown({"weights": 2 * GIB, "optimizer_states": 4 * GIB,
+                                "layer_activations": GIB, "gradients": 0}, phase="loss_backward")
+    states = {"parameters": 2 * GIB, "gradients": 2 * GIB, "optimizer_states": 4 * GIB}
+    metrics = step.memory_metrics("cuda:0", estimate, "bf16-autocast, adamw", start, states)
+    assert metrics["peak_allocated_bytes"].median == 8 * GIB
+    assert metrics["peak_reserved_bytes"].median == 9 * GIB
+    assert metrics["device_memory_bytes"].median == 10 * GIB
+    assert "leaked by earlier tests: t.py::failed (2.00 GiB)" in metrics[
+        "peak_allocated_bytes"].note
+    ratio = metrics["memory_vs_estimate"]
+    assert ratio.median == 8 / 7
+    assert ("estimate at its peak phase 'loss_backward': optimizer_states 4.00 GiB, weights "
+            "2.00 GiB, layer_activations 1.00 GiB; measured: optimizer_states 4.00 GiB, "
+            "parameters 2.00 GiB, gradients 2.00 GiB, the rest of the peak (activations, "
+            "logits, working memory) 0.00 B") in ratio.note
+
+
+def test_a_run_keeps_one_ledger_on_cuda_and_none_on_cpu() -> None:
+    class Run:
+        pass
+
+    run = Run()
+    assert run_memory_ledger(run, "cpu") is None
+    ledger = run_memory_ledger(run, "cuda")
+    assert isinstance(ledger, MemoryLedger)
+    assert run_memory_ledger(run, "cuda") is ledger
+    assert run_memory_ledger(Run(), "cuda") is not ledger
+
+
+def test_held_memory_needs_a_cuda_device() -> None:
+    with pytest.raises(ValueError, match="got device='cpu'"):
+        held_memory("cpu")
+
+
+def test_model_states_held_count_parameters_gradients_and_optimizer_states() -> None:
+    model, inputs, _ = tiny_mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    parameters = sum(p.numel() for p in model.parameters()) * 4  # fp32
+    assert state_bytes_held(model, optimizer) == {
+        "parameters": parameters, "gradients": 0, "optimizer_states": 0}
+    mse(model(inputs[0]), inputs[1]).backward()
+    optimizer.step()
+    held = state_bytes_held(model, optimizer)
+    assert held["gradients"] == parameters
+    # Two fp32 moments per parameter and one step counter (a 0-d fp32 tensor) per tensor.
+    assert held["optimizer_states"] == 2 * parameters + 4 * len(list(model.parameters()))
+
+
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.is_initialized(),
                     reason="checks that CUDA is left uninitialised")
 def test_releasing_cached_memory_leaves_uninitialised_cuda_alone() -> None:
@@ -396,3 +523,28 @@ def test_pinned_loader_reports_copy_time_and_bandwidth() -> None:
     assert metrics["h2d_time"].count == 5
     assert metrics["h2d_bandwidth"].median > 0
     assert "all batch tensors were in pinned memory" in metrics["h2d_time"].note
+
+
+@needs_cuda
+def test_memory_left_by_an_earlier_test_never_moves_the_next_tests_peak() -> None:
+    from harness.measure.clocks import CudaEventClock
+    from harness.model import build_model, lm_loss, random_batch
+
+    ledger = MemoryLedger(lambda: held_memory("cuda"))
+    peaks = []
+    leftover = []
+    for name in ("first", "after_a_leak"):
+        start = ledger.begin(f"t.py::{name}")
+        torch.manual_seed(0)
+        model = build_model(TINY_GPT, device="cuda")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        metrics = measure_train_step(model, random_batch(TINY_GPT, 4, 32, device="cuda"),
+                                     lm_loss, optimizer, clock=CudaEventClock(), policy=POLICY,
+                                     device="cuda", memory_start=start)
+        peaks.append(metrics["peak_allocated_bytes"].median)
+        leftover.append(torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda"))  # a leak
+        del model, optimizer
+        ledger.end(f"t.py::{name}")
+    assert peaks[1] == peaks[0], (
+        f"a 256 MiB tensor left by the first test moved the second's peak: {peaks}")
+    assert "t.py::first" in metrics["peak_allocated_bytes"].note

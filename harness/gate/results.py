@@ -12,13 +12,13 @@ when a baseline is written.
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
-from harness.checks import require_finite
+from harness.checks import require_bool, require_finite, require_text, shown
 from harness.gate.fleet import RunSummary
 from harness.gate.profile import DeviceProfile, ProfileError
 from harness.gate.stats import quartiles, relative_spread
@@ -35,6 +35,10 @@ RunKind = Literal["baseline", "results"]
 BETTER_VALUES: tuple[str, ...] = ("higher", "lower")
 METRIC_KINDS: tuple[str, ...] = ("time", "throughput", "memory", "dataloader", "other")
 RUN_KINDS: tuple[str, ...] = ("baseline", "results")
+
+# Kinds whose samples are durations, sizes in bytes or rates: below zero they are a bug in the
+# measurement, and the relative change of a negative median points the wrong way.
+NON_NEGATIVE_KINDS: tuple[str, ...] = ("time", "throughput", "memory", "dataloader")
 
 
 class SchemaError(ValueError):
@@ -77,6 +81,27 @@ def _optional_number(data: Mapping[str, Any], key: str, where: str) -> float | N
         raise SchemaError(f"{where}: {key!r} must be a number or null, got {value!r}") from None
 
 
+def _checked_samples(where: str, samples: object, kind: object) -> tuple[float, ...]:
+    """`samples` as floats: a non-empty sequence of finite numbers, none negative for the
+    NON_NEGATIVE_KINDS."""
+    if isinstance(samples, (str, bytes, Mapping)) or not isinstance(samples, Iterable):
+        raise ValueError(f"{where}: samples must be a non-empty sequence of numbers, "
+                         f"got {shown(samples)}")
+    values = tuple(samples)
+    if not values:
+        raise ValueError(f"{where} has no samples")
+    checked = tuple(require_finite(f"{where}: sample {i}", value)
+                    for i, value in enumerate(values))
+    if kind in NON_NEGATIVE_KINDS:
+        for i, value in enumerate(checked):
+            if value < 0:
+                raise ValueError(
+                    f"{where}: sample {i} is {value!r}, but a {kind} metric is a duration, a "
+                    f"size or a rate and cannot be negative; fix the measurement, or record a "
+                    f"signed quantity with kind='other'")
+    return checked
+
+
 @dataclass(frozen=True)
 class Metric:
     """One measured quantity of one test.
@@ -102,25 +127,42 @@ class Metric:
     runs: tuple[RunSummary, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "::" in self.name:
+        # Every field is checked here, so a bad value fails where it was given, never later
+        # in a baseline file that no run can load.
+        name = self.name
+        if not isinstance(name, str) or not name.strip() or "::" in name:
             raise ValueError(f"metric name must be a non-empty string without '::', "
-                             f"got {self.name!r}")
+                             f"got {shown(name)}")
+        if "\n" in name or "\r" in name:
+            raise ValueError(f"metric name must be on one line (it is a key in reports and "
+                             f"baselines), got {name!r}")
+        where = f"metric {name!r}"
+        require_text(f"{where}: unit (such as 's', 'B' or 'TFLOP/s')", self.unit)
         if self.better not in BETTER_VALUES:
-            raise ValueError(f"metric {self.name!r}: better must be 'higher' or 'lower', "
-                             f"got {self.better!r}")
+            raise ValueError(f"{where}: better must be 'higher' or 'lower', "
+                             f"got {shown(self.better)}")
         if self.kind not in METRIC_KINDS:
-            raise ValueError(f"metric {self.name!r}: kind must be one of "
-                             f"{', '.join(METRIC_KINDS)}; got {self.kind!r}")
-        samples = tuple(float(s) for s in self.samples)
-        if not samples:
-            raise ValueError(f"metric {self.name!r} has no samples")
-        if not all(math.isfinite(s) for s in samples):
-            raise ValueError(f"metric {self.name!r} has a non-finite sample: {samples}")
-        object.__setattr__(self, "samples", samples)
+            raise ValueError(f"{where}: kind must be one of "
+                             f"{', '.join(METRIC_KINDS)}; got {shown(self.kind)}")
+        object.__setattr__(self, "samples", _checked_samples(where, self.samples, self.kind))
         if self.tolerance is not None:
             object.__setattr__(self, "tolerance",
-                               require_tolerance(f"metric {self.name!r}: tolerance",
-                                                 self.tolerance))
+                               require_tolerance(f"{where}: tolerance", self.tolerance))
+        if self.theory is not None:
+            object.__setattr__(self, "theory", require_finite(
+                f"{where}: theory (the analytic figure, or None)", self.theory))
+        require_bool(f"{where}: reliable", self.reliable)
+        require_bool(f"{where}: host_bound", self.host_bound)
+        if not isinstance(self.note, str):
+            raise ValueError(f"{where}: note must be a string, got {shown(self.note)}")
+        if self.profile is not None and not isinstance(self.profile, DeviceProfile):
+            raise ValueError(f"{where}: profile must be a DeviceProfile or None, "
+                             f"got {shown(self.profile)}")
+        runs = self.runs
+        if isinstance(runs, (str, bytes)) or not isinstance(runs, Iterable) \
+                or not all(isinstance(run, RunSummary) for run in runs):
+            raise ValueError(f"{where}: runs must be a tuple of RunSummary, got {shown(runs)}")
+        object.__setattr__(self, "runs", tuple(runs))
 
     @property
     def count(self) -> int:
@@ -259,6 +301,25 @@ class RunResults:
     created: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        # Checked when made, so what is written is what a later run can load.
+        if self.kind not in RUN_KINDS:
+            raise ValueError(f"run kind must be one of {', '.join(RUN_KINDS)}, "
+                             f"got {shown(self.kind)}")
+        require_text("fingerprint", self.fingerprint)
+        if not isinstance(self.environment, dict):
+            raise ValueError(f"environment must be a dict, got {shown(self.environment)}")
+        if not isinstance(self.metrics, dict) or not all(
+                isinstance(mid, str) and isinstance(m, Metric) for mid, m in self.metrics.items()):
+            raise ValueError(f"metrics must be a dict of metric id -> Metric, "
+                             f"got {shown(self.metrics)}")
+        if not isinstance(self.created, str):
+            raise ValueError(f"created must be an ISO 8601 time as a string, "
+                             f"got {shown(self.created)}")
+        if isinstance(self.schema_version, bool) or self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version must be {SCHEMA_VERSION} (older versions are only "
+                             f"read, never written), got {shown(self.schema_version)}")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
@@ -290,16 +351,23 @@ class RunResults:
                 raise SchemaError(f"{where}: {exc}") from None
             metrics[mid] = Metric.from_json(name, raw, f"{where}: metric {mid!r}")
         created = data.get("created", "")
-        return cls(kind=kind, fingerprint=fingerprint, environment=environment,
-                   metrics=metrics, created=str(created))
+        try:
+            return cls(kind=kind, fingerprint=fingerprint, environment=environment,
+                       metrics=metrics, created=str(created))
+        except ValueError as exc:
+            raise SchemaError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """What one `perf` fixture call produced: its metrics by name and the GPU state around it."""
+class Measurement(Mapping[str, Metric]):
+    """What one `perf` fixture call produced: a read-only mapping of metric name to `Metric`
+    (`m["step_time"]`, `for name, metric in m.items()`), and the GPU state around it."""
 
-    metrics: dict[str, Metric]
+    metrics: Mapping[str, Metric]
     gpu_state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
 
     def __getitem__(self, name: str) -> Metric:
         if name not in self.metrics:
@@ -309,6 +377,12 @@ class Measurement:
 
     def __contains__(self, name: object) -> bool:
         return name in self.metrics
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.metrics)
+
+    def __len__(self) -> int:
+        return len(self.metrics)
 
     @property
     def reliable(self) -> bool:

@@ -1,7 +1,9 @@
-"""The `perf` fixture and its object: a test says what to measure, `Perf` knows how.
+"""The object of the `perf` fixture: a test says what to measure, `Perf` knows how.
 
-The fixtures `perf_device`, `perf_clock` and `perf_gpu_monitor` supply what `perf` measures
-with; a conftest.py overrides them (`harness.testing.FakeClock` for tests without a GPU). Every
+The fixtures (`perf`, and `perf_device`, `perf_clock`, `perf_gpu_monitor` that supply what it
+measures with) are `harness.pytest_plugin.fixtures`'s, which imports this module, and torch with
+it, only when a test uses one; a conftest.py overrides the clock and monitor
+(`harness.testing.FakeClock` for tests without a GPU). Every
 measurement runs between two GPU snapshots (`gpu_state.measure_between_snapshots`). When the
 GPU throttled for a reason that distorts the numbers (`gpu_state.DISTORTING_THROTTLE_REASONS`)
 the measurement is taken once more; when it throttles again its metrics are kept but marked
@@ -18,7 +20,6 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import pynvml
 import pytest
 import torch
 
@@ -35,13 +36,11 @@ from harness.gate.results import (
 )
 from harness.gate.session import PerfSession
 from harness.gate.tolerance import require_tolerance
-from harness.measure.clocks import Clock, CudaEventClock, QueuedCudaEventClock, default_clock
+from harness.measure.clocks import Clock, CudaEventClock, QueuedCudaEventClock
 from harness.measure.collectives import collective_call, collective_metrics
 from harness.measure.dataloader import measure_dataloader
 from harness.measure.gpu_state import (
     GpuStateMonitor,
-    NullGpuMonitor,
-    default_gpu_monitor,
     describe_snapshot,
     measure_between_snapshots,
 )
@@ -49,20 +48,19 @@ from harness.measure.kernels import (
     DEFAULT_PROFILE_STEPS,
     device_time_metric,
     profile_or_reason,
+    trace_into,
     with_wall_time,
 )
+from harness.measure.memory import MemoryLedger, MemoryStart, run_memory_ledger
 from harness.measure.sampling import L2Flush, TimingPolicy, measure_time
-from harness.measure.train_step import measure_train_step
-from harness.pytest_plugin.run import RUN_KEY, PerfRun
+from harness.measure.step import MeasurementError, measure_step, require_no_argument_callable
+from harness.measure.train_step import check_train_step, measure_train_step
+from harness.pytest_plugin.fixtures import PerfWarning
 from harness.theory.config import TransformerConfig
 
 # Metrics of `measure_train_step` that count what the caching allocator holds rather than what
 # tensors use (`Perf.train_step`'s cached_memory_tolerance).
 CACHED_MEMORY_METRICS: frozenset[str] = frozenset({"peak_reserved_bytes", "device_memory_bytes"})
-
-
-class PerfWarning(UserWarning):
-    """Something the perf run could not do, that does not invalidate it (e.g. no NVML)."""
 
 
 def _prefixed(metrics: dict[str, Metric], prefix: str) -> dict[str, Metric]:
@@ -72,19 +70,27 @@ def _prefixed(metrics: dict[str, Metric], prefix: str) -> dict[str, Metric]:
 
 
 class Perf:
-    """What a measured test uses: `time`, `train_step`, `dataloader`, `metric`, and in a
-    distributed run `collective`.
+    """What a measured test uses: `time`, `train_step`, `step`, `dataloader`, `metric`, and in
+    a distributed run `collective`.
 
     `device` is the session's device ("cuda" or "cpu"); `gpu` the GPUSpec of the local GPU on
     CUDA runs (None on CPU, or for a GPU the spec table does not know); `distributed` the
     process group of a run launched by torchrun (None otherwise), whose clock is then a
     `harness.distributed.group.LockstepClock`: every rank gets the slowest rank's times.
+
+    Memory belongs to the test: on CUDA, given `add_finalizer` (the fixture request's), what
+    the device holds when `Perf` is made (the `perf` fixture's setup) is read once everything
+    collectable is freed and subtracted from every memory metric of the test; at teardown,
+    memory the test still holds is a leak, warned about and named to the tests after it
+    (`harness.measure.memory.MemoryLedger`). Memory of fixtures set up before `perf` counts
+    as held before the test: request `perf` first, or build models in the test.
     """
 
     def __init__(self, *, session: PerfSession, nodeid: str, clock: Clock,
                  monitor: GpuStateMonitor, policy: TimingPolicy,
                  user_properties: list[tuple[str, object]],
-                 distributed: DistributedRun | None = None) -> None:
+                 distributed: DistributedRun | None = None,
+                 add_finalizer: Callable[[Callable[[], object]], None] | None = None) -> None:
         self._session = session
         self._nodeid = nodeid
         self._clock = clock
@@ -94,6 +100,14 @@ class Perf:
         self.device: str = session.options.device
         self.gpu = session.gpu
         self.distributed = distributed
+        self._memory_start: MemoryStart | None = None
+        ledger = (run_memory_ledger(session, session.options.device)
+                  if add_finalizer is not None else None)
+        if ledger is not None and add_finalizer is not None:
+            self._memory_start = ledger.begin(nodeid)
+            held = self._memory_start.allocated_bytes
+            user_properties.append(("perf:memory_held_at_start", f"{held} B"))
+            add_finalizer(lambda: _warn_of_leak(ledger, nodeid))
 
     def time(self, fn: Callable[[], object], *, name: str = "time", flops: float | None = None,
              bytes: float | None = None, tolerance: float | None = None,
@@ -106,8 +120,8 @@ class Perf:
 
         `flush_l2` overrides the session's policy for kernels whose inputs fit in L2.
         """
-        if not callable(fn):
-            raise ValueError(f"fn must be a callable taking no arguments, got {fn!r}")
+        __tracebackhide__ = True  # pytest: a bad argument is the test's line, not this frame
+        require_no_argument_callable("fn", fn)
         flops_per_call = None if flops is None else require_positive("flops", flops)
         bytes_per_call = None if bytes is None else require_positive("bytes", bytes)
         if flush_l2 is not None:
@@ -177,7 +191,60 @@ class Perf:
         device_memory_bytes) is not when several streams allocate (FSDP2's all-gathers):
         `cached_memory_tolerance` applies to those two. On CUDA, unless `profile=False`, a
         profiled pass adds `device_time` with the step's kernel table."""
-        label = f"{name_prefix}train_step"
+        __tracebackhide__ = True  # pytest: a bad argument is the test's line, not this frame
+        check_train_step(model, inputs, loss_fn, optimizer, self.device)
+
+        def measure(profile_steps: int) -> dict[str, Metric]:
+            return measure_train_step(
+                model, inputs, loss_fn, optimizer, clock=self._clock, policy=self._policy,
+                device=self.device, config=config, recompute=recompute,
+                autocast_dtype=autocast_dtype,
+                # MFU/HFU need the analytic FLOPs of a config; without one the spec is unused.
+                gpu=self.gpu if config is not None else None,
+                precision=precision, optimizer_name=optimizer_name, peak_dtype=peak_dtype,
+                causal=causal, profile_steps=profile_steps, memory_start=self._memory_start)
+
+        return self._measure_step(f"{name_prefix}train_step", measure, name_prefix=name_prefix,
+                                  tolerance=tolerance,
+                                  cached_memory_tolerance=cached_memory_tolerance,
+                                  profile=profile)
+
+    def step(self, fn: Callable[[], object], *, batch_size: int | None = None,
+             seq_len: int | None = None, micro_batches: int = 1,
+             config: TransformerConfig | None = None, recompute: str = "none",
+             precision: str = "bf16-mixed", optimizer_name: str = "adamw",
+             peak_dtype: str = "bf16", causal: bool = False, dropout: bool = False,
+             name_prefix: str = "", tolerance: float | None = None,
+             cached_memory_tolerance: float | None = None, profile: bool = True) -> Measurement:
+        """A training step the test wrote itself, measured like `train_step`: `fn()` runs one
+        whole step (gradient accumulation over `micro_batches` micro-batches of `batch_size` x
+        `seq_len` tokens, clipping, scheduler, ...) and returns its loss (checked for NaN) or
+        None. Metrics as `harness.measure.step.measure_step`: step_time, tflops,
+        flops_per_step; tokens_per_s with the shape; mfu/hfu with a config; memory on CUDA (the
+        estimate with one micro-batch). Other arguments as in `train_step`."""
+        __tracebackhide__ = True  # pytest: a bad argument is the test's line, not this frame
+        require_no_argument_callable("fn", fn)
+
+        def measure(profile_steps: int) -> dict[str, Metric]:
+            return measure_step(
+                fn, clock=self._clock, policy=self._policy, device=self.device,
+                batch_size=batch_size, seq_len=seq_len, micro_batches=micro_batches,
+                config=config, recompute=recompute,
+                gpu=self.gpu if config is not None else None, precision=precision,
+                optimizer_name=optimizer_name, peak_dtype=peak_dtype, causal=causal,
+                dropout=dropout, profile_steps=profile_steps, memory_start=self._memory_start)
+
+        return self._measure_step(f"{name_prefix}step", measure, name_prefix=name_prefix,
+                                  tolerance=tolerance,
+                                  cached_memory_tolerance=cached_memory_tolerance,
+                                  profile=profile)
+
+    def _measure_step(self, label: str, measure: Callable[[int], dict[str, Metric]], *,
+                      name_prefix: str, tolerance: float | None,
+                      cached_memory_tolerance: float | None, profile: bool) -> Measurement:
+        """`train_step` and `step`: their tolerances and prefix put on the metrics of
+        `measure(profile_steps)`, a diverged loss turned into a plain test failure."""
+        __tracebackhide__ = True
         profile_steps = DEFAULT_PROFILE_STEPS if require_bool("profile", profile) \
             and self._profiles() else 0
         if tolerance is not None:
@@ -186,20 +253,17 @@ class Perf:
             require_tolerance("cached_memory_tolerance", cached_memory_tolerance)
 
         def produce() -> dict[str, Metric]:
-            metrics = measure_train_step(
-                model, inputs, loss_fn, optimizer, clock=self._clock, policy=self._policy,
-                device=self.device, config=config, recompute=recompute,
-                autocast_dtype=autocast_dtype,
-                # MFU/HFU need the analytic FLOPs of a config; without one the spec is unused.
-                gpu=self.gpu if config is not None else None,
-                precision=precision, optimizer_name=optimizer_name, peak_dtype=peak_dtype,
-                causal=causal, profile_steps=profile_steps)
+            metrics = measure(profile_steps)
             metrics = {name: m.with_changes(tolerance=cached_memory_tolerance)
                        if name in CACHED_MEMORY_METRICS and cached_memory_tolerance is not None
                        else m for name, m in metrics.items()}
             return _prefixed(_timing_tolerance(metrics, tolerance), name_prefix)
 
-        return self._measure(label, produce)
+        try:
+            return self._measure(label, produce)
+        except MeasurementError as exc:
+            failure = f"{label}: {exc}"
+        pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback
 
     def dataloader(self, loader: Iterable[Any], *, steps: int, name_prefix: str = "",
                    tolerance: float | None = None) -> Measurement:
@@ -289,7 +353,9 @@ class Perf:
     def _measure(self, label: str, produce: Callable[[], dict[str, Metric]]) -> Measurement:
         """Run `produce` between GPU snapshots, retry it when throttled, record its metrics."""
         agree = self.distributed.agree_on_problem if self.distributed is not None else None
-        metrics, gpu_state = measure_between_snapshots(produce, self._monitor, agree=agree)
+        # --perf-trace: the measurement's profiled pass also writes its trace.
+        with trace_into(self._session.trace_path(self._nodeid, label)):
+            metrics, gpu_state = measure_between_snapshots(produce, self._monitor, agree=agree)
         after = gpu_state["after"]
         self._session.check_names_free(self._nodeid, list(metrics))
         for metric in metrics.values():
@@ -313,48 +379,13 @@ def _timing_tolerance(metrics: dict[str, Metric], tolerance: float | None) -> di
             for name, m in metrics.items()}
 
 
-def _started(request: pytest.FixtureRequest) -> tuple[PerfRun, PerfSession]:
-    """The run of this config and its perf session; a RuntimeError when it never started."""
-    run = request.config.stash.get(RUN_KEY, None)
-    session = None if run is None else run.session
-    if run is None or session is None:
-        raise RuntimeError("the perf session was not started: harness.pytest_plugin is loaded "
-                           "but its pytest_sessionstart did not run")
-    return run, session
+class PerfLeakWarning(PerfWarning):
+    """A measured test left device memory allocated after it ended."""
 
 
-@pytest.fixture(scope="session")
-def perf_device(request: pytest.FixtureRequest) -> str:
-    """The device measured tests run on: "cuda" or "cpu" (--perf-device, resolved)."""
-    return request.config.stash[RUN_KEY].options.device
+def _warn_of_leak(ledger: MemoryLedger, nodeid: str) -> None:
+    """At a test's teardown: a warning naming the test when it still holds device memory."""
+    leak = ledger.end(nodeid)
+    if leak is not None:
+        warnings.warn(PerfLeakWarning(leak.describe()), stacklevel=1)
 
-
-@pytest.fixture
-def perf_clock(perf_device: str) -> Clock:
-    """The clock of `perf` measurements; override it in a conftest.py (e.g. a FakeClock)."""
-    return default_clock(perf_device)
-
-
-@pytest.fixture
-def perf_gpu_monitor(perf_device: str) -> GpuStateMonitor:
-    """The GPU monitor of `perf` measurements (NVML on CUDA, none on CPU); overridable."""
-    try:
-        return default_gpu_monitor(perf_device)
-    except (pynvml.NVMLError, ValueError) as exc:
-        warnings.warn(PerfWarning(f"GPU state is not monitored ({exc}): throttling cannot be "
-                                  f"detected in this run"), stacklevel=2)
-        return NullGpuMonitor()
-
-
-@pytest.fixture
-def perf(request: pytest.FixtureRequest, perf_clock: Clock,
-         perf_gpu_monitor: GpuStateMonitor) -> Perf:
-    """Measure in a test: perf.time, perf.train_step, perf.dataloader, perf.metric (and
-    perf.collective under torchrun, where every clock reads the slowest rank's time)."""
-    run, session = _started(request)
-    clock = perf_clock
-    if run.distributed is not None:
-        clock = LockstepClock(perf_clock, run.distributed)
-    return Perf(session=session, nodeid=request.node.nodeid, clock=clock,
-                monitor=perf_gpu_monitor, policy=run.policy,
-                user_properties=request.node.user_properties, distributed=run.distributed)

@@ -9,6 +9,7 @@ CPU (small shapes), which is how tests/test_suite_workloads.py checks it without
     bounds.py      the datasheet peak and bandwidth a measured fraction is taken of
     models.py      the reference transformer models and `TransformerWorkload`
     training.py    training workloads, one training step, the memory sweep
+    real_models.py Hugging Face (Llama-3, Qwen3, Mixtral-style) and timm models from configs
     inference.py   prefill and decode sizes, a KV cache and a KV-cached forward
     dataloader.py  a synthetic image pipeline, its consumer, host buffers for copies
     tolerances.py  the wider tolerances of host-bound measurements, with their evidence

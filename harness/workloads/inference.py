@@ -91,6 +91,11 @@ def forward_with_cache(model: DecoderLM, input_ids: torch.Tensor, cache: KVCache
     if cfg.position == "alibi":
         raise ValueError("forward_with_cache supports RoPE and learned positions; "
                          f"{cfg.name!r} uses ALiBi")
+    if (cfg.qk_norm != "none" or cfg.norm_placement != "pre" or cfg.parallel_residual
+            or cfg.sliding_window is not None or cfg.position_offset):
+        raise ValueError(f"forward_with_cache runs the classic pre-norm block; {cfg.name!r} has "
+                         f"query/key norms, another norm placement, a parallel block, a sliding "
+                         f"window or a position offset, which it does not apply")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a (batch, n) tensor of token ids, got {input_ids!r}")
     batch, new = input_ids.shape
