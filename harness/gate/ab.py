@@ -43,6 +43,9 @@ GIT_TIMEOUT_SECONDS = 300.0
 # minutes only stops a run that hangs.
 CHILD_TIMEOUT_SECONDS = 1800.0
 
+# Set in the environment of every child run: the child only measures, so its plugin skips what
+# only a judged run needs (the host calibration of its environment record).
+CHILD_RUN_VARIABLE = "PERF_HARNESS_AB_CHILD"
 # Lines of a failed child run's output shown in the error: enough for pytest's short summary.
 OUTPUT_TAIL_LINES = 40
 
@@ -227,6 +230,7 @@ class PytestRunner:
         empty_baselines = save_path.parent / "no-baselines"
         empty_baselines.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
+        env[CHILD_RUN_VARIABLE] = "1"
         if (tree / "harness" / "__init__.py").is_file():
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(tree), *filter(None, [env.get("PYTHONPATH")])])

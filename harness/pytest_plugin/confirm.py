@@ -63,7 +63,8 @@ def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir
                                runner=ab.PytestRunner(), tolerance_of=tolerance_of,
                                alpha=DEFAULT_ALPHA, max_rounds=options.ab_rounds,
                                budget_seconds=options.ab_budget_seconds, work_dir=Path(work),
-                               progress=lambda line: write(f"perf: {line}"))
+                               progress=lambda line: write(f"perf: {line}"),
+                               watch=tolerances.__contains__)
     except ab.ABError as exc:
         first_line = str(exc).splitlines()[0]
         session.end_notes.append(f"{nodeid}: A/B failed ({first_line}); re-measured instead")
@@ -72,4 +73,5 @@ def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir
     outcomes = ", ".join(f"{v.metric_id.rpartition('::')[2]} {v.outcome.value}" for v in final)
     return session.redecide(nodeid, final, (
         f"A/B against {full_commit[:12]}, {result.rounds} rounds in "
-        f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"))
+        f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"),
+        runs=(result.base_runs, result.head_runs))

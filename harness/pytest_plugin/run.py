@@ -1,62 +1,46 @@
-"""The hooks of one pytest run (`PerfRun`): the perf session's start, the collection checks
-(GPU and distributed tests), the verdict after each test with the re-run that confirms a
+"""The hooks of one pytest run (`PerfRun`): the collection checks (GPU and distributed tests),
+the perf session's start, the verdict after each test with the re-run that confirms a
 regression, and the end of the run.
+
+The perf session starts after collection, and only when a selected test uses `perf` (or, for a
+test that asks for it by name at run time, when it first does): a run without measured tests
+imports no torch, records no environment, reads no baseline and prints nothing.
 
 Under torchrun every rank runs pytest: the run joins the process group, rank 0 alone prints,
 judges, saves and writes baselines, and all ranks reach the same verdict for every test (see
 `harness.distributed.group`). `distributed` tests are skipped, or refused under
-`-m distributed`, without such a launch.
+`-m distributed`, without such a launch. Under pytest-xdist measured tests are refused
+(`xdist_role`): parallel workers would measure at once and slow each other down.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
+import os
 import sys
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness.distributed import group
-from harness.distributed.group import DistributedRun, RankOutcome
-from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, required_ranks
-from harness.gate import store
+from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, launch_from_environment
 from harness.gate.run_options import PerfOptions
-from harness.gate.session import Decision, PerfSession
-from harness.measure import devices, environment, host, memory
-from harness.pytest_plugin.confirm import confirm_by_ab
-from harness.pytest_plugin.options import no_cuda_detail, timing_policy
+from harness.pytest_plugin import markers, ranks
+from harness.pytest_plugin.context import check_baselines_location, xdist_role
+from harness.pytest_plugin.options import read_options, timing_policy
 
+if TYPE_CHECKING:
+    from harness.distributed.group import DistributedRun
+    from harness.gate.session import Decision, PerfSession
+    from harness.measure.sampling import TimingPolicy
 
-def _no_cuda_reason() -> str:
-    """Why GPU tests cannot run here: the perf device is the CPU, or CUDA is not visible."""
-    if environment.cuda_available():
-        return "the perf device is cpu (--perf-device cpu); GPU tests measure on CUDA only"
-    return f"no CUDA device visible: {no_cuda_detail()}"
-
-
-def _gpu_markexpr(config: pytest.Config) -> str | None:
-    """The -m expression when it names the gpu marker (GPU tests were asked for), else None."""
-    return _markexpr_naming(config, "gpu")
-
-
-def _markexpr_naming(config: pytest.Config, marker: str) -> str | None:
-    """The -m expression when it names `marker`, else None."""
-    markexpr = config.getoption("markexpr", "") or ""
-    return markexpr if re.search(rf"\b{marker}\b", markexpr) else None
-
-
-def _required_ranks(item: pytest.Item) -> int | None:
-    """Ranks a test's `distributed` marker asks for; None for a test without the marker."""
-    marker = item.get_closest_marker("distributed")
-    if marker is None:
-        return None
-    try:
-        return required_ranks(marker.args, marker.kwargs)
-    except ValueError as exc:
-        raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+XDIST_REFUSAL = (
+    "perf: measured tests do not run under pytest-xdist workers: workers measuring at once "
+    "slow each other down (a false regression), and their results cannot be joined into one "
+    "report, results file or baseline. Run the measured tests in a pytest of their own without "
+    "workers, `pytest -n 0 -m perf`, and the others with workers, `pytest -n auto -m 'not perf'`.")
 
 
 def _agrees(exc: BaseException) -> bool:
@@ -66,26 +50,48 @@ def _agrees(exc: BaseException) -> bool:
 
 
 class PerfRun:
-    """The hooks of one pytest run, bound to its config and its `PerfSession`; the `perf`
-    fixture takes the session, the timing policy and the process group from here."""
+    """The hooks of one pytest run, bound to its config; its `PerfSession` once a test measures.
+    The `perf` fixture takes the session, the timing policy and the process group from here."""
 
     PLUGIN_NAME = "harness-perf-run"
 
-    def __init__(self, config: pytest.Config, options: PerfOptions,
-                 launch: Launch | None = None) -> None:
+    def __init__(self, config: pytest.Config, options: PerfOptions, scope: str) -> None:
         self.config = config
+        # As checked at configure time; `start` resolves the device ("auto" until then).
         self.options = options
-        self.launch = launch
-        self.policy = timing_policy(options)
+        self.scope = scope
+        self.policy: TimingPolicy | None = None
         self.session: PerfSession | None = None
         # The process group of a torchrun launch, joined at the start of the session.
         self.distributed: DistributedRun | None = None
         # Tests whose body raised on this rank (their failure is this rank's to report).
         self.raised_here: set[str] = set()
+        # Outcomes of tests that ran before the session started (see `start`).
+        self._failed_before: set[str] = set()
+        self._passed_before: set[str] = set()
+        # Measured tests a pytest-xdist worker refuses (those not skipped anyway).
+        self._refused: set[str] = set()
+
+    @functools.cached_property
+    def launch(self) -> Launch | None:
+        """The torchrun launch this pytest runs in, read from the environment when first
+        needed; None without one."""
+        try:
+            return launch_from_environment(os.environ)
+        except ValueError as exc:
+            raise pytest.UsageError(f"torch.distributed launch: {exc}") from None
+
+    def _device(self) -> str:
+        """The device measured tests run on, "cuda" or "cpu" (resolving "auto" asks torch)."""
+        if self.options.device == "auto":
+            self.options = read_options(self.config)
+        return self.options.device
 
     def _start_distributed(self) -> DistributedRun | None:
         if self.launch is None:
             return None
+        from harness.distributed import group
+
         timeout = self.options.dist_timeout_seconds or DEFAULT_TIMEOUT_SECONDS
         try:
             return group.start(self.launch, self.options.device, timeout_seconds=timeout)
@@ -93,16 +99,33 @@ class PerfRun:
             raise pytest.UsageError(f"rank {self.launch.rank} could not join the process "
                                     f"group ({self.options.device}): {exc}") from None
 
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """Join the process group of a torchrun launch, record the environment and load the
-        baseline (or --perf-compare file) once; a bad file ends the run here, naming it."""
+    def start(self, session: pytest.Session) -> PerfSession:
+        """The perf session, started on first use: join the process group of a torchrun launch,
+        record the environment and load the baseline (or --perf-compare file) once; a bad file
+        or a baseline left behind by a moved rootdir is a pytest.UsageError naming it."""
+        if self.session is not None:
+            return self.session
+        if xdist_role(self.config) == "worker":
+            raise pytest.UsageError(XDIST_REFUSAL)
+        from harness.gate import store
+        from harness.gate.ab import CHILD_RUN_VARIABLE
+        from harness.gate.session import PerfSession
+        from harness.measure import devices, environment, host
+
+        self._device()
         options = self.options
+        launch = self.launch
+        if launch is not None and launch.rank != 0:
+            ranks.quiet(session)
+        self.policy = timing_policy(options)
         run = self.distributed = self._start_distributed()
         run_environment = environment.run_environment(
             options.device, repo_dir=self.config.rootpath,
-            world_size=None if run is None else run.world_size)
+            world_size=None if run is None else run.world_size,
+            calibrate=os.environ.get(CHILD_RUN_VARIABLE) != "1")
         if run is not None:
             run_environment["distributed"] = run.describe()
+        check_baselines_location(self.config, options, str(run_environment["fingerprint"]))
         gpu = devices.local_spec() if options.device == "cuda" else None
         perf_session = PerfSession(options, run_environment, gpu=gpu, distributed=run)
         try:
@@ -113,66 +136,43 @@ class PerfRun:
         numa = host.numa_warning(run_environment["host"])
         if numa is not None:
             perf_session.end_notes.append(f"WARNING: {numa}")
+        perf_session.failed_tests |= self._failed_before
+        perf_session.passed_tests |= self._passed_before
         self.session = perf_session
+        return perf_session
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """GPU tests without CUDA: skipped in a plain run, a usage error when -m asked for them.
+    def pytest_collection_modifyitems(self, session: pytest.Session,
+                                      items: list[pytest.Item]) -> None:
+        """GPU tests without CUDA: skipped in a plain run, a usage error when -m asked for them;
+        `distributed` tests likewise without a launch (`perf_marker_scope` says which tests
+        count). Then start the perf session if a selected test measures.
 
         trylast: after -m/-k deselection, so only the tests that would run are considered.
         """
-        self._check_distributed_items(items)
+        scoped = markers.in_scope(items, self.scope)
+        skipped = (markers.skip_distributed_tests(self.config, scoped, lambda: self.launch,
+                                                  self._device)
+                   | markers.skip_gpu_tests(self.config, scoped, self._device))
+        measured = [item.nodeid for item in items
+                     if markers.uses_perf(item) and item.nodeid not in skipped]
+        if xdist_role(self.config) == "worker":
+            self._refused = set(measured)
+            return
+        if self.config.option.collectonly or not measured:
+            return
+        self.start(session)
         if self.distributed is not None:
             try:
                 self.distributed.check_same_tests([item.nodeid for item in items])
             except ValueError as exc:
                 raise pytest.UsageError(str(exc)) from None
-        gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-        if not gpu_items or self.options.device == "cuda":
-            return
-        why = _no_cuda_reason()
-        markexpr = _gpu_markexpr(self.config)
-        if markexpr is not None:
-            raise pytest.UsageError(
-                f"-m {markexpr!r} selected {len(gpu_items)} GPU test(s), but {why}. Nothing was "
-                f"run: a GPU suite that skips everything would look green. Run it on a machine "
-                f"with a CUDA device; for the CPU suite run pytest without -m gpu.")
-        skip = pytest.mark.skip(reason=why)
-        for item in gpu_items:
-            item.add_marker(skip)
 
-    def _check_distributed_items(self, items: list[pytest.Item]) -> None:
-        """`distributed` tests: without a launch, skipped (a usage error under -m naming
-        the marker); with one, skipped when they need more ranks than it has."""
-        needs = {item.nodeid: ranks for item in items
-                 if (ranks := _required_ranks(item)) is not None}
-        if not needs:
-            return
-        launch = self.launch
-        if launch is None:
-            most = max(needs.values())
-            command = f"torchrun --nproc-per-node {most} -m pytest -m distributed"
-            markexpr = _markexpr_naming(self.config, "distributed")
-            if markexpr is not None:
-                raise pytest.UsageError(
-                    f"-m {markexpr!r} selected {len(needs)} distributed test(s), but this "
-                    f"pytest was not started by a launcher (WORLD_SIZE is not set). Nothing "
-                    f"was run. Run them under torchrun: {command}")
-            skip = pytest.mark.skip(reason=f"distributed test: run under torchrun, e.g. "
-                                           f"`{command}`")
-            for item in items:
-                if item.nodeid in needs:
-                    item.add_marker(skip)
-            return
-        visible = (f" ({len(devices.detect_gpus())} GPU(s) visible on this host)"
-                   if self.options.device == "cuda" else "")
-        for item in items:
-            ranks = needs.get(item.nodeid)
-            if ranks is not None and ranks > launch.world_size:
-                item.add_marker(pytest.mark.skip(reason=(
-                    f"needs {ranks} ranks (distributed(nprocs={ranks})), this launch has "
-                    f"{launch.world_size}{visible}: run under "
-                    f"`{launch.relaunch_command(ranks)}`")))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Under pytest-xdist, a measured test errors with the reason (`XDIST_REFUSAL`)."""
+        if item.nodeid in self._refused:
+            pytest.fail(XDIST_REFUSAL, pytrace=False)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
@@ -190,9 +190,12 @@ class PerfRun:
         except BaseException as exc:
             self._report_raised(item, exc)
             raise
-        assert self.session is not None
+        if self.session is None:  # nothing measured in this run
+            return result
         decision = self._conclude(item)
         if decision.suspects and isinstance(item, pytest.Function) and self.distributed is None:
+            from harness.pytest_plugin.confirm import confirm_by_ab
+
             confirmed = confirm_by_ab(self.session, item.nodeid, decision, self.config.rootpath,
                                       self._write_line)
             if confirmed is not None:
@@ -220,6 +223,8 @@ class PerfRun:
         # there, they inflate the re-run's reserved and device memory (on 2 H200s a re-run
         # read a single-GPU step's peak reserved as 20.26 GiB, 12.4% over its baseline and
         # exactly what the first run's DDP step had reserved, 2026-11-21).
+        from harness.measure import memory
+
         memory.release_cached_memory()
         try:
             item.runtest()
@@ -249,6 +254,8 @@ class PerfRun:
         decision = self.session.conclude_test(item.nodeid, confirming=confirming)
         if self.distributed is None:
             return decision
+        from harness.distributed.group import RankOutcome
+
         return self.distributed.agree_on_outcome(
             RankOutcome(rank=self.distributed.rank, decision=decision))
 
@@ -257,9 +264,11 @@ class PerfRun:
         are waiting for its outcome); the exception itself then propagates here."""
         if self.distributed is None or not _agrees(exc):
             return
+        from harness.distributed import group
+
         self.raised_here.add(item.nodeid)
-        self.distributed.agree_on_outcome(RankOutcome(rank=self.distributed.rank,
-                                                      error=group.describe_error(exc)))
+        self.distributed.agree_on_outcome(group.RankOutcome(rank=self.distributed.rank,
+                                                            error=group.describe_error(exc)))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Remember failures (they block a baseline refresh) and which test bodies passed; on
@@ -271,12 +280,12 @@ class PerfRun:
             text = f"{report.nodeid} failed in {report.when} on this rank:\n{report.longreprtext}"
             sys.stderr.write("".join(prefix + line + "\n" for line in text.splitlines()))
             sys.stderr.flush()
-        if self.session is None:
-            return
+        failed = self._failed_before if self.session is None else self.session.failed_tests
+        passed = self._passed_before if self.session is None else self.session.passed_tests
         if report.failed:
-            self.session.failed_tests.add(report.nodeid)
+            failed.add(report.nodeid)
         elif report.when == "call" and report.passed:
-            self.session.passed_tests.add(report.nodeid)
+            passed.add(report.nodeid)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Let the session save the results (--perf-save) and refresh the baseline
@@ -288,13 +297,41 @@ class PerfRun:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        """The verdict table (regressions first), improvements, and what was saved or written."""
-        lines = [] if self.session is None else self.session.summary_lines()
+        """The verdict table (regressions first), improvements, and what was saved or written;
+        in a run that measured nothing, only why a requested save or refresh did not happen."""
+        lines = (self._nothing_measured_lines() if self.session is None
+                 else [*self.session.summary_lines(), *self._rootdir_lines()])
         if not lines:
             return
         terminalreporter.write_sep("=", "perf")
         for line in lines:
             terminalreporter.write_line(line, red=line.startswith("ERROR"))
+
+    def _nothing_measured_lines(self) -> list[str]:
+        """Why --perf-save, --perf-update-baselines or --perf-compare did nothing here."""
+        options = self.options
+        asked = [flag for flag, given in (("--perf-save", options.save_path is not None),
+                                          ("--perf-update-baselines", options.update_baselines),
+                                          ("--perf-compare", options.compare_path is not None))
+                 if given]
+        if not asked or self.config.option.collectonly:
+            return []
+        if xdist_role(self.config) == "controller":
+            return [f"{', '.join(asked)}: nothing done. The pytest-xdist workers measure "
+                    f"nothing (measured tests are refused under -n); run the measured tests "
+                    f"with -n 0: `pytest -n 0 -m perf`"]
+        return [f"{', '.join(asked)}: nothing done: no selected test uses the perf fixture"]
+
+    def _rootdir_lines(self) -> list[str]:
+        """A warning when no pytest config file pins the rootdir: the default baselines
+        directory and every metric id (a test's node id) then follow the directory pytest was
+        started in."""
+        if self.config.inipath is not None:
+            return []
+        return [f"WARNING: no pytest config file (pytest.ini, pyproject.toml, tox.ini, "
+                f"setup.cfg) pins the rootdir, so it is {self.config.rootpath}, where pytest was "
+                f"started; the baselines ({self.options.baselines_dir}) and every metric id "
+                f"follow it. Add a pytest config file at the project's root."]
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Leave the process group of a distributed run, and drop the session (pytester runs
