@@ -1,10 +1,11 @@
 """A real decoder-only language model built from a `TransformerConfig`, for measuring.
 
 The measured tests train this model, so it must have exactly the parameters and matmuls that the
-formulas count: `sum(p.numel())` equals `cfg.num_params()` for every config, and FlopCounterMode
-sees the matmuls of `harness.theory.flops`. GPT style (learned positions, LayerNorm, GELU),
-LLaMA style (RoPE, RMSNorm, SwiGLU, GQA) and BLOOM style (ALiBi, embedding LayerNorm) all come
-from the same few modules; every block is pre-norm.
+formulas count: `sum(p.numel())` equals `cfg.num_params()` for every config it builds, and
+FlopCounterMode sees the matmuls of `harness.theory.flops`. GPT, LLaMA and BLOOM styles and the
+block variants of the config (explicit head_dim, query/key norms, norm placements, a parallel
+block, an output bias, a position offset) come from the same few modules. Experts and latent
+attention are refused by name (`build_model`); a sliding window by refusing longer sequences.
 
 Building on the meta device allocates nothing, so even the 70B zoo models can be counted.
 """
@@ -12,6 +13,8 @@ Building on the meta device allocates nothing, so even the 70B zoo models can be
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -65,10 +68,23 @@ def _check_seq_len(cfg: TransformerConfig, seq_len: int) -> None:
                          f"table has no rows beyond it")
 
 
-def _make_norm(cfg: TransformerConfig, factory: FactoryKwargs) -> nn.Module:
+def _check_window(cfg: TransformerConfig, seq_len: int) -> None:
+    """Up to its window, windowed attention is the causal attention the model computes."""
+    windows = [window for window in cfg.window_counts() if window is not None]
+    if windows and seq_len > min(windows):
+        raise ValueError(f"seq_len={seq_len} exceeds the sliding window of {min(windows)} "
+                         f"tokens of {cfg.name!r}: harness.model computes full causal "
+                         f"attention, which equals the windowed attention only up to "
+                         f"{min(windows)} tokens; use a shorter sequence, or build the model "
+                         f"with transformers (AutoModelForCausalLM.from_config)")
+
+
+def _make_norm(cfg: TransformerConfig, factory: FactoryKwargs,
+               width: int | None = None) -> nn.Module:
+    channels = cfg.hidden_size if width is None else width
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.hidden_size, eps=NORM_EPS, **factory)
-    return nn.LayerNorm(cfg.hidden_size, eps=NORM_EPS, bias=cfg.bias, **factory)
+        return nn.RMSNorm(channels, eps=NORM_EPS, **factory)
+    return nn.LayerNorm(channels, eps=NORM_EPS, bias=cfg.bias, **factory)
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -125,25 +141,38 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    """Causal self-attention with separate Q, K, V projections (K and V narrower under GQA),
-    computed by `scaled_dot_product_attention`."""
+    """Causal self-attention with separate Q, K, V projections (K and V narrower under GQA) of
+    num_heads (kv_heads) heads of head_dim channels, computed by `scaled_dot_product_attention`.
+    Query/key norms normalise Q and K before RoPE: one norm of head_dim shared by all heads
+    ("head", Qwen3) or one over all query and one over all key channels ("full", OLMo 2)."""
 
     def __init__(self, cfg: TransformerConfig, dropout: float, factory: FactoryKwargs) -> None:
         super().__init__()
         h, kv = cfg.hidden_size, cfg.kv_hidden_size
         self.num_heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
         self.dropout = dropout
+        self.norm_all_channels = cfg.qk_norm == "full"
         qkv_bias = bool(cfg.qkv_bias)  # None only before validation fills it in
-        self.q_proj = nn.Linear(h, h, bias=qkv_bias, **factory)
+        self.q_proj = nn.Linear(h, cfg.query_width, bias=qkv_bias, **factory)
         self.k_proj = nn.Linear(h, kv, bias=qkv_bias, **factory)
         self.v_proj = nn.Linear(h, kv, bias=qkv_bias, **factory)
-        self.o_proj = nn.Linear(h, h, bias=cfg.bias, **factory)
+        self.o_proj = nn.Linear(cfg.attention_width, h, bias=cfg.bias, **factory)
+        widths = {"head": (cfg.head_dim, cfg.head_dim), "full": (cfg.query_width, kv)}
+        q_width, k_width = widths.get(cfg.qk_norm, (0, 0))
+        self.q_norm = _make_norm(cfg, factory, q_width) if q_width else nn.Identity()
+        self.k_norm = _make_norm(cfg, factory, k_width) if k_width else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 alibi: torch.Tensor | None) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.norm_all_channels:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(batch, seq, self.num_heads, self.head_dim)
+        k = k.view(batch, seq, self.kv_heads, self.head_dim)
+        if not self.norm_all_channels:  # per head, or nn.Identity without query/key norms
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -188,21 +217,45 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """One transformer block, by the config's norm_placement and parallel_residual:
+    "pre": x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)) (GPT-2, LLaMA); "post":
+    x + attn_norm(attn(x)), then the same for the MLP (OLMo 2); "sandwich":
+    x + attn_post_norm(attn(attn_norm(x))), then the same for the MLP (Gemma 2/3); parallel:
+    x + attn(attn_norm(x)) + mlp(mlp_norm(x)) (GPT-NeoX), with "single" one norm n = attn_norm(x)
+    for both, x + attn(n) + mlp(n) (Phi-2)."""
 
     def __init__(self, cfg: TransformerConfig, dropout: float, factory: FactoryKwargs) -> None:
         super().__init__()
+        self.placement, self.parallel = cfg.norm_placement, cfg.parallel_residual
+        sandwich = self.placement == "sandwich"
         self.attn_norm = _make_norm(cfg, factory)
+        self.attn_post_norm = _make_norm(cfg, factory) if sandwich else None
         self.attn = Attention(cfg, dropout, factory)
-        self.mlp_norm = _make_norm(cfg, factory)
+        # "single": the MLP reads the attention's norm (see forward); nothing of its own.
+        self.mlp_norm = nn.Identity() if self.placement == "single" else _make_norm(cfg, factory)
+        self.mlp_post_norm = _make_norm(cfg, factory) if sandwich else None
         self.mlp = MLP(cfg, factory)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 alibi: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, alibi))
-        mlp_out: torch.Tensor = self.dropout(self.mlp(self.mlp_norm(x)))
-        return x + mlp_out
+        attention = partial(self.attn, rope=rope, alibi=alibi)
+        if self.placement == "single":  # one norm feeds attention and MLP in parallel
+            normed = self.attn_norm(x)
+            both: torch.Tensor = self.dropout(attention(normed)) + self.dropout(self.mlp(normed))
+            return x + both
+        attended = self._sublayer(attention, x, self.attn_norm, self.attn_post_norm)
+        if self.parallel:
+            return x + attended + self._sublayer(self.mlp, x, self.mlp_norm, None)
+        x = x + attended
+        return x + self._sublayer(self.mlp, x, self.mlp_norm, self.mlp_post_norm)
+
+    def _sublayer(self, layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  norm: nn.Module, post_norm: nn.Module | None) -> torch.Tensor:
+        """What one sublayer adds to the residual stream, with its norms where they sit."""
+        out = norm(layer(x)) if self.placement == "post" else layer(norm(x))
+        dropped: torch.Tensor = self.dropout(out if post_norm is None else post_norm(out))
+        return dropped
 
 
 class DecoderLM(nn.Module):
@@ -219,13 +272,15 @@ class DecoderLM(nn.Module):
         self.checkpoint_activations = checkpoint_activations
         h = cfg.hidden_size
         self.embed_tokens = nn.Embedding(cfg.vocab_size, h, **factory)
-        self.embed_positions = (nn.Embedding(cfg.max_position_embeddings, h, **factory)
+        # OPT keeps position_offset rows before position 0 (its positions start at 2).
+        self.embed_positions = (nn.Embedding(cfg.max_position_embeddings + cfg.position_offset,
+                                             h, **factory)
                                 if cfg.position == "learned" else None)
         self.embed_norm = _make_norm(cfg, factory) if cfg.embedding_norm else None
         self.embed_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(cfg, dropout, factory) for _ in range(cfg.num_layers))
         self.final_norm = _make_norm(cfg, factory)
-        self.lm_head = nn.Linear(h, cfg.vocab_size, bias=False, **factory)
+        self.lm_head = nn.Linear(h, cfg.vocab_size, bias=cfg.output_bias, **factory)
         if factory["device"].type != "meta":  # meta tensors hold no values to initialise
             self._init_weights()
         if cfg.tied_embeddings:
@@ -245,10 +300,11 @@ class DecoderLM(nn.Module):
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq), got "
                              f"{_describe(input_ids)}")
         _check_seq_len(self.config, input_ids.shape[1])
+        _check_window(self.config, input_ids.shape[1])
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            x = x + self.embed_positions(positions)
+            x = x + self.embed_positions(positions + self.config.position_offset)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.embed_dropout(x)
@@ -282,9 +338,19 @@ def build_model(cfg: TransformerConfig, *, device: DeviceLike = "meta",
     """A decoder-only LM for `cfg`, created directly on `device` in `dtype` (meta: no memory).
 
     `checkpoint_activations` recomputes each block in full in backward, the work
-    `train_flops(..., recompute="full").hardware` counts.
+    `train_flops(..., recompute="full").hardware` counts. Experts (`moe`) and latent attention
+    (`mla`) are refused with a ValueError naming the field: build such models with transformers
+    (`AutoModelForCausalLM.from_config`). A sliding window is built as causal attention, and
+    the forward refuses sequences longer than the window, where the two would differ.
     """
     cfg = _check_config(cfg)
+    for field, what in (("moe", "experts"), ("mla", "latent attention")):
+        if getattr(cfg, field) is not None:
+            raise ValueError(
+                f"{cfg.name!r} has {what} ({field}={getattr(cfg, field)!r}), which "
+                f"harness.model does not build; build it with transformers "
+                f"(AutoModelForCausalLM.from_config, as harness.workloads.real_models does) "
+                f"and measure that model")
     if cfg.position == "rope" and cfg.head_dim % 2:
         raise ValueError(f"position='rope' rotates channel pairs and needs an even head_dim; "
                          f"{cfg.name!r} has head_dim={cfg.head_dim} (hidden_size="

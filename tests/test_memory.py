@@ -38,6 +38,8 @@ from harness.theory.memory.states import (
     model_state_bytes,
 )
 from harness.theory.memory.training import training_memory
+from harness.theory.mla import MLA
+from harness.theory.moe import MoE
 from harness.theory.parallel import params_per_rank
 from harness.theory.units import GIB
 from harness.theory.zoo import get_model
@@ -339,6 +341,54 @@ def test_llama_2_13b_kv_cache_is_about_1_mb_per_token() -> None:
     assert kv_cache_bytes(get_model("llama-2-13b"), 1, 1) == 2 * 40 * 5120 * 2 == 819_200
 
 
+def test_mistral_nemo_caches_its_128_channel_heads_160_kib_per_token() -> None:
+    # 40 layers, 8 KV heads of head_dim 128 (not 5120 / 32 = 160): 160 KiB, not 200 KiB.
+    nemo = get_model("llama-3-8b").replace(num_layers=40, hidden_size=5120, head_dim=128,
+                                           vocab_size=131072)
+    assert kv_cache_bytes(nemo, 1, 1) == 2 * 40 * 8 * 128 * 2 == 160 * 1024
+
+
+def test_latent_attention_caches_the_compressed_latent_and_rotary_key() -> None:
+    # DeepSeek-V2-Lite: 27 layers x (512 + 64) elements per token (DeepSeek-V2, table 1).
+    mla = MLA(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+    cfg = TransformerConfig(num_layers=27, hidden_size=2048, num_heads=16, vocab_size=102400,
+                            mlp="swiglu", bias=False, norm="rmsnorm", position="rope", mla=mla)
+    assert kv_cache_bytes(cfg, 1, 1) == 27 * 576 * 2
+    assert kv_cache_bytes(cfg, 3, 1000) == 3 * 1000 * kv_cache_bytes(cfg, 1, 1)
+
+
+def test_windowed_layers_cache_at_most_their_window() -> None:
+    cfg = get_model("mistral-7b")  # every layer windowed at 4096 tokens
+    per_token = kv_cache_bytes(cfg, 1, 1)
+    assert kv_cache_bytes(cfg, 1, 32768) == 4096 * per_token
+    # Gemma 2 style: half the layers global.
+    mixed = cfg.replace(global_layers=tuple(range(1, 32, 2)))
+    assert kv_cache_bytes(mixed, 1, 32768) == (16 * 4096 + 16 * 32768) * per_token // 32
+
+
+def test_expert_layers_save_router_probabilities_dispatched_tokens_and_active_widths() -> None:
+    moe = MoE(num_experts=8, top_k=2, expert_ffn_hidden_size=1024, num_shared_experts=1)
+    cfg = get_model("llama-2-7b").replace(moe=moe, num_layers=2)
+    s, b, h = 512, 1, 4096
+    parts = layer_activation_bytes(cfg, b, s, dropout=False).parts
+    assert parts["router_probs"] == 4 * s * b * 8
+    assert parts["expert_input"] == 2 * s * b * h * 2
+    assert parts["down_projection_input"] == 2 * s * b * (2 * 1024 + 1024)
+    for precision in ("bf16-mixed", "bf16-autocast"):
+        memory = training_memory(cfg, b, s, precision)
+        assert memory.total == sum(memory.parts.values()) > 0
+
+
+def test_a_parallel_block_saves_its_shared_input_once() -> None:
+    cfg = get_model("gpt2")
+    sequential = layer_activation_bytes(cfg, 1, 1024).parts
+    neox = layer_activation_bytes(cfg.replace(parallel_residual=True), 1, 1024).parts
+    phi = layer_activation_bytes(cfg.replace(parallel_residual=True, norm_placement="single"),
+                                 1, 1024).parts
+    assert neox["mlp_norm_input"] == 0 < sequential["mlp_norm_input"]
+    assert phi["mlp_input"] == 0 < neox["mlp_input"]
+
+
 # --- whole step -----------------------------------------------------------------------------
 
 def test_training_memory_adds_states_of_held_parameters_and_activations() -> None:
@@ -404,6 +454,17 @@ def test_memory_breakdown_totals_and_serialises_its_parts() -> None:
     assert breakdown.to_dict() == {"total_bytes": 3, "parts": {"a": 1, "b": 2}}
     with pytest.raises(ValueError, match="part 'b' must be a non-negative integer"):
         MemoryBreakdown({"a": 1, "b": -2})
+
+
+def test_a_training_estimate_names_the_implementation_it_models() -> None:
+    cfg = get_model("llama-2-7b")
+    autocast = training_memory(cfg, 1, 4096, precision="bf16-autocast")
+    megatron = training_memory(cfg, 1, 4096, precision="bf16-mixed")
+    assert autocast.implementation is not None and "harness.model" in autocast.implementation
+    assert megatron.implementation == "Megatron-LM's layers (Korthikanti et al. 2022)"
+    assert autocast.to_dict()["implementation"] == autocast.implementation
+    with pytest.raises(ValueError, match="implementation must be a non-empty string"):
+        MemoryBreakdown({"a": 1}, implementation=" ")
 
 
 # --- eager PyTorch under torch.autocast -----------------------------------------------------

@@ -1,4 +1,5 @@
-"""The model builder: parameters exactly as counted, every style trains, checkpointing is exact."""
+"""The model builder: parameters exactly as counted, every style and block variant trains and
+computes its published formula, checkpointing is exact, and what it does not build is refused."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from harness.model import (
     rope_cos_sin,
 )
 from harness.theory.config import TransformerConfig
+from harness.theory.mla import MLA
+from harness.theory.moe import MoE
 from harness.theory.params import param_breakdown
 from harness.theory.zoo import MODEL_ZOO, get_model
+from harness.workloads.inference import allocate_kv_cache, forward_with_cache
 
 # One tiny model per architectural style of the zoo (same switches, small sizes).
 TINY: dict[str, TransformerConfig] = {
@@ -39,6 +43,32 @@ TINY: dict[str, TransformerConfig] = {
                                                 name="tiny-geglu"),
     "relu": TransformerConfig(num_layers=2, hidden_size=32, num_heads=2, vocab_size=97,
                               mlp="relu", position="rope", name="tiny-relu"),
+    # The block variants: heads twice hidden/heads wide with per-head query/key norms (Qwen3),
+    # norms after attention and MLP with norms over all query/key channels (OLMo 2), norms
+    # around them (Gemma 2), parallel blocks with two norms (GPT-NeoX) or one and an output
+    # bias (Phi-2), learned positions after two offset rows (OPT).
+    "qwen3-head-dim": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2,
+                                        head_dim=16, vocab_size=97, ffn_hidden_size=48,
+                                        mlp="swiglu", bias=False, norm="rmsnorm",
+                                        position="rope", qk_norm="head", name="tiny-qwen3"),
+    "olmo2-post": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, vocab_size=97,
+                                    ffn_hidden_size=48, mlp="swiglu", tied_embeddings=False,
+                                    bias=False, norm="rmsnorm", position="rope", qk_norm="full",
+                                    norm_placement="post", name="tiny-olmo2"),
+    "gemma2-sandwich": TransformerConfig(num_layers=2, hidden_size=32, num_heads=2, head_dim=8,
+                                         vocab_size=97, ffn_hidden_size=48, mlp="geglu",
+                                         bias=False, norm="rmsnorm", position="rope",
+                                         norm_placement="sandwich", name="tiny-gemma2"),
+    "neox-parallel": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, vocab_size=97,
+                                       position="rope", tied_embeddings=False,
+                                       parallel_residual=True, name="tiny-neox"),
+    "phi2-single": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, vocab_size=97,
+                                     position="rope", tied_embeddings=False, output_bias=True,
+                                     parallel_residual=True, norm_placement="single",
+                                     name="tiny-phi2"),
+    "opt-offset": TransformerConfig(num_layers=2, hidden_size=32, num_heads=4, vocab_size=97,
+                                    mlp="relu", max_position_embeddings=64, position_offset=2,
+                                    name="tiny-opt"),
 }
 
 
@@ -63,14 +93,20 @@ def test_modules_hold_the_parameters_of_each_breakdown_part(style: str) -> None:
     parts = param_breakdown(cfg)
     attention = sum(count_params(block.attn) for block in model.blocks)
     mlp = sum(count_params(block.mlp) for block in model.blocks)
-    norms = sum(count_params(block.attn_norm) + count_params(block.mlp_norm)
-                for block in model.blocks)
+    norms = sum(count_params(norm) for block in model.blocks
+                for norm in (block.attn_norm, block.attn_post_norm, block.mlp_norm,
+                             block.mlp_post_norm) if norm is not None)
     assert attention == parts["attention"]
     assert mlp == parts["mlp"]
     assert norms == parts["layer_norms"]
     assert count_params(model.final_norm) == parts["final_norm"]
     embed_norm = 0 if model.embed_norm is None else count_params(model.embed_norm)
     assert embed_norm == parts["embedding_norm"]
+    positions = 0 if model.embed_positions is None else count_params(model.embed_positions)
+    assert positions == parts["position"]
+    head = count_params(model.lm_head) - (model.lm_head.weight.numel() if cfg.tied_embeddings
+                                          else 0)
+    assert head == parts["output"]
 
 
 def test_tied_output_layer_shares_the_embedding_parameter() -> None:
@@ -158,6 +194,132 @@ def test_gqa_equals_multi_head_attention_with_repeated_key_value_heads() -> None
     inputs, _ = random_batch(gqa_cfg, 2, 10, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(mha(inputs), gqa(inputs), rtol=1e-12, atol=1e-12)
+
+
+# --- block variants ----------------------------------------------------------------------------
+
+def test_an_explicit_head_dim_sets_the_projection_widths() -> None:
+    cfg = TINY["qwen3-head-dim"]  # 4 query heads and 2 kv heads of 16 channels, hidden 32
+    attn = build_model(cfg, device="meta").blocks[0].attn
+    assert (attn.q_proj.in_features, attn.q_proj.out_features) == (32, 64)
+    assert attn.k_proj.out_features == attn.v_proj.out_features == 32
+    assert (attn.o_proj.in_features, attn.o_proj.out_features) == (64, 32)
+
+
+def _reference_attention(attn: torch.nn.Module, cfg: TransformerConfig, x: torch.Tensor,
+                         rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Attention written out: query/key norms over each head or over all channels, before
+    RoPE; K and V repeated for grouped queries; causal softmax(QK^T / sqrt(d)) V."""
+    b, s, d = x.shape[0], x.shape[1], cfg.head_dim
+    q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    if cfg.qk_norm == "full":
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = (t.view(b, s, -1, d) for t in (q, k, v))
+    if cfg.qk_norm == "head":
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    k, v = (t.repeat_interleave(cfg.num_heads // cfg.kv_heads, dim=1) for t in (k, v))
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+    scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+    context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, -1)
+    out: torch.Tensor = attn.o_proj(context)
+    return out
+
+
+@pytest.mark.parametrize("style", ["qwen3-head-dim", "olmo2-post", "gemma2-sandwich",
+                                   "neox-parallel", "phi2-single", "llama-gqa"])
+def test_each_block_computes_its_published_formula(style: str) -> None:
+    cfg = TINY[style]
+    torch.manual_seed(0)
+    block = build_model(cfg, device="cpu", dtype=torch.float64).blocks[0]
+    x = torch.randn(2, 10, cfg.hidden_size, dtype=torch.float64)
+    rope = tuple(t.double() for t in rope_cos_sin(10, cfg.head_dim, torch.device("cpu")))
+
+    def attn(y: torch.Tensor) -> torch.Tensor:
+        return _reference_attention(block.attn, cfg, y, rope)
+
+    with torch.no_grad():
+        if cfg.norm_placement == "single":  # Phi-2: one norm feeds both, side by side
+            expected = x + attn(block.attn_norm(x)) + block.mlp(block.attn_norm(x))
+        elif cfg.parallel_residual:  # GPT-NeoX
+            expected = x + attn(block.attn_norm(x)) + block.mlp(block.mlp_norm(x))
+        elif cfg.norm_placement == "post":  # OLMo 2
+            h = x + block.attn_norm(attn(x))
+            expected = h + block.mlp_norm(block.mlp(h))
+        elif cfg.norm_placement == "sandwich":  # Gemma 2
+            h = x + block.attn_post_norm(attn(block.attn_norm(x)))
+            expected = h + block.mlp_post_norm(block.mlp(block.mlp_norm(h)))
+        else:
+            h = x + attn(block.attn_norm(x))
+            expected = h + block.mlp(block.mlp_norm(h))
+        torch.testing.assert_close(block(x, rope, None), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_learned_positions_start_after_the_offset_rows() -> None:
+    cfg = TINY["opt-offset"]  # OPT: two rows before position 0
+    model = build_model(cfg, device="cpu")
+    assert model.embed_positions is not None
+    assert model.embed_positions.num_embeddings == cfg.max_position_embeddings + 2
+    inputs, targets = random_batch(cfg, 2, 5, generator=torch.Generator().manual_seed(0))
+    lm_loss(model(inputs), targets).backward()
+    grad = model.embed_positions.weight.grad
+    assert grad is not None
+    assert (grad[:2] == 0).all() and (grad[2:7] != 0).any(dim=1).all() and (grad[7:] == 0).all()
+
+
+def test_an_output_bias_is_its_own_parameter_beside_a_tied_table() -> None:
+    cfg = TINY["gpt"].replace(output_bias=True)
+    model = build_model(cfg, device="meta")
+    assert model.lm_head.weight is model.embed_tokens.weight
+    assert model.lm_head.bias is not None and model.lm_head.bias.shape == (cfg.vocab_size,)
+    assert count_params(model) == cfg.num_params()
+
+
+def test_a_sliding_window_model_runs_up_to_its_window_and_refuses_beyond() -> None:
+    windowed = TINY["llama-gqa"].replace(sliding_window=8, name="tiny-mistral")
+    torch.manual_seed(0)
+    model = build_model(windowed, device="cpu", dtype=torch.float64)
+    full = build_model(TINY["llama-gqa"], device="cpu", dtype=torch.float64)
+    full.load_state_dict(model.state_dict())
+    inputs, _ = random_batch(windowed, 2, 9, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        # Up to the window every query sees its whole past: windowed attention is causal.
+        torch.testing.assert_close(model(inputs[:, :8]), full(inputs[:, :8]), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="seq_len=9 exceeds the sliding window of 8 tokens "
+                                             "of 'tiny-mistral'.*AutoModelForCausalLM"):
+            model(inputs)
+
+
+def test_zoo_mistral_builds_and_names_its_4096_token_window() -> None:
+    cfg = get_model("mistral-7b")
+    model = build_model(cfg, device="meta")
+    assert count_params(model) == cfg.num_params()
+    with pytest.raises(ValueError, match="sliding window of 4096 tokens"):
+        model(torch.zeros(1, 4097, dtype=torch.long, device="meta"))
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"moe": MoE(num_experts=4, top_k=2, expert_ffn_hidden_size=16)}, "moe"),
+    ({"mla": MLA(kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)}, "mla"),
+])
+def test_experts_and_latent_attention_are_refused_naming_the_field(
+        change: dict[str, object], field: str) -> None:
+    cfg = TINY["llama-gqa"].replace(num_kv_heads=None, **change)
+    with pytest.raises(ValueError, match=f"'tiny-llama' has .*{field}=.* harness.model does not "
+                                         f"build; build it with transformers"):
+        build_model(cfg, device="meta")
+
+
+@pytest.mark.parametrize("style", ["qwen3-head-dim", "olmo2-post", "gemma2-sandwich",
+                                   "neox-parallel", "phi2-single", "opt-offset"])
+def test_the_cached_decode_refuses_blocks_it_does_not_run(style: str) -> None:
+    # harness.workloads.inference runs the classic pre-norm block by hand, layer by layer.
+    cfg = TINY[style]
+    model = build_model(cfg, device="cpu")
+    cache = allocate_kv_cache(cfg, 1, 8, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="forward_with_cache runs the classic pre-norm block"):
+        forward_with_cache(model, torch.zeros(1, 4, dtype=torch.long), cache, start=0)
 
 
 # --- position encodings ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from harness.theory.config import TransformerConfig, require_config
 from harness.theory.flops import RECOMPUTE_KINDS
 from harness.theory.memory.breakdown import MemoryBreakdown
 from harness.theory.memory.states import FP32_BYTES
+from harness.theory.memory.widths import layer_kinds, layer_widths
 from harness.theory.parallel import check_pipeline_parallel, check_tensor_parallel
 from harness.theory.units import ceil_div
 
@@ -49,8 +50,8 @@ def check_activation_args(cfg: TransformerConfig, batch_size: int, seq_len: int,
 def layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
                            recompute: str = "none", tp: int = 1, sp: bool = False,
                            flash_attention: bool = True, dropout: bool = True,
-                           bytes_per_element: int = 2) -> MemoryBreakdown:
-    """Activations one transformer layer keeps for backward, per GPU, term by term.
+                           bytes_per_element: int = 2, layer: int = 0) -> MemoryBreakdown:
+    """Activations transformer layer `layer` keeps for backward, per GPU, term by term.
 
     Each term is a tensor saved for the backward pass (Korthikanti et al. 2022, table in source
     003), in `bytes_per_element` (2 for 16-bit activations) or 1 byte for dropout masks:
@@ -78,7 +79,17 @@ def layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int
     flash_attention=True never materialises the s x s scores: the as^2b terms vanish and a fp32
     log-sum-exp per row and head (4abs bytes) is kept instead. recompute="selective" recomputes
     the core attention (the as^2b terms, or the log-sum-exp) in backward; recompute="full" keeps
-    only the layer's input (e*sbh).
+    only the layer's input (e*sbh). A sliding window changes none of this: flash attention keeps
+    O(s) either way, and unfused attention computes the full masked s x s scores.
+
+    Beyond the paper's block (`harness.theory.memory.widths`): Q, K, V and the projection input
+    take their real widths (heads * head_dim; MLA's expanded heads) and MLA saves its latents
+    twice (norm input and up-projection input); query/key norms save Q and K before the norm
+    ("qk_norm_inputs"); sandwich norms save two more norm inputs, a parallel block reads one
+    input for attention and MLP (saved once; with one shared norm, its output too). An expert
+    layer saves the router's fp32 probabilities (4*sb*E), the k copies of each token its
+    experts read ("expert_input", e*k*sbh) and, for the activation and down-projection terms,
+    f = top_k * expert width + the shared experts' widths.
 
     Tensor parallelism (t) splits every tensor inside the attention heads and the MLP; norm inputs,
     QKV and up-projection inputs and the dropout masks stay whole unless sequence parallelism (sp)
@@ -89,31 +100,40 @@ def layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int
                                 dropout, bytes_per_element)
     e, t = bytes_per_element, tp
     whole = t if sp else 1  # divisor of the tensors that tensor parallelism alone leaves whole
-    a, h, f = cfg.num_heads, cfg.hidden_size, cfg.ffn_size
+    a, h = cfg.num_heads, cfg.hidden_size
+    w = layer_widths(cfg, layer)
     sb = seq_len * batch_size
     sbh = sb * h
-    kv_width = cfg.kv_hidden_size if flash_attention else h
+    key_width = w.key if flash_attention else w.key_all_heads
+    value_width = w.value if flash_attention else w.value_all_heads
     scores = a * seq_len * seq_len * batch_size  # elements of one [b, a, s, s] tensor
     keep_layer = recompute != "full"
     keep_core_attention = recompute == "none"
     unfused_scores = keep_core_attention and not flash_attention
+    shared_input = cfg.parallel_residual  # attention and MLP norms read the same tensor
+    shared_norm = cfg.norm_placement == "single"  # ... and share one norm's output
     parts = {
         "attention_norm_input": e * sbh // whole,
         "qkv_input": e * sbh // whole,
-        "query": e * sbh // t,
-        "key": e * sb * kv_width // t,
-        "value": e * sb * kv_width // t,
+        "query": e * sb * w.query // t,
+        "key": e * sb * key_width // t,
+        "value": e * sb * value_width // t,
+        "latents": 2 * e * sb * w.latents // whole,
+        "qk_norm_inputs": e * sb * w.qk_norm_inputs // t,
         "softmax_output": e * scores // t if unfused_scores else 0,
         "softmax_dropout_mask": MASK_BYTES * scores // t if unfused_scores and dropout else 0,
         "softmax_dropout_output": e * scores // t if unfused_scores and dropout else 0,
         "softmax_stats": (FP32_BYTES * a * sb // t
                           if keep_core_attention and flash_attention else 0),
-        "projection_input": e * sbh // t,
+        "projection_input": e * sb * w.attention_output // t,
         "attention_dropout_mask": MASK_BYTES * sbh // whole if dropout else 0,
-        "mlp_norm_input": e * sbh // whole,
-        "mlp_input": e * sbh // whole,
-        "activation_input": e * sb * f * (2 if cfg.gated_mlp else 1) // t,
-        "down_projection_input": e * sb * f // t,
+        "extra_norm_inputs": e * sbh * max(w.extra_norm_inputs, 0) // whole,
+        "mlp_norm_input": 0 if shared_input else e * sbh // whole,
+        "mlp_input": 0 if shared_norm else e * sbh // whole,
+        "router_probs": FP32_BYTES * sb * w.router // whole,
+        "expert_input": e * sbh * w.expert_copies // whole,
+        "activation_input": e * sb * w.ffn * (2 if cfg.gated_mlp else 1) // t,
+        "down_projection_input": e * sb * w.ffn // t,
         "mlp_dropout_mask": MASK_BYTES * sbh // whole if dropout else 0,
     }
     if not keep_layer:
@@ -129,12 +149,13 @@ def activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
     """Activation memory of a training step on the busiest GPU: the first pipeline stage.
 
     Parts:
-    - "layer_activations": `layer_activation_bytes` times L layers. With pp stages each holds L/p
-      layers, but under the 1F1B schedule the first stage keeps p micro-batches in flight, so it
-      stores L/p * p = L layers' worth (Korthikanti et al.; assumes at least p micro-batches per
-      step and the non-interleaved schedule).
+    - "layer_activations": `layer_activation_bytes` of the first stage's L/p layers, times p:
+      under the 1F1B schedule the first stage keeps p micro-batches in flight, so it stores
+      L/p * p = L layers' worth (Korthikanti et al.; assumes at least p micro-batches per step
+      and the non-interleaved schedule).
     - "recompute_working_set": with recomputation, the one layer whose activations are rebuilt
-      during its backward (the difference between no recomputation and the chosen kind).
+      during its backward (the difference between no recomputation and the chosen kind; the
+      largest such layer when dense and expert layers differ).
     - "embedding_dropout_mask" (sbh bytes per micro-batch in flight) and "embedding_norm_input"
       (BLOOM's norm after the embedding); the embedding's output itself is the first layer's
       norm input, counted there.
@@ -148,23 +169,30 @@ def activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
     Tensors that tensor parallelism leaves whole are split by sequence parallelism (sp).
     """
     require_positive_int("pp", pp)
-    layer = layer_activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp, sp=sp,
-                                   flash_attention=flash_attention, dropout=dropout,
-                                   bytes_per_element=bytes_per_element)
+    cfg = check_activation_args(cfg, batch_size, seq_len, recompute, tp, sp, flash_attention,
+                                dropout, bytes_per_element)
     layers_per_stage = check_pipeline_parallel(cfg, pp)
     micro_batches_in_flight = pp
-    stored_layers = layers_per_stage * micro_batches_in_flight
-    no_recompute = layer_activation_bytes(cfg, batch_size, seq_len, recompute="none", tp=tp,
-                                          sp=sp, flash_attention=flash_attention,
-                                          dropout=dropout, bytes_per_element=bytes_per_element)
+    stage_layers = 0
+    working_set = 0
+    for layer, count in layer_kinds(cfg, range(layers_per_stage)).items():
+        kept = layer_activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp,
+                                      sp=sp, flash_attention=flash_attention, dropout=dropout,
+                                      bytes_per_element=bytes_per_element, layer=layer).total
+        rebuilt = layer_activation_bytes(cfg, batch_size, seq_len, recompute="none", tp=tp,
+                                         sp=sp, flash_attention=flash_attention,
+                                         dropout=dropout, bytes_per_element=bytes_per_element,
+                                         layer=layer).total
+        stage_layers += count * kept
+        working_set = max(working_set, rebuilt - kept)
     e = bytes_per_element
     whole = tp if sp else 1
     sbh = seq_len * batch_size * cfg.hidden_size
     logit_elements = seq_len * batch_size * ceil_div(cfg.vocab_size, tp)
     last_stage_here = pp == 1
     parts = {
-        "layer_activations": stored_layers * layer.total,
-        "recompute_working_set": no_recompute.total - layer.total,
+        "layer_activations": micro_batches_in_flight * stage_layers,
+        "recompute_working_set": working_set,
         "embedding_dropout_mask": (MASK_BYTES * sbh // whole * micro_batches_in_flight
                                    if dropout else 0),
         "embedding_norm_input": (e * sbh // whole * micro_batches_in_flight

@@ -1,11 +1,13 @@
 """Training memory of eager PyTorch under torch.autocast over fp32 parameters ("bf16-autocast",
-"fp16-autocast"): what `harness.model` (and Hugging Face / torchtitan-style eager models) saves
-for backward, and the moments of a step at which memory can peak.
+"fp16-autocast"): what an eager block saves for backward, and the moments of a step at which
+memory can peak.
 
-fp32 residual stream and norm inputs, one 16-bit copy of the normed input per projection, K and V
-expanded to every head, unfused gated MLPs, plus the 16-bit weight copies autocast makes. The
-estimate is the peak over the moments of a step (`autocast_step_phases`). Notation as in
-`harness.theory.memory.activations`.
+Two implementations of the block (`IMPLEMENTATIONS`): "harness", `harness.model`'s block (fp32
+residual stream and norm inputs, one 16-bit copy of the normed input per projection, K and V
+expanded to every head, unfused gated MLPs), and "huggingface", transformers' Llama-family
+blocks (`harness.theory.memory.huggingface`); both plus the 16-bit weight copies autocast makes
+(`harness.theory.memory.copies`). The estimate is the peak over the moments of a step
+(`autocast_step_phases`). Notation as in `harness.theory.memory.activations`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ from harness.checks import require_choice, require_positive_int
 from harness.theory.config import TransformerConfig, require_config
 from harness.theory.memory.activations import MASK_BYTES, check_activation_args
 from harness.theory.memory.breakdown import MemoryBreakdown
+from harness.theory.memory.copies import matmul_params_per_rank
+from harness.theory.memory.huggingface import (
+    HUGGINGFACE_BLOCKS,
+    check_huggingface_block,
+    huggingface_backward_working_set,
+    huggingface_layer_activation_bytes,
+    huggingface_position_table_bytes,
+)
 from harness.theory.memory.states import (
     AUTOCAST_PRECISIONS,
     FP32_BYTES,
@@ -23,14 +33,22 @@ from harness.theory.memory.states import (
     bytes_per_param,
     model_state_parts,
 )
+from harness.theory.memory.widths import layer_kinds, layer_widths
 from harness.theory.parallel import check_pipeline_parallel, params_per_rank
-from harness.theory.params import attention_params, mlp_params, norm_params
+from harness.theory.params import norm_params
 from harness.theory.units import ceil_div
 
 # Moments of an eager autocast training step at which memory can peak, in step order (see
 # `autocast_step_phases`); training_memory reports the largest.
 AUTOCAST_PHASES: tuple[str, ...] = ("forward_end", "loss_backward", "layer_backward",
                                     "backward_end")
+# Implementations of an eager block the autocast estimate models, and what each is.
+IMPLEMENTATION_BLOCKS: dict[str, str] = {
+    "harness": ("eager PyTorch blocks as harness.model builds them: fused RMSNorm, one 16-bit "
+                "copy of the normed input per projection, K and V expanded to every head"),
+    "huggingface": HUGGINGFACE_BLOCKS,
+}
+IMPLEMENTATIONS: tuple[str, ...] = tuple(IMPLEMENTATION_BLOCKS)
 
 
 def norm_statistics_bytes(cfg: TransformerConfig) -> int:
@@ -42,15 +60,15 @@ def norm_statistics_bytes(cfg: TransformerConfig) -> int:
 def autocast_layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq_len: int,
                                     recompute: str = "none", tp: int = 1, sp: bool = False,
                                     flash_attention: bool = True,
-                                    dropout: bool = True) -> MemoryBreakdown:
-    """Activations one layer of an eager PyTorch model keeps for backward under torch.autocast
+                                    dropout: bool = True, layer: int = 0) -> MemoryBreakdown:
+    """Activations layer `layer` of an eager PyTorch model keeps for backward under torch.autocast
     (bf16 or fp16) over fp32 parameters, per GPU, term by term.
 
-    This is `harness.model`'s block as autograd sees it on CUDA with a recent torch (and a
-    Hugging Face or torchtitan-style eager block): separate Q, K, V and gate/up projections,
-    SDPA attention, norms in fp32. RMSNorm is torch's fused CUDA kernel, which saves input and
-    rstd; where rms_norm is a composite (CPU, older torch) it also saves its fp32 normalised
-    output, 4sbh more per norm. In bytes, e = 2:
+    This is `harness.model`'s block as autograd sees it on CUDA with a recent torch (Hugging
+    Face's blocks differ: `huggingface_layer_activation_bytes`): separate Q, K, V and gate/up
+    projections, SDPA attention, norms in fp32. RMSNorm is torch's fused CUDA kernel, which
+    saves input and rstd; where rms_norm is a composite (CPU, older torch) it also saves its
+    fp32 normalised output, 4sbh more per norm. In bytes, e = 2:
 
     attention block                                   MLP block
       norm input (fp32 residual)     4sbh               norm input (fp32)        4sbh
@@ -83,12 +101,18 @@ def autocast_layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq
     the s x s terms); recompute="full" keeps only the layer's fp32 input ("checkpoint_input",
     4sbh), as torch.utils.checkpoint does. Tensor parallelism (t) and sequence parallelism (sp)
     split the terms as in `layer_activation_bytes`; the rotary copies are never split.
+
+    Architectures beyond `harness.model`'s block take the widths of
+    `harness.theory.memory.widths` as `layer_activation_bytes` does (real head widths, MLA
+    latents, query/key norm inputs, sandwich norms, a parallel block's shared input, expert
+    layers); those terms are estimates of the same kind, not checked against autograd.
     """
     cfg = check_activation_args(cfg, batch_size, seq_len, recompute, tp, sp, flash_attention,
                                 dropout, HALF_BYTES)
     e, t = HALF_BYTES, tp
     whole = t if sp else 1  # divisor of the tensors that tensor parallelism alone leaves whole
-    a, h, f = cfg.num_heads, cfg.hidden_size, cfg.ffn_size
+    a, h = cfg.num_heads, cfg.hidden_size
+    w = layer_widths(cfg, layer)
     sb = seq_len * batch_size
     sbh = sb * h
     scores = a * seq_len * seq_len * batch_size  # elements of one [b, a, s, s] tensor
@@ -105,15 +129,20 @@ def autocast_layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq
         activation_inputs = 0  # ReLU saves its output, the down projection's input
     else:
         activation_inputs = 1
+    projections_from_input = 2 if cfg.mla is not None else 3  # q (or q_a), k, v (or kv_a)
+    shared_input = cfg.parallel_residual  # attention and MLP norms read the same tensor
+    shared_norm = cfg.norm_placement == "single"
     parts = {
         "attention_norm_input": norm_input,
         "attention_norm_statistics": norm_statistics,
-        "qkv_input": 3 * e * sbh // whole,
-        "query": attention_element * sbh // t,
-        "key": attention_element * sbh // t,
-        "value": attention_element * sbh // t,
-        # cos and sin, cast for the rotation of Q and again for K: (s, head_dim) each
-        "rotary_tables": 4 * e * seq_len * cfg.head_dim if cfg.position == "rope" else 0,
+        "qkv_input": projections_from_input * e * sbh // whole,
+        "query": attention_element * sb * w.query // t,
+        "key": attention_element * sb * w.key_all_heads // t,
+        "value": attention_element * sb * w.value_all_heads // t,
+        "latents": 2 * e * sb * w.latents // whole,
+        "qk_norm_inputs": e * sb * w.qk_norm_inputs // t,
+        # cos and sin, cast for the rotation of Q and again for K: (s, rotary width) each
+        "rotary_tables": 4 * e * seq_len * rotary_width(cfg) if cfg.position == "rope" else 0,
         "attention_bias": (e * a * seq_len * seq_len // t
                            if cfg.position == "alibi" and flash_attention else 0),
         "softmax_output": FP32_BYTES * scores // t if unfused_scores else 0,
@@ -122,14 +151,17 @@ def autocast_layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq
                                    if unfused_scores and dropout else 0),
         "softmax_stats": (FP32_BYTES * a * sb // t
                           if keep_core_attention and flash_attention else 0),
-        "projection_input": e * sbh // t,
+        "projection_input": e * sb * w.attention_output // t,
         "attention_dropout_mask": MASK_BYTES * sbh // whole if dropout else 0,
-        "mlp_norm_input": norm_input,
-        "mlp_norm_statistics": norm_statistics,
+        "extra_norm_inputs": max(w.extra_norm_inputs, 0) * (norm_input + norm_statistics),
+        "mlp_norm_input": 0 if shared_input else norm_input,
+        "mlp_norm_statistics": 0 if shared_norm else norm_statistics,
         "mlp_input": mlp_inputs * e * sbh // whole,
-        "activation_input": activation_inputs * e * sb * f // t,
-        "activation_output": e * sb * f // t if cfg.gated_mlp else 0,
-        "down_projection_input": e * sb * f // t,
+        "router_probs": FP32_BYTES * sb * w.router // whole,
+        "expert_input": e * sbh * w.expert_copies // whole,
+        "activation_input": activation_inputs * e * sb * w.ffn // t,
+        "activation_output": e * sb * w.ffn // t if cfg.gated_mlp else 0,
+        "down_projection_input": e * sb * w.ffn // t,
         "mlp_dropout_mask": MASK_BYTES * sbh // whole if dropout else 0,
     }
     if not keep_layer:
@@ -138,20 +170,9 @@ def autocast_layer_activation_bytes(cfg: TransformerConfig, batch_size: int, seq
     return MemoryBreakdown(parts)
 
 
-def _matmul_params_per_rank(cfg: TransformerConfig, tp: int,
-                            pp: int) -> tuple[int, int, int]:
-    """(weight matrices of one layer, biases of one layer's linear layers, weight matrix of the
-    output layer) held by one rank of the first pipeline stage: the parameters autocast copies
-    to 16 bits. Norms and embedding lookups use the fp32 parameters; a tied output layer's
-    table is copied for its matmul."""
-    h, kv, f = cfg.hidden_size, cfg.kv_hidden_size, cfg.ffn_size
-    input_matrices = 2 if cfg.gated_mlp else 1
-    weights = (2 * h * h + 2 * h * kv) // tp + (input_matrices + 1) * h * f // tp
-    replicated_biases = 2 * h if cfg.bias else 0  # as in params_per_rank
-    split = attention_params(cfg) + mlp_params(cfg) - replicated_biases
-    biases = split // tp + replicated_biases - weights
-    output = ceil_div(cfg.vocab_size, tp) * h if pp == 1 else 0
-    return weights, biases, output
+def rotary_width(cfg: TransformerConfig) -> int:
+    """Channels RoPE rotates per head: head_dim (MLA: its rotary part)."""
+    return cfg.mla.qk_rope_head_dim if cfg.mla is not None else cfg.head_dim
 
 
 def _layer_backward_working_set(cfg: TransformerConfig, batch_size: int, seq_len: int, tp: int,
@@ -172,26 +193,55 @@ def _layer_backward_working_set(cfg: TransformerConfig, batch_size: int, seq_len
     """
     e, t = HALF_BYTES, tp
     whole = t if sp else 1
-    h, f = cfg.hidden_size, cfg.ffn_size
+    h = cfg.hidden_size
     sb = seq_len * batch_size
-    sbh, sbf = sb * h, sb * f
+    sbh = sb * h
     scores = cfg.num_heads * seq_len * seq_len * batch_size
-    output_projection = e * sbh // whole + e * (sbh + h * h) // t
-    down_projection = e * sbh // whole + e * (sbf + f * h) // t
-    if flash_attention:
-        core_attention = (4 * e * sbh + FP32_BYTES * sbh) // t
-    else:
-        core_attention = (e * sbh + 2 * FP32_BYTES * scores) // t
-    activation = (e if cfg.mlp == "gelu" else 2 * e) * sbf // t
-    widest = max(output_projection, down_projection, core_attention, activation)
+    widest = 0
+    for layer in layer_kinds(cfg, range(cfg.num_layers)):
+        w = layer_widths(cfg, layer)
+        output = w.attention_output
+        output_projection = e * sbh // whole + e * (sb * output + output * h) // t
+        down_projection = e * sbh // whole + e * (sb * w.ffn + w.ffn * h) // t
+        if flash_attention:
+            attention = e * sb * (output + w.query + w.key_all_heads + w.value_all_heads)
+            core_attention = (attention + FP32_BYTES * sb * w.query) // t
+        else:
+            core_attention = (e * sb * output + 2 * FP32_BYTES * scores) // t
+        activation = (e if cfg.mlp == "gelu" else 2 * e) * sb * w.ffn // t
+        widest = max(widest, output_projection, down_projection, core_attention, activation)
     return FP32_BYTES * sbh // whole + widest
+
+
+def _stage_activations(cfg: TransformerConfig, batch_size: int, seq_len: int, layers: int,
+                       recompute: str, tp: int, sp: bool, flash_attention: bool, dropout: bool,
+                       implementation: str) -> tuple[int, int]:
+    """(activations the stage's layers keep, the largest rebuilt layer less what it keeps)."""
+    kept_total = rebuilt_extra = 0
+    for layer, count in layer_kinds(cfg, range(layers)).items():
+        sizes = []
+        for kind in (recompute, "none"):
+            if implementation == "huggingface":
+                layer_bytes = huggingface_layer_activation_bytes(
+                    cfg, batch_size, seq_len, recompute=kind, flash_attention=flash_attention,
+                    dropout=dropout, layer=layer)
+            else:
+                layer_bytes = autocast_layer_activation_bytes(
+                    cfg, batch_size, seq_len, recompute=kind, tp=tp, sp=sp,
+                    flash_attention=flash_attention, dropout=dropout, layer=layer)
+            sizes.append(layer_bytes.total)
+        kept, rebuilt = sizes
+        kept_total += count * kept
+        rebuilt_extra = max(rebuilt_extra, rebuilt - kept)
+    return kept_total, rebuilt_extra
 
 
 def autocast_step_phases(cfg: TransformerConfig, batch_size: int, seq_len: int,
                          precision: str = "bf16-autocast", optimizer: str = "adamw",
                          recompute: str = "none", tp: int = 1, pp: int = 1, sp: bool = False,
                          flash_attention: bool = True, zero_stage: int = 0, dp: int = 1,
-                         dropout: bool = True) -> dict[str, MemoryBreakdown]:
+                         dropout: bool = True, implementation: str = "harness"
+                         ) -> dict[str, MemoryBreakdown]:
     """Memory at each moment of an eager autocast training step where it can peak, by phase.
 
     The step is zero_grad(set_to_none=True), forward and loss under torch.autocast, backward,
@@ -222,56 +272,79 @@ def autocast_step_phases(cfg: TransformerConfig, batch_size: int, seq_len: int,
     1-byte embedding dropout mask and, with full recomputation, the fp32 position tables the
     checkpoints keep ("position_tables": RoPE cos/sin, or the ALiBi bias). Assumes one autocast
     region per step, so each weight is copied once (per micro-batch with pipelining, it would be
-    copied once per micro-batch in flight).
+    copied once per micro-batch in flight). The loss is cross-entropy on an fp32 copy of the
+    16-bit logits, as `harness.model.lm_loss` and transformers' ForCausalLMLoss compute it.
+
+    implementation="huggingface" models transformers' Llama-family blocks instead
+    (`harness.theory.memory.huggingface`): their layers' activations, the fp32 RoPE tables all
+    layers share ("position_tables", kept with or without recomputation), the final RMSNorm's
+    fp32 output ("final_norm_output"), no embedding dropout, no 16-bit copies of grouped-GEMM
+    experts, and their own backward working set.
     """
     cfg = require_config(cfg)
     require_choice("precision", precision, AUTOCAST_PRECISIONS)
     require_choice("optimizer", optimizer, OPTIMIZERS)
     require_choice("zero_stage", zero_stage, ZERO_STAGES)
     require_positive_int("dp", dp)
-    kept = autocast_layer_activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp,
-                                           sp=sp, flash_attention=flash_attention,
-                                           dropout=dropout)
-    rebuilt = autocast_layer_activation_bytes(cfg, batch_size, seq_len, recompute="none", tp=tp,
-                                              sp=sp, flash_attention=flash_attention,
-                                              dropout=dropout)
+    require_choice("implementation", implementation, IMPLEMENTATIONS)
+    check_activation_args(cfg, batch_size, seq_len, recompute, tp, sp, flash_attention,
+                          dropout, HALF_BYTES)
+    huggingface = implementation == "huggingface"
+    if huggingface:
+        check_huggingface_block(cfg, seq_len, tp, pp, sp, recompute)
     layers = check_pipeline_parallel(cfg, pp)
+    stage_activations, recompute_working_set = _stage_activations(
+        cfg, batch_size, seq_len, layers, recompute, tp, sp, flash_attention, dropout,
+        implementation)
     in_flight = pp  # 1F1B: the first stage holds p micro-batches (see activation_bytes)
     last_stage_here = pp == 1
     per_param = bytes_per_param(precision, optimizer)
     states = model_state_parts(params_per_rank(cfg, tp, pp), precision, optimizer, zero_stage,
                                dp)
-    layer_weights, layer_biases, output_weights = _matmul_params_per_rank(cfg, tp, pp)
+    stage_weights, stage_biases, output_weights, largest_layer = matmul_params_per_rank(
+        cfg, tp, pp, copied_experts=not huggingface)
     e, h = HALF_BYTES, cfg.hidden_size
     whole = tp if sp else 1
     sbh = seq_len * batch_size * h
     norm_input = (FP32_BYTES * sbh + norm_statistics_bytes(cfg) * seq_len * batch_size) // whole
     logit_elements = seq_len * batch_size * ceil_div(cfg.vocab_size, tp) if last_stage_here else 0
-    if cfg.position == "rope":
-        position_tables = 2 * FP32_BYTES * seq_len * cfg.head_dim  # cos and sin
+    if huggingface:
+        position_tables = huggingface_position_table_bytes(cfg, seq_len)
+    elif recompute != "full":
+        position_tables = 0
+    elif cfg.position == "rope":
+        position_tables = 2 * FP32_BYTES * seq_len * rotary_width(cfg) * in_flight  # cos, sin
     elif cfg.position == "alibi":
-        position_tables = FP32_BYTES * cfg.num_heads * seq_len * seq_len // tp
+        position_tables = FP32_BYTES * cfg.num_heads * seq_len * seq_len // tp * in_flight
     else:
         position_tables = 0
     saved = {
-        "layer_activations": layers * in_flight * kept.total,
+        "layer_activations": in_flight * stage_activations,
         "recompute_working_set": 0,
         "backward_working_set": 0,
-        "embedding_dropout_mask": MASK_BYTES * sbh // whole * in_flight if dropout else 0,
+        "embedding_dropout_mask": (MASK_BYTES * sbh // whole * in_flight
+                                   if dropout and not huggingface else 0),
         "embedding_norm_input": norm_input * in_flight if cfg.embedding_norm else 0,
-        "position_tables": position_tables * in_flight if recompute == "full" else 0,
+        "position_tables": position_tables,
         "final_norm_input": norm_input if last_stage_here else 0,
+        **({"final_norm_output": FP32_BYTES * sbh} if huggingface else {}),
         "output_layer_input": e * sbh // whole if last_stage_here else 0,
         "logits": 0,
         "logits_fp32": 0,
         "logits_grad_fp32": 0,
     }
+    if huggingface:
+        working_set = huggingface_backward_working_set(cfg, batch_size, seq_len,
+                                                       flash_attention)
+    else:
+        working_set = _layer_backward_working_set(cfg, batch_size, seq_len, tp, sp,
+                                                  flash_attention)
     copies = per_param.weight_copies
     # Autocast's cache holds every copy during the forward pass; backward keeps only the
     # copies of weight matrices (a matmul's backward needs no bias), and with full
     # recomputation none of the checkpointed layers'.
-    cached_copies = copies * (layers * (layer_weights + layer_biases) + output_weights)
-    saved_layer_copies = 0 if recompute == "full" else copies * layers * layer_weights
+    cached_copies = copies * (stage_weights + stage_biases + output_weights)
+    saved_layer_copies = 0 if recompute == "full" else copies * stage_weights
     no_gradients = {**states, "gradients": 0}
     output_gradients = (per_param.gradients * (output_weights + norm_params(cfg))
                         if last_stage_here else 0)
@@ -290,15 +363,17 @@ def autocast_step_phases(cfg: TransformerConfig, batch_size: int, seq_len: int,
         "layer_backward": {
             **states, "gradients": output_gradients,
             "weight_copies": (saved_layer_copies if recompute != "full"
-                              else copies * layer_weights),
+                              else copies * largest_layer),
             **saved, "final_norm_input": 0, "output_layer_input": 0,
-            "recompute_working_set": rebuilt.total - kept.total,
-            "backward_working_set": _layer_backward_working_set(
-                cfg, batch_size, seq_len, tp, sp, flash_attention),
+            **({"final_norm_output": 0} if huggingface else {}),
+            "recompute_working_set": recompute_working_set,
+            "backward_working_set": working_set,
         },
         "backward_end": {
             **states, "weight_copies": 0,
             **{name: 0 for name in saved}, "backward_working_set": tied_embedding_gradient,
         },
     }
-    return {phase: MemoryBreakdown(parts, phase=phase) for phase, parts in phases.items()}
+    modelled = IMPLEMENTATION_BLOCKS[implementation]
+    return {phase: MemoryBreakdown(parts, phase=phase, implementation=modelled)
+            for phase, parts in phases.items()}

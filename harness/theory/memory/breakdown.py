@@ -35,10 +35,13 @@ class MemoryBreakdown:
 
     `phase` names the moment of a training step the parts describe, where the estimate is the
     peak over several (autocast precisions, `AUTOCAST_PHASES`); None otherwise.
+    `implementation` says which implementation of a transformer block a training estimate
+    models (`training_memory`'s implementation= argument); None where it does not apply.
     """
 
     parts: Mapping[str, int]
     phase: str | None = None
+    implementation: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.parts, Mapping):
@@ -46,8 +49,9 @@ class MemoryBreakdown:
         for name, value in self.parts.items():
             require_text("part name", name)
             require_non_negative_int(f"part {name!r}", value)
-        if self.phase is not None:
-            require_text("phase", self.phase)
+        for name in ("phase", "implementation"):
+            if getattr(self, name) is not None:
+                require_text(name, getattr(self, name))
         object.__setattr__(self, "parts", dict(self.parts))
 
     @property
@@ -57,10 +61,11 @@ class MemoryBreakdown:
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict for JSON: {"total_bytes": ..., "parts": {name: bytes, ...}}, plus
-        "phase" when the breakdown has one."""
+        "phase" and "implementation" when the breakdown has them."""
         result: dict[str, object] = {"total_bytes": self.total, "parts": dict(self.parts)}
-        if self.phase is not None:
-            result["phase"] = self.phase
+        for name in ("phase", "implementation"):
+            if getattr(self, name) is not None:
+                result[name] = getattr(self, name)
         return result
 
 

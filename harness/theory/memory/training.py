@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from harness.checks import require_choice, require_positive_int
 from harness.theory.config import TransformerConfig, require_config
 from harness.theory.memory.activations import activation_bytes
-from harness.theory.memory.autocast import autocast_step_phases
+from harness.theory.memory.autocast import IMPLEMENTATIONS, autocast_step_phases
 from harness.theory.memory.breakdown import MemoryBreakdown, device_reserve_bytes
 from harness.theory.memory.states import (
     AUTOCAST_PRECISIONS,
@@ -22,13 +22,23 @@ from harness.theory.memory.states import (
 )
 from harness.theory.parallel import params_per_rank
 
+# What the estimate models at the Megatron-LM precisions (`PRECISIONS`).
+MEGATRON_LAYERS = "Megatron-LM's layers (Korthikanti et al. 2022)"
+
 
 def training_memory(cfg: TransformerConfig, batch_size: int, seq_len: int,
                     precision: str = "bf16-mixed", optimizer: str = "adamw",
                     recompute: str = "none", tp: int = 1, pp: int = 1, sp: bool = False,
                     flash_attention: bool = True, zero_stage: int = 0, dp: int = 1,
-                    dropout: bool = True) -> MemoryBreakdown:
+                    dropout: bool = True, implementation: str = "harness") -> MemoryBreakdown:
     """Memory of a training step on the busiest GPU (first pipeline stage), in bytes.
+
+    `implementation` chooses whose transformer block the activations are those of, and the
+    breakdown's `implementation` says it in words: "harness" (the default) is harness.model's
+    block under the autocast precisions and Megatron-LM's layers under the others;
+    "huggingface" is transformers' Llama-family blocks (Llama, Mistral, Qwen2/3, Mixtral with
+    SDPA) trained under torch.autocast, so it needs an autocast precision
+    (`harness.theory.memory.huggingface` says what differs).
 
     Model states ("weights", "master_weights", "gradients", "optimizer_states") are those of the
     parameters this GPU holds (`params_per_rank`), sharded over dp by ZeRO stage.
@@ -52,18 +62,53 @@ def training_memory(cfg: TransformerConfig, batch_size: int, seq_len: int,
     require_choice("optimizer", optimizer, OPTIMIZERS)
     require_choice("zero_stage", zero_stage, ZERO_STAGES)
     require_positive_int("dp", dp)
+    require_choice("implementation", implementation, IMPLEMENTATIONS)
     if precision in AUTOCAST_PRECISIONS:
         phases = autocast_step_phases(cfg, batch_size, seq_len, precision=precision,
                                       optimizer=optimizer, recompute=recompute, tp=tp, pp=pp,
                                       sp=sp, flash_attention=flash_attention,
-                                      zero_stage=zero_stage, dp=dp, dropout=dropout)
+                                      zero_stage=zero_stage, dp=dp, dropout=dropout,
+                                      implementation=implementation)
         return max(phases.values(), key=lambda phase: phase.total)  # the first on a tie
+    if implementation != "harness":
+        raise ValueError(f"implementation={implementation!r} models training under "
+                         f"torch.autocast over fp32 parameters; precision={precision!r} is "
+                         f"Megatron-LM's mixed precision: use precision='bf16-autocast' (or "
+                         f"'fp16-autocast') with it")
     activations = activation_bytes(cfg, batch_size, seq_len, recompute=recompute, tp=tp, sp=sp,
                                    flash_attention=flash_attention, pp=pp, dropout=dropout,
                                    bytes_per_element=activation_element_bytes(precision))
     states = model_state_parts(params_per_rank(cfg, tp, pp), precision, optimizer, zero_stage,
                                dp)
-    return MemoryBreakdown({**states, **activations.parts})
+    return MemoryBreakdown({**states, **activations.parts}, implementation=MEGATRON_LAYERS)
+
+
+# Parts of a training estimate by what a measurement can set beside them: the model states
+# torch reports (parameters, gradients, optimizer states) and the rest of the peak.
+# "activations" takes every part no other group names.
+_PART_GROUPS: dict[str, tuple[str, ...]] = {
+    "parameters": ("weights", "master_weights"),
+    "gradients": ("gradients",),
+    "optimizer_states": ("optimizer_states",),
+    "weight_copies": ("weight_copies",),
+    "activations": (),
+    "logits_and_loss": ("logits", "logits_fp32", "logits_grad_fp32"),
+    "working_memory": ("backward_working_set", "recompute_working_set"),
+}
+
+
+def training_memory_groups(memory: MemoryBreakdown) -> dict[str, int]:
+    """A training estimate's parts summed into the groups a measured breakdown has: parameters,
+    gradients, optimizer states (what `harness.measure.memory.state_bytes_held` reports), the
+    16-bit weight copies, activations, logits and loss, and working memory (transient tensors
+    of backward; cuBLAS's workspace is not in any estimate). The groups add up to the total."""
+    if not isinstance(memory, MemoryBreakdown):
+        raise ValueError(f"memory must be a MemoryBreakdown from training_memory, got "
+                         f"{type(memory).__name__}")
+    named = {name for names in _PART_GROUPS.values() for name in names}
+    return {group: sum(bytes_ for name, bytes_ in memory.parts.items()
+                       if (name in names if names else name not in named))
+            for group, names in _PART_GROUPS.items()}
 
 
 @dataclass(frozen=True)
