@@ -79,13 +79,15 @@ LLAMA3_1B = HFWorkload(
     batch_size=2, seq_len=2048,
     why="grouped-query attention through SDPA's enable_gqa: the case FlopCounterMode crashed on")
 
-# Qwen3 0.6B as published: 28 layers of hidden 1024 with 16 query heads of head_dim 128 (2048
-# query channels, twice hidden/heads) sharing 8 key/value heads, per-head query/key RMSNorm,
-# SwiGLU 3072, tied 151936-token embedding: 596M parameters; batch 4 x 1024 tokens, ~18 TFLOP.
+# Qwen3 0.6B's layers as published, 8 of its 28: hidden 1024 with 16 query heads of head_dim 128
+# (2048 query channels, twice hidden/heads) sharing 8 key/value heads, per-head query/key
+# RMSNorm, SwiGLU 3072, tied 151936-token embedding; batch 4 x 1024 tokens. All 28 layers took
+# 198 ms a step with the GPU idle half of it (13 s of the suite on an H200, 2026-12-02): the
+# host-bound per-head norms are what the test is about, and 8 layers show them as well.
 QWEN3_06B = HFWorkload(
-    name="qwen3-0.6b-shape",
+    name="qwen3-0.6b-8-layers",
     settings={"model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072,
-              "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+              "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 8,
               "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
               "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
               "hidden_act": "silu"},
