@@ -79,9 +79,11 @@ def _check_flops(measured: Measurement, workload: HFWorkload, num_layers: int | 
     counted = measured["flops_per_step"].median
     predicted = flop_counter_flops(cfg, workload.batch_size, workload.seq_len,
                                    fused_attention=True)
-    # Within 1e-6, not exactly: on an H200 (torch 2.11) every step counted 16-32 FLOPs per token
-    # more than the formula (131072 of 3.4e13 for the Llama-3 shape, 2026-12-02), which the CPU
-    # count of the same models does not show; a model change moves the count by far more.
+    # Within 1e-6, not exactly: on an H200 (torch 2.11, 2026-12-02) every step counted
+    # head_dim x seq_len FLOPs more than the formula (131072 of 3.4e13 for the Llama-3 shape,
+    # 65536 for the Mixtral one): Hugging Face's rotary embedding computes its angles as a
+    # matmul, inv_freq (head_dim / 2) @ position_ids (seq_len), 2 FLOPs each, once per forward.
+    # A model change moves the count by far more.
     assert counted == pytest.approx(predicted, rel=1e-6), (
         f"FlopCounterMode counted {counted:.6g} FLOPs in one step of {cfg.name}, the formula "
         f"predicts {predicted:.6g}: {measured['flops_per_step'].note}")
