@@ -14,6 +14,7 @@ import pytest
 
 from harness.gate.results import SCHEMA_VERSION, Metric, RunResults
 from harness.gate.store import (
+    HISTORY_NAME_PATTERN,
     StoreError,
     baseline_path,
     history,
@@ -446,3 +447,54 @@ def test_concurrent_refreshes_of_different_tests_lose_no_metric_and_roll_none_ba
         assert seen[first:] == sorted(seen[first:])
         assert set(seen[first:]) == {1.0 + r for r in range(REFRESH_ROUNDS)}
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# --- a refresh through the plugin, into a directory outside the rootdir ----------------------
+
+PLUGIN_CONFTEST = """
+import pytest
+
+from harness.testing import FakeClock, FakeGpuMonitor
+
+
+@pytest.fixture
+def perf_clock():
+    return FakeClock(seed=1, base_seconds=1e-3, noise_cv=0.01)
+
+
+@pytest.fixture
+def perf_gpu_monitor():
+    return FakeGpuMonitor()
+"""
+
+
+def test_a_refresh_outside_the_rootdir_keeps_the_old_baseline_in_its_history_and_says_where(
+        pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import environment
+
+    monkeypatch.setattr(environment, "cuda_available", lambda: False)
+    pytester.makeini("[pytest]\n")  # pins the rootdir to the project
+    pytester.makeconftest(PLUGIN_CONFTEST)
+    pytester.makepyfile(test_kernel="def test_kernel(perf):\n    perf.time(lambda: None)\n")
+    baselines = tmp_path_factory.mktemp("baselines_elsewhere")
+    assert not baselines.is_relative_to(pytester.path)
+    fingerprint = environment.cpu_fingerprint()
+    args = ("-p", "harness.pytest_plugin", "-p", "no:cacheprovider", "--perf-device", "cpu",
+            "--perf-confirm-delay", "0", "--perf-update-baselines",
+            f"--perf-baselines={baselines}")
+    assert pytester.runpytest(*args).ret == 0
+    current = baselines / f"{fingerprint}.json"
+    first = current.read_bytes()
+
+    result = pytester.runpytest(*args)
+
+    assert result.ret == 0, result.stdout.str()
+    kept = sorted((baselines / "history" / fingerprint).iterdir())
+    assert len(kept) == 1 and kept[0].read_bytes() == first
+    assert HISTORY_NAME_PATTERN.fullmatch(kept[0].name.removesuffix(".json"))
+    assert sorted(p.name for p in baselines.iterdir()) == [f"{fingerprint}.json", "history"]
+    assert not list(pytester.path.rglob("*.json"))  # nothing went to the project
+    assert not list(baselines.parent.glob("*.json"))  # nor beside the baselines directory
+    wrote = [line for line in result.outlines if line.startswith("wrote ")]
+    assert wrote == [f"wrote {current} (1 metric(s)); the previous one is kept as {kept[0]}"]

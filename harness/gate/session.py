@@ -16,10 +16,8 @@ Decisions on one test's metrics, in this order:
                                         -> the test is skipped with the reason: not checked
   4. otherwise (unchanged, improved)    -> the test passes; improvements are listed at the end
 
-Baseline refresh (--perf-update-baselines) merges: the metrics of every test whose body ran and
-passed this time replace that test's old metrics (a metric the test no longer records is dropped);
-metrics of tests that did not run (deselected, skipped) are kept from the old baseline. The
-merged file carries this run's environment.
+Baseline refresh (--perf-update-baselines) merges this run's metrics into the old baseline, test
+by test (`harness.gate.refresh`), under the writers' lock of the store.
 """
 
 from __future__ import annotations
@@ -29,8 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from harness.gate import report, store, traces
-from harness.gate.fleet import RunSummary
+from harness.gate import refresh, report, store, traces
 from harness.gate.kernel_diff import explain_verdicts, runs_profiles
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
@@ -295,47 +292,14 @@ class PerfSession:
 
     def baseline_refusal(self, run_ok: bool) -> str | None:
         """Why this run must not become the baseline, or None when it may (or --perf-force)."""
-        if self.options.force:
-            return None
-        problems = []
-        if self.failed_tests:
-            problems.append(f"{len(self.failed_tests)} test(s) failed: "
-                            f"{', '.join(sorted(self.failed_tests))}")
-        elif not run_ok:
-            problems.append("the run did not complete cleanly (interrupted or errors)")
-        unreliable = [mid for mid, m in self.metrics.items() if not m.reliable]
-        if unreliable:
-            problems.append(f"{len(unreliable)} metric(s) were measured unreliably: "
-                            f"{', '.join(unreliable)}")
-        if not problems:
-            return None
-        return (f"baseline {self.reference_path} not written: {'; '.join(problems)}. Fix and "
-                f"re-run, or pass --perf-force to record these numbers anyway")
+        return refresh.refusal(self.reference_path, self.metrics, failed_tests=self.failed_tests,
+                               run_ok=run_ok, force=self.options.force)
 
     def merged_baseline(self) -> RunResults:
-        """The new baseline: this run's metrics over the old baseline's (see module doc)."""
-        kept: dict[str, Metric] = {}
-        if self.reference is not None:
-            measured_now = self.passed_tests | {split_metric_id(mid)[0] for mid in self.metrics}
-            kept = {mid: m for mid, m in self.reference.metrics.items()
-                    if split_metric_id(mid)[0] not in measured_now}
-        new = self.results(kind="baseline")
-        measured = self.metrics
-        if self.options.add_run:
-            measured = {mid: self._with_runs(mid, metric, new.created)
-                        for mid, metric in measured.items()}
-        new.metrics = {**kept, **measured}
-        return new
-
-    def _with_runs(self, mid: str, metric: Metric, created: str) -> Metric:
-        """`metric` carrying the old baseline's runs of it and this run (--perf-add-run); an old
-        baseline metric without runs counts as one run, recorded on its own host."""
-        reference = self.reference
-        old = None if reference is None else reference.metrics.get(mid)
-        earlier: tuple[RunSummary, ...] = ()
-        if reference is not None and old is not None:
-            earlier = old.runs or (_summary(old, reference.environment, reference.created),)
-        return metric.with_changes(runs=(*earlier, _summary(metric, self.environment, created)))
+        """The new baseline: this run's metrics over the old baseline's (`refresh`)."""
+        return refresh.merged_baseline(self.reference, self.results(kind="baseline"),
+                                       passed_tests=self.passed_tests,
+                                       add_run=self.options.add_run)
 
     def write_baseline(self) -> tuple[RunResults | None, RunResults, Path | None]:
         """Write the merged baseline; returns (old baseline, new baseline, where the old went)."""
@@ -435,14 +399,3 @@ def _noisy_worsening(verdict: Verdict) -> bool:
             or not verdict.baseline.reliable or abs(verdict.change) <= verdict.tolerance:
         return False
     return verdict.change > 0 if verdict.measured.better == "lower" else verdict.change < 0
-
-
-def _summary(metric: Metric, environment: dict[str, Any], created: str) -> RunSummary:
-    """One run of `metric` for a baseline's runs: its statistics, the host it ran on, and its
-    device profile (the per-run spread of its kernels explains a regression later)."""
-    host = environment.get("hostname") or "unknown host"
-    record = environment.get("host")
-    cpu = record.get("cpu_model") if isinstance(record, dict) else None
-    return RunSummary(median=metric.median, spread=metric.spread, count=metric.count,
-                      host=f"{host} ({cpu})" if cpu else str(host), created=created,
-                      profile=metric.profile)

@@ -5,7 +5,9 @@ Set PERF_INJECT before running the measured training tests against a baseline of
 code, e.g. `PERF_INJECT=extra_gemm pytest -m gpu perf_tests/test_training.py`:
 
 - `extra_gemm`: EXTRA_GEMMS more bf16 GEMMs of 4096^3 in the forward of every step: the diff
-  should name a GEMM line and the anatomy move to the contractions;
+  should name a GEMM line and the anatomy move to the contractions. They are wasted work, not
+  the model's: hidden from FlopCounterMode (any active dispatch mode), so the step's FLOP count,
+  MFU and HFU stay the model's and only its time moves;
 - `foreach_adamw`: AdamW's for-loop implementation (foreach=False, fused=False) in place of the
   fused kernel: the diff should name new element-wise kernels in the optimizer phase and the
   fused optimizer kernel vanished;
@@ -18,8 +20,10 @@ Unset (or empty), nothing is injected.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -60,17 +64,21 @@ def adamw_options(*, fused: bool) -> dict[str, Any]:
 def inject(model: torch.nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor],
            device: str) -> Callable[[Any, Any], torch.Tensor]:
     """The loss function a step should use under PERF_INJECT: for extra_gemm `loss_fn` with
-    the GEMMs run before it (in the step's forward phase); for host_overhead `loss_fn`, with
-    the Python work registered as a forward pre-hook of `model`; else `loss_fn` itself."""
+    the GEMMs run before it (in the step's forward phase, out of sight of the FLOP counter);
+    for host_overhead `loss_fn`, with the Python work registered as a forward pre-hook of
+    `model`; else `loss_fn` itself."""
     chosen = injection()
     if chosen == "extra_gemm":
         generator = torch.Generator(device=device).manual_seed(0)
         a, b = (torch.randn(EXTRA_GEMM_SIZE, EXTRA_GEMM_SIZE, device=device,
                             dtype=torch.bfloat16, generator=generator) for _ in range(2))
 
+        hide = _dispatch_mode_hider()
+
         def with_gemms(output: Any, target: Any) -> torch.Tensor:
-            for _ in range(EXTRA_GEMMS):
-                torch.mm(a, b)
+            with hide():
+                for _ in range(EXTRA_GEMMS):
+                    torch.mm(a, b)
             return loss_fn(output, target)
 
         return with_gemms
@@ -80,6 +88,26 @@ def inject(model: torch.nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor],
 
         model.register_forward_pre_hook(before_forward)
     return loss_fn
+
+
+def _dispatch_mode_hider() -> Callable[[], contextlib.AbstractContextManager[object]]:
+    """A context manager factory that runs its block with no TorchDispatchMode active, so the
+    FLOP counter of the step (a dispatch mode) does not see the injected GEMMs.
+
+    torch has no public way to step outside the active dispatch modes;
+    `torch.utils._python_dispatch._disable_current_modes` (private, present from torch 2.0
+    through 2.13) is what torch's own tracing uses for it. Should a torch lack it, the GEMMs
+    run visibly, with a warning that the step's FLOP count will include them."""
+    try:
+        from torch.utils._python_dispatch import _disable_current_modes
+    except ImportError:
+        warnings.warn(
+            f"{INJECT_VARIABLE}=extra_gemm: this torch ({torch.__version__}) lacks "
+            f"torch.utils._python_dispatch._disable_current_modes, so FlopCounterMode counts "
+            f"the injected GEMMs and the step's FLOP count and MFU include them", stacklevel=3)
+        return contextlib.nullcontext
+    hider: Callable[[], contextlib.AbstractContextManager[object]] = _disable_current_modes
+    return hider
 
 
 def python_work(seconds: float) -> int:
