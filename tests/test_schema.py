@@ -13,10 +13,12 @@ from harness.gate.profile import DeviceProfile, KernelRow
 from harness.gate.results import SCHEMA_VERSION, Metric, RunResults, SchemaError
 
 REPO = Path(__file__).resolve().parents[1]
+# A committed baseline of schema version 1: the H200's, before its refresh in version 2.
+VERSION_1_BASELINE = REPO / "baselines" / "history" / "nvidia-h200" / "20261121T161728.000000Z.json"
 
 
 def test_the_committed_version_1_baselines_still_load() -> None:
-    path = REPO / "baselines" / "nvidia-h200.json"
+    path = VERSION_1_BASELINE
     assert json.loads(path.read_text())["schema_version"] == 1
     results = store.load_results(path)
     assert results.schema_version == SCHEMA_VERSION == 2
@@ -25,7 +27,7 @@ def test_the_committed_version_1_baselines_still_load() -> None:
 
 
 def test_an_upgraded_file_is_written_in_the_current_version(tmp_path: Path) -> None:
-    old = store.load_results(REPO / "baselines" / "nvidia-h200.json")
+    old = store.load_results(VERSION_1_BASELINE)
     store.save_results(tmp_path / "new.json", old)
     assert json.loads((tmp_path / "new.json").read_text())["schema_version"] == 2
     assert store.load_results(tmp_path / "new.json").metrics == old.metrics
