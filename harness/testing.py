@@ -103,3 +103,32 @@ class FakeGpuMonitor:
         # threshold is 87 C in `nvidia-smi -q -d TEMPERATURE`).
         return dict(self.HEALTHY, sm_clock_mhz=1410, temperature_c=87,
                     throttle_reasons=list(self.throttle_reasons))
+
+
+def saved_activation_bytes(model: Any, forward_and_loss: Callable[[], Any], *,
+                           flash_attention: bool = True) -> int:
+    """Bytes autograd saves for backward while `forward_and_loss()` runs `model` under CPU bf16
+    autocast: floating-point storages with at least one dimension, each counted once (views and
+    shared tensors share a data pointer), the fp32 parameters excluded (model states, not
+    activations; their bf16 copies are counted). What activation-memory formulas predict."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if (storage.data_ptr() not in parameters and tensor.is_floating_point()
+                and tensor.dim() > 0 and storage.nbytes() > 0):
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    backend = SDPBackend.FLASH_ATTENTION if flash_attention else SDPBackend.MATH
+    with sdpa_kernel(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = forward_and_loss()
+    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+        raise ValueError("forward_and_loss must return the loss of a graph that needs gradients "
+                         "(the saved tensors live as long as that graph)")
+    return sum(saved.values())

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from harness.measure.train_step import model_output
 from harness.model import lm_loss
+from harness.testing import saved_activation_bytes
 from harness.theory.config import TransformerConfig
 from harness.theory.memory.autocast import (
     IMPLEMENTATIONS,
@@ -81,26 +81,14 @@ def saved_bytes(workload: HFWorkload, recompute: str = "none", flash: bool = Tru
     storages with a dimension, each counted once, the fp32 parameters excluded (their 16-bit
     copies are counted). `hf_loss` lets transformers compute the loss from labels."""
     model = build(workload, recompute)
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     inputs, targets = tokens(workload, workload.config().vocab_size)
-    saved: dict[int, int] = {}
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if (storage.data_ptr() not in parameters and tensor.is_floating_point()
-                and tensor.dim() > 0 and storage.nbytes() > 0):
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
+    def forward_and_loss() -> torch.Tensor:
+        if hf_loss:
+            return model(input_ids=inputs, labels=inputs).loss
+        return lm_loss(model_output(model, inputs), targets)
 
-    backend = SDPBackend.FLASH_ATTENTION if flash else SDPBackend.MATH
-    with sdpa_kernel(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            if hf_loss:
-                loss = model(input_ids=inputs, labels=inputs).loss
-            else:
-                loss = lm_loss(model_output(model, inputs), targets)
-    assert loss.requires_grad  # the graph, and everything it saved, is alive until here
-    return sum(saved.values())
+    return saved_activation_bytes(model, forward_and_loss, flash_attention=flash)
 
 
 @pytest.mark.parametrize("flash", [True, False], ids=["flash", "math"])

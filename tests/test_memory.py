@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from harness.model import build_model, lm_loss, random_batch
+from harness.testing import saved_activation_bytes as saved_bytes_of_step
 from harness.theory.config import TransformerConfig
 from harness.theory.memory.activations import activation_bytes, layer_activation_bytes
 from harness.theory.memory.autocast import (
@@ -609,22 +610,9 @@ def _saved_activation_storages(cfg: TransformerConfig, batch: int, seq: int, rec
     weight are not activations."""
     torch.manual_seed(0)
     model = build_model(cfg, device="cpu", checkpoint_activations=recompute == "full")
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     tokens, targets = random_batch(cfg, batch, seq)
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if (storage.data_ptr() not in parameters and tensor.is_floating_point()
-                and tensor.dim() > 0 and storage.nbytes() > 0):
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    backend = SDPBackend.FLASH_ATTENTION if flash_attention else SDPBackend.MATH
-    with sdpa_kernel(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            lm_loss(model(tokens), targets)
-    return sum(saved.values())
+    return saved_bytes_of_step(model, lambda: lm_loss(model(tokens), targets),
+                               flash_attention=flash_attention)
 
 
 def _cpu_rms_norm_extra(cfg: TransformerConfig, batch: int, seq: int, norms: int) -> int:
