@@ -55,7 +55,7 @@ from harness.measure.memory import MemoryLedger, MemoryStart, run_memory_ledger
 from harness.measure.sampling import L2Flush, TimingPolicy, measure_time
 from harness.measure.step import MeasurementError, measure_step, require_no_argument_callable
 from harness.measure.train_step import check_train_step, measure_train_step
-from harness.pytest_plugin.fixtures import PerfWarning
+from harness.pytest_plugin.perf_warnings import PerfLeakWarning
 from harness.theory.config import TransformerConfig
 
 # Metrics of `measure_train_step` that count what the caching allocator holds rather than what
@@ -377,10 +377,6 @@ def _timing_tolerance(metrics: dict[str, Metric], tolerance: float | None) -> di
     return {name: m.with_changes(tolerance=tolerance)
             if m.tolerance is None and m.kind in ("time", "throughput", "dataloader") else m
             for name, m in metrics.items()}
-
-
-class PerfLeakWarning(PerfWarning):
-    """A measured test left device memory allocated after it ended."""
 
 
 def _warn_of_leak(ledger: MemoryLedger, nodeid: str) -> None:

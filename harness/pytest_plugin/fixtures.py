@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from harness.pytest_plugin.perf_warnings import PerfWarning
 from harness.pytest_plugin.run import RUN_KEY, PerfRun
 
 if TYPE_CHECKING:
@@ -20,10 +21,6 @@ if TYPE_CHECKING:
     from harness.measure.clocks import Clock
     from harness.measure.gpu_state import GpuStateMonitor
     from harness.pytest_plugin.fixture import Perf
-
-
-class PerfWarning(UserWarning):
-    """Something the perf run could not do, that does not invalidate it (e.g. no NVML)."""
 
 
 def _started(request: pytest.FixtureRequest) -> tuple[PerfRun, PerfSession]:
