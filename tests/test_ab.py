@@ -163,6 +163,50 @@ def test_worktree_checks_out_the_commit_and_cleans_up(project: Path) -> None:
     assert str(directory) not in _git(project, "worktree", "list")
 
 
+class RecordingRun:
+    """Stands in for subprocess.run: keeps the child's environment and saves one metric where
+    the command's --perf-save points."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}
+
+    def __call__(self, command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        from harness.gate import store
+
+        env = kwargs["env"]
+        assert isinstance(env, dict)
+        self.env = env
+        save = Path(next(a for a in command if a.startswith("--perf-save="))[len("--perf-save="):])
+        metric = Metric(name="step_time", unit="s", better="lower", kind="time",
+                        samples=(1.0, 1.0, 1.0))
+        store.save_results(save, RunResults(kind="results", fingerprint="cpu", environment={},
+                                            metrics={"t.py::test_step::step_time": metric}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+
+@pytest.mark.parametrize("profile", [True, False])
+def test_child_runs_are_marked_and_skip_the_profiled_pass_only_when_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profile: bool) -> None:
+    from harness.gate import ab
+
+    recording = RecordingRun()
+    monkeypatch.setattr(ab.subprocess, "run", recording)
+    PytestRunner(profile=profile)(tmp_path, ["t.py"], tmp_path / "r.json")
+    assert recording.env[ab.CHILD_RUN_VARIABLE] == "1"
+    assert (recording.env.get(ab.NO_PROFILE_VARIABLE) == "1") is not profile
+
+
+def test_a_confirmation_profiles_only_for_a_device_time_suspect() -> None:
+    from types import SimpleNamespace
+
+    from harness.pytest_plugin.confirm import _needs_profiles
+
+    wall = SimpleNamespace(metric_id="t.py::test_step::step_time")
+    device = SimpleNamespace(metric_id="t.py::test_step::gemm_device_time")
+    assert not _needs_profiles([wall])  # type: ignore[list-item]
+    assert _needs_profiles([wall, device])  # type: ignore[list-item]
+
+
 def test_an_unknown_ref_says_how_to_fix_it(project: Path) -> None:
     with pytest.raises(ABError, match="not a commit.*git fetch"):
         resolve_commit(project, "no-such-branch")

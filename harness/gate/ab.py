@@ -46,6 +46,11 @@ CHILD_TIMEOUT_SECONDS = 1800.0
 # Set in the environment of every child run: the child only measures, so its plugin skips what
 # only a judged run needs (the host calibration of its environment record).
 CHILD_RUN_VARIABLE = "PERF_HARNESS_AB_CHILD"
+# Set to "1" in a child run that needs no profiled pass: a confirmation whose suspects are all
+# wall-clock metrics. The pass (the profiler's start, ~5 s in a fresh process on an H200, and
+# 0.5-2 s per measurement) is a third to a half of such a child run; the kernel diff then
+# compares the stored runs' profiles with this run's instead of the A/B rounds'.
+NO_PROFILE_VARIABLE = "PERF_HARNESS_AB_NO_PROFILE"
 # Lines of a failed child run's output shown in the error: enough for pytest's short summary.
 OUTPUT_TAIL_LINES = 40
 
@@ -222,15 +227,18 @@ class PytestRunner:
     """
 
     def __init__(self, python: str = sys.executable, *,
-                 timeout_seconds: float = CHILD_TIMEOUT_SECONDS) -> None:
+                 timeout_seconds: float = CHILD_TIMEOUT_SECONDS, profile: bool = True) -> None:
         self.python = python
         self.timeout_seconds = timeout_seconds
+        self.profile = profile
 
     def __call__(self, tree: Path, pytest_args: Sequence[str], save_path: Path) -> RunResults:
         empty_baselines = save_path.parent / "no-baselines"
         empty_baselines.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env[CHILD_RUN_VARIABLE] = "1"
+        if not self.profile:
+            env[NO_PROFILE_VARIABLE] = "1"
         if (tree / "harness" / "__init__.py").is_file():
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(tree), *filter(None, [env.get("PYTHONPATH")])])

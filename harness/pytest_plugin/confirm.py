@@ -15,9 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.gate import ab
-from harness.gate.results import Metric
+from harness.gate.results import Metric, split_metric_id
 from harness.gate.session import Decision, PerfSession
-from harness.gate.verdict import DEFAULT_ALPHA
+from harness.gate.verdict import DEFAULT_ALPHA, Verdict
+
+# How every profiled pass names its metric (`<name>_device_time`, or `device_time` for a step):
+# a suspect of that name needs the child runs to profile.
+DEVICE_TIME_SUFFIX = "device_time"
 
 
 def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir: Path,
@@ -60,7 +64,8 @@ def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir
             base = ab.Side("base", full_commit, base_repo / inside)
             head = ab.Side("head", "working tree", rootdir)
             result = ab.run_ab(base, head, [*options.child_args, nodeid],
-                               runner=ab.PytestRunner(), tolerance_of=tolerance_of,
+                               runner=ab.PytestRunner(profile=_needs_profiles(suspects)),
+                               tolerance_of=tolerance_of,
                                alpha=DEFAULT_ALPHA, max_rounds=options.ab_rounds,
                                budget_seconds=options.ab_budget_seconds, work_dir=Path(work),
                                progress=lambda line: write(f"perf: {line}"),
@@ -75,3 +80,8 @@ def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir
         f"A/B against {full_commit[:12]}, {result.rounds} rounds in "
         f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"),
         runs=(result.base_runs, result.head_runs))
+
+
+def _needs_profiles(suspects: list[Verdict]) -> bool:
+    """Whether the child runs must run the profiled pass: only it measures device time."""
+    return any(split_metric_id(v.metric_id)[1].endswith(DEVICE_TIME_SUFFIX) for v in suspects)

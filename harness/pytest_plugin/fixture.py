@@ -16,6 +16,7 @@ unreliable, so they are never called a regression. Every metric is recorded in t
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 
 from harness.checks import require_bool, require_finite, require_positive
 from harness.distributed.group import DistributedRun, LockstepClock
+from harness.gate.ab import NO_PROFILE_VARIABLE
 from harness.gate.formatting import format_size
 from harness.gate.results import (
     BETTER_VALUES,
@@ -312,8 +314,10 @@ class Perf:
 
     def _profiles(self) -> bool:
         """Whether measurements get a profiled pass: on CUDA, outside a distributed run (the
-        ranks' lockstep would have to cover the pass too)."""
-        return self.device == "cuda" and self.distributed is None
+        ranks' lockstep would have to cover the pass too), unless this is an A/B child run
+        told it needs none."""
+        return (self.device == "cuda" and self.distributed is None
+                and os.environ.get(NO_PROFILE_VARIABLE) != "1")
 
     def _collective_clock(self, run: DistributedRun
                           ) -> tuple[Clock, QueuedCudaEventClock | None]:
