@@ -270,15 +270,6 @@ def _with_profile(metrics: dict[str, Metric], step: Callable[[], object],
     return metrics
 
 
-def _modelled(settings: str) -> str:
-    """Which implementation of a transformer block `training_memory` models at these settings
-    (its docstring's): eager autocast blocks as harness.model builds them, or Megatron-LM's."""
-    if "-autocast" in settings:
-        return ("eager PyTorch blocks as harness.model builds them: fused RMSNorm, one 16-bit "
-                "copy of the normed input per projection, K and V expanded to every head")
-    return "Megatron-LM's layers (Korthikanti et al. 2022)"
-
-
 def _parts(breakdown: dict[str, int], count: int) -> str:
     largest = sorted(((v, k) for k, v in breakdown.items() if v > 0), reverse=True)[:count]
     return ", ".join(f"{name} {format_bytes(value)}" for value, name in largest)
@@ -321,7 +312,7 @@ def memory_metrics(device: str, estimate: MemoryBreakdown | None, estimate_setti
             measured = (f"; measured: {_parts(states, len(states))}, the rest of the peak "
                         f"(activations, logits, working memory) {format_bytes(max(rest, 0))}")
         phase = "" if estimate.phase is None else f" at its peak phase {estimate.phase!r}"
-        modelled = getattr(estimate, "implementation", None) or _modelled(estimate_settings)
+        modelled = estimate.implementation or "the block training_memory describes"
         metrics["memory_vs_estimate"] = Metric(
             name="memory_vs_estimate", unit="ratio", better="lower", kind="memory",
             samples=(allocated / total,), theory=1.0,
