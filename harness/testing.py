@@ -1,4 +1,5 @@
-"""Test doubles for measuring without a GPU: a seeded clock and a scripted GPU monitor.
+"""Test doubles for measuring without a GPU: a seeded clock, a scripted GPU monitor, and CPU
+stand-ins for what autograd saves and what the allocator holds (memory formulas on any machine).
 
 Override the plugin's fixtures with them in a conftest.py to test measured tests, or anything
 above the clock, on any machine:
@@ -18,6 +19,11 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
 from harness.checks import (
     require_non_negative,
     require_non_negative_int,
@@ -25,6 +31,9 @@ from harness.checks import (
     require_positive_int,
 )
 from harness.measure.gpu_state import NVML_THROTTLE_REASONS
+
+# torch's weak reference to a storage (untyped in torch), called through Any.
+_WEAK_STORAGE: Any = StorageWeakRef
 
 
 class FakeClock:
@@ -132,3 +141,52 @@ def saved_activation_bytes(model: Any, forward_and_loss: Callable[[], Any], *,
         raise ValueError("forward_and_loss must return the loss of a graph that needs gradients "
                          "(the saved tensors live as long as that graph)")
     return sum(saved.values())
+
+
+class LiveStorages(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's base is untyped
+    """Bytes of floating-point tensor storages alive after each op, a CPU stand-in for
+    torch.cuda.memory_allocated: every op output is followed until its storage dies, and
+    tensors that existed before (parameters, gradients, optimizer states) are added with
+    `hold`. 0-dim and integer tensors (step counters, token ids) are left out.
+
+    Following tensors through Python holds extra references, which makes autograd accumulate
+    some gradients out of place; transient peaks inside backward can therefore exceed a real
+    run's: compare moments before any accumulation (after the forward, the loss, the optimizer).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        # storage pointer -> (a weak reference to the storage, its bytes)
+        self._storages: dict[int, tuple[Any, int]] = {}
+        self.timeline: list[tuple[str, int]] = []
+
+    def hold(self, tensor: torch.Tensor) -> None:
+        """Follow `tensor`'s storage until it dies (once per storage)."""
+        if tensor.dim() == 0 or not tensor.is_floating_point():
+            return
+        storage = tensor.untyped_storage()
+        known = self._storages.get(storage.data_ptr())
+        if storage.nbytes() and (known is None or known[0].expired()):
+            self._storages[storage.data_ptr()] = (_WEAK_STORAGE(storage), storage.nbytes())
+
+    def live_bytes(self) -> int:
+        """Bytes of the followed storages still alive."""
+        return sum(size for ref, size in self._storages.values() if not ref.expired())
+
+    def after(self, op: str) -> int:
+        """Live bytes right after the first call of `op` (e.g. "aten._log_softmax.default")."""
+        return next(live for name, live in self.timeline if name == op)
+
+    @property
+    def peak(self) -> int:
+        """The most bytes alive after any op."""
+        return max(live for _, live in self.timeline)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self.hold(value)
+        self.timeline.append((str(func), self.live_bytes()))
+        return out

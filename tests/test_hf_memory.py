@@ -16,13 +16,10 @@ from typing import Any
 
 import pytest
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from harness.measure.train_step import model_output
 from harness.model import lm_loss
-from harness.testing import saved_activation_bytes
+from harness.testing import LiveStorages, saved_activation_bytes
 from harness.theory.config import TransformerConfig
 from harness.theory.memory.autocast import (
     IMPLEMENTATIONS,
@@ -125,37 +122,6 @@ def test_transformers_own_loss_saves_what_lm_loss_saves() -> None:
     # saves the same fp32 log-probabilities as harness.model.lm_loss.
     workload = tiny("llama3_gqa", 1)
     assert saved_bytes(workload, hf_loss=True) == saved_bytes(workload)
-
-
-class LiveStorages(TorchDispatchMode):
-    """Bytes of floating-point storages alive after each op, a CPU stand-in for
-    torch.cuda.memory_allocated (tests/test_memory.py has the commented original)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._storages: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.timeline: list[tuple[str, int]] = []
-
-    def hold(self, tensor: torch.Tensor) -> None:
-        if tensor.dim() == 0 or not tensor.is_floating_point():
-            return
-        storage = tensor.untyped_storage()
-        known = self._storages.get(storage.data_ptr())
-        if storage.nbytes() and (known is None or known[0].expired()):
-            self._storages[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
-
-    def after(self, op: str) -> int:
-        return next(live for name, live in self.timeline if name == op)
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
-                           kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for value in tree_flatten(out)[0]:
-            if isinstance(value, torch.Tensor):
-                self.hold(value)
-        live = sum(n for ref, n in self._storages.values() if not ref.expired())
-        self.timeline.append((str(func), live))
-        return out
 
 
 @pytest.mark.parametrize("recompute", ["none", "full"])

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from harness.model import build_model, lm_loss, random_batch
+from harness.testing import LiveStorages
 from harness.testing import saved_activation_bytes as saved_bytes_of_step
 from harness.theory.config import TransformerConfig
 from harness.theory.memory.activations import activation_bytes, layer_activation_bytes
@@ -692,54 +689,6 @@ def test_cpu_flash_attention_saves_query_key_value_output_and_log_sum_exp() -> N
         assert getattr(node, f"_saved_{name}").shape == (b, a, s, d)
     lse = node._saved_logsumexp
     assert (lse.shape, lse.dtype) == ((b, a, s), torch.float32)
-
-
-class LiveStorages(TorchDispatchMode):
-    """Bytes of floating-point tensor storages alive after each op, a CPU stand-in for
-    torch.cuda.memory_allocated: every op output is followed until its storage dies, and
-    tensors that existed before (parameters, gradients, optimizer states) are added with
-    `hold`. 0-dim and integer tensors (step counters, token ids) are left out.
-
-    Following tensors through Python holds extra references, which makes autograd accumulate
-    some gradients out of place; transient peaks inside backward can therefore exceed a real
-    run's. The moments compared exactly below come before any accumulation.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._storages: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.timeline: list[tuple[str, int]] = []
-
-    def hold(self, tensor: torch.Tensor) -> None:
-        """Follow `tensor`'s storage until it dies (once per storage)."""
-        if tensor.dim() == 0 or not tensor.is_floating_point():
-            return
-        storage = tensor.untyped_storage()
-        known = self._storages.get(storage.data_ptr())
-        if storage.nbytes() and (known is None or known[0].expired()):
-            self._storages[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
-
-    def live_bytes(self) -> int:
-        """Bytes of the followed storages still alive."""
-        return sum(n for ref, n in self._storages.values() if not ref.expired())
-
-    def after(self, op: str) -> int:
-        """Live bytes right after the first call of `op` (e.g. "aten._log_softmax.default")."""
-        return next(live for name, live in self.timeline if name == op)
-
-    @property
-    def peak(self) -> int:
-        """The most bytes alive after any op."""
-        return max(live for _, live in self.timeline)
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
-                           kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for value in tree_flatten(out)[0]:
-            if isinstance(value, torch.Tensor):
-                self.hold(value)
-        self.timeline.append((str(func), self.live_bytes()))
-        return out
 
 
 def _follow_a_training_step(cfg: TransformerConfig, batch: int, seq: int,
