@@ -1,5 +1,6 @@
-"""The plugin confirms a suspected regression by A/B against the baseline's own commit, in a
-git worktree, on this machine: a real slowdown fails the test, a slower environment does not."""
+"""The plugin confirms suspected regressions by one A/B at the end of the run against the
+baseline's own commit, in a git worktree, on this machine: a real slowdown fails the run's A/B
+item, a slower environment does not."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ def _git(pytester: pytest.Pytester, *args: str) -> None:
                    cwd=pytester.path, check=True, capture_output=True)
 
 
-@pytest.fixture
-def recorded(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A git project whose baseline was recorded at its first commit (cost 1.0 s)."""
+def _record(pytester: pytest.Pytester) -> pytest.Pytester:
+    """Make the project a git repository whose baseline was recorded at its first commit
+    (cost 1.0 s)."""
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(test_step=TEST_FILE)
     (pytester.path / "cost.txt").write_text("1.0")
@@ -38,26 +39,64 @@ def recorded(pytester: pytest.Pytester) -> pytest.Pytester:
     _git(pytester, "commit", "-q", "-m", "base")
     result = pytester.runpytest("-p", "no:cacheprovider", "--perf-device=cpu",
                                 "--perf-update-baselines")
-    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
     return pytester
 
 
-def test_a_real_slowdown_is_confirmed_by_ab(recorded: pytest.Pytester) -> None:
-    (recorded.path / "cost.txt").write_text("1.1")  # the change under test: 10% slower code
-    result = recorded.runpytest("-p", "no:cacheprovider", "--perf-device=cpu",
-                                "--perf-ab-rounds=3")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*A/B against its commit*", "*A/B round 1/3*",
-                                 "*confirmed by A/B, 3 rounds against*head +10.0% vs base*"])
+@pytest.fixture
+def recorded(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A git project of one measured test, its baseline recorded at its first commit."""
+    return _record(pytester)
 
 
-def test_a_slower_host_is_environment_changed_not_a_regression(
-        recorded: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_HOST_FACTOR", "1.3")  # this machine is 30% slower for both codes
-    result = recorded.runpytest("-p", "no:cacheprovider", "--perf-device=cpu",
+SECOND_TEST = '''
+import os
+
+def test_other(perf):
+    host = float(os.environ.get("FAKE_HOST_FACTOR", "1"))
+    perf.metric("load_time", [2.0 * host] * 5, unit="s", better="lower", kind="time")
+'''
+
+
+def test_one_ab_at_the_end_confirms_a_slowdown_and_clears_a_slower_host(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_other=SECOND_TEST)
+    _record(pytester)
+    (pytester.path / "cost.txt").write_text("1.1")  # the change under test: 10% slower code
+    monkeypatch.setenv("FAKE_HOST_FACTOR", "1.3")  # and this machine is 30% slower for both
+    result = pytester.runpytest("-p", "no:cacheprovider", "--perf-device=cpu",
                                 "--perf-ab-rounds=3")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*environment changed*", "*A/B against*3 rounds*"])
+    # Both tests pass at first; the A/B item at the end fails for the slower code only.
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "*test_other.py::test_other: 1 metric(s) look worse than the baseline; the A/B at the "
+        "end of the run (perf::ab-confirmation) decides*",
+        "*test_step.py::test_step: 1 metric(s) look worse*",
+        "*A/B of 2 suspected test(s) (2 metric(s)) against the baseline's commit*",
+        "*A/B round 1/3 (base first): 2 metric(s) base, 2 head*",
+        "*1 of the 2 suspected test(s) failed after A/B: test_step.py::test_step*",
+        "*confirmed by A/B, 3 rounds against*head +10.0% vs base*",
+        "*test_other.py::test_other*load_time*environment changed*",
+        "FAILED perf::ab-confirmation*"])
+    # One A/B for both tests: one series of rounds, each child running both tests.
+    assert result.stdout.str().count("A/B round 1/3") == 1
+
+
+def test_without_a_suspect_the_confirmation_passes_without_running_anything(
+        recorded: pytest.Pytester) -> None:
+    result = recorded.runpytest("-p", "no:cacheprovider", "--perf-device=cpu", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*perf::ab-confirmation PASSED*"])
+    assert "A/B round" not in result.stdout.str()
+
+
+def test_a_run_stopped_before_the_confirmation_says_so(recorded: pytest.Pytester) -> None:
+    recorded.makepyfile(test_zfail="def test_fails():\n    assert False\n")
+    (recorded.path / "cost.txt").write_text("1.1")
+    result = recorded.runpytest("-p", "no:cacheprovider", "--perf-device=cpu", "-x")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*1 suspected test(s) were not confirmed: the run ended before "
+                                 "perf::ab-confirmation*test_step.py::test_step*"])
 
 
 def test_remeasure_is_used_when_asked(recorded: pytest.Pytester) -> None:

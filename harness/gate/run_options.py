@@ -22,8 +22,9 @@ CONFIRM_CHOICES: tuple[str, ...] = ("auto", "ab", "remeasure")
 # Rounds of an A/B confirmation at most: 5 rounds give the paired t-test 4 degrees of freedom,
 # enough to confirm a 3% change over 1% run-to-run noise at p ~ 0.001 (harness.gate.paired).
 DEFAULT_AB_ROUNDS = 5
-# Seconds one test's A/B confirmation may take before it stops at the rounds it has (never
-# below 3): a round is two fresh pytest processes, ~10 s of start-up each plus the test.
+# Seconds the run's A/B confirmation (one for every suspected test, at the end of the run) may
+# take before it stops at the rounds it has (never below 3): a round is two fresh pytest
+# processes, 6-10 s of start-up each on an H200 host plus the suspected tests.
 DEFAULT_AB_BUDGET_SECONDS = 240.0
 
 

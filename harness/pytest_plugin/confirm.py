@@ -1,18 +1,31 @@
-"""Confirming one test's suspected regression by A/B on this machine (`harness.gate.ab`).
+"""Confirming suspected regressions by A/B on this machine (`harness.gate.ab`), once per run.
 
-The baseline records the commit it was measured at. When a test first looks slower and this is a
-git checkout holding that commit, its tree is checked out in a temporary worktree and the test
-runs there and here alternately, each run a fresh pytest process. The paired verdict then says
-whether this code is slower than the baseline's code on this host (a regression), whether the
-baseline's code is just as slow here (the environment changed), or neither. Where no A/B is
-possible the caller falls back to re-measuring after a pause, and the run's notes say why.
+The baseline records the commit it was measured at. When this is a git checkout holding that
+commit, a test that looks slower than the baseline is not failed at once: it is noted, and at the
+end of the run one A/B confirms every such test together. The baseline's tree is checked out in a
+temporary worktree, and all suspected tests run there and here alternately, each run a fresh
+pytest process. The paired verdict then says, per test, whether this code is slower than the
+baseline's code on this host (a regression), whether the baseline's code is just as slow here
+(the environment changed), or neither.
+
+One A/B for the whole run, not one per test: a fresh runner of the fleet typically suspects a
+few tests (its host differs from the ones that recorded the baseline), and each child process
+pays its start-up (torch, CUDA, collection: 6-10 s on an H200 host) once for all of them instead
+of once per test. The end-of-run A/B is a test item of its own (`ABConfirmation`), so it is
+reported, timed and failed like one, after every measured test.
+
+Where no A/B is possible the caller re-measures each test after a pause, and the run's notes say
+why.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from harness.gate import ab
 from harness.gate.results import Metric, split_metric_id
@@ -23,12 +36,24 @@ from harness.gate.verdict import DEFAULT_ALPHA, Verdict
 # a suspect of that name needs the child runs to profile.
 DEVICE_TIME_SUFFIX = "device_time"
 
+# The node id of the end-of-run A/B item (not a path: it belongs to no test file).
+CONFIRMATION_NODEID = "perf::ab-confirmation"
 
-def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir: Path,
-                  write: Callable[[str], None]) -> Decision | None:
-    """The test's decision after A/B against the baseline's commit, or None when A/B cannot
-    run here (no commit recorded, not a git checkout, the commit or test missing there); the
-    reason is then one of the session's end notes."""
+
+@dataclass(frozen=True)
+class ABCheckout:
+    """Where an A/B can run: the git checkout, the rootdir's place inside it, and the
+    baseline's commit (resolved to its full hash)."""
+
+    repo: Path
+    inside: Path
+    commit: str
+
+
+def ab_checkout(session: PerfSession, rootdir: Path) -> ABCheckout | str | None:
+    """Where A/B against the reference's commit can run; None when no A/B is wanted (no
+    commit recorded, --perf-confirm remeasure); else the reason it cannot run here (not a git
+    checkout, the commit missing), for the run's notes."""
     commit = session.ab_base_commit()
     if commit is None:
         return None
@@ -38,48 +63,116 @@ def confirm_by_ab(session: PerfSession, nodeid: str, decision: Decision, rootdir
     except ValueError:  # a rootdir reached through a link from outside the checkout
         inside = None
     if repo is None or inside is None:
-        session.end_notes.append(f"{nodeid}: no A/B ({rootdir} is not inside a git checkout); "
-                                 f"re-measured instead")
-        return None
+        return f"no A/B ({rootdir} is not inside a git checkout); re-measured instead"
     try:
-        ab.resolve_commit(repo, commit)
+        full_commit = ab.resolve_commit(repo, commit)
     except ab.ABError:
-        session.end_notes.append(f"{nodeid}: no A/B (the baseline's commit {commit[:12]} is "
-                                 f"not in this checkout; `git fetch` it for A/B); re-measured "
-                                 f"instead")
-        return None
-    suspects = [v for v in session.verdicts if v.metric_id in decision.suspects]
-    tolerances = {v.metric_id: v.tolerance for v in suspects}
+        return (f"no A/B (the baseline's commit {commit[:12]} is not in this checkout; "
+                f"`git fetch` it for A/B); re-measured instead")
+    return ABCheckout(repo=repo, inside=inside, commit=full_commit)
 
-    def tolerance_of(metric_id: str, metric: Metric) -> float:
-        return tolerances.get(metric_id, min(tolerances.values()))
 
-    options = session.options
-    write(f"perf: {nodeid}: {len(suspects)} metric(s) look worse than the baseline; A/B "
-          f"against its commit {commit[:12]} on this machine, up to {options.ab_rounds} "
-          f"rounds or {options.ab_budget_seconds:g} s")
-    try:
+class ABConfirmation(pytest.Item):
+    """The run's last item: one A/B of every test that looked worse than the baseline
+    (`PendingConfirmations`). It passes when none did, or when A/B cleared them all; it fails
+    with each confirmed regression's report otherwise."""
+
+    def __init__(self, *, pending: PendingConfirmations, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.pending = pending
+
+    def runtest(self) -> None:
+        decisions = self.pending.confirm()
+        failed = {nodeid: d for nodeid, d in decisions.items() if d.outcome == "failed"}
+        if failed:
+            pytest.fail("\n\n".join([
+                f"perf: {len(failed)} of the {len(decisions)} suspected test(s) failed after "
+                f"A/B: {', '.join(failed)}", *(d.message for d in failed.values())]),
+                pytrace=False)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, "perf: A/B confirmation of the suspected regressions"
+
+
+class PendingConfirmations:
+    """The tests of this run that a first verdict suspects, waiting for the end-of-run A/B."""
+
+    def __init__(self, session: PerfSession, checkout: ABCheckout, rootdir: Path,
+                 write: Callable[[str], None]) -> None:
+        self.session = session
+        self.checkout = checkout
+        self.rootdir = rootdir
+        self.write = write
+        self.decisions: dict[str, Decision] = {}
+        self.done = False
+
+    def add(self, nodeid: str, decision: Decision) -> None:
+        """Note a suspected test; its first verdict stands until the A/B replaces it."""
+        self.decisions[nodeid] = decision
+        self.write(f"perf: {nodeid}: {len(decision.suspects)} metric(s) look worse than the "
+                   f"baseline; the A/B at the end of the run ({CONFIRMATION_NODEID}) decides")
+
+    def unconfirmed_note(self) -> str | None:
+        """What the run's notes say when it ended before the A/B (e.g. -x after a failure)."""
+        if self.done or not self.decisions:
+            return None
+        return (f"{len(self.decisions)} suspected test(s) were not confirmed: the run ended "
+                f"before {CONFIRMATION_NODEID}; their first verdicts were not failures: "
+                f"{', '.join(self.decisions)}")
+
+    def confirm(self) -> dict[str, Decision]:
+        """Run the A/B and return every pending test's decision after it (its paired verdicts
+        replace the suspected ones). Where the A/B cannot run, every pending test keeps its
+        first decision (a failure stays one), and the notes say why."""
+        self.done = True
+        if not self.decisions:
+            return {}
+        try:
+            decisions = self._run()
+        except ab.ABError as exc:
+            first_line = str(exc).splitlines()[0]
+            self.session.end_notes.append(f"A/B failed ({first_line}); the first verdicts of "
+                                          f"{', '.join(self.decisions)} stand")
+            decisions = self.decisions
+        self.session.failed_tests |= {nodeid for nodeid, d in decisions.items()
+                                      if d.outcome == "failed"}
+        return decisions
+
+    def _run(self) -> dict[str, Decision]:
+        session, checkout, options = self.session, self.checkout, self.session.options
+        nodeids = list(self.decisions)
+        suspects = {nodeid: [v for v in session.verdicts if v.metric_id in d.suspects]
+                    for nodeid, d in self.decisions.items()}
+        tolerances = {v.metric_id: v.tolerance for vs in suspects.values() for v in vs}
+
+        def tolerance_of(metric_id: str, metric: Metric) -> float:
+            return tolerances.get(metric_id, min(tolerances.values()))
+
+        self.write(f"perf: A/B of {len(nodeids)} suspected test(s) ({len(tolerances)} "
+                   f"metric(s)) against the baseline's commit {checkout.commit[:12]} on this "
+                   f"machine, up to {options.ab_rounds} rounds or {options.ab_budget_seconds:g} s")
         with tempfile.TemporaryDirectory(prefix="perf-ab-runs-") as work, \
-                ab.worktree(repo, commit) as (full_commit, base_repo):
-            base = ab.Side("base", full_commit, base_repo / inside)
-            head = ab.Side("head", "working tree", rootdir)
-            result = ab.run_ab(base, head, [*options.child_args, nodeid],
-                               runner=ab.PytestRunner(profile=_needs_profiles(suspects)),
-                               tolerance_of=tolerance_of,
-                               alpha=DEFAULT_ALPHA, max_rounds=options.ab_rounds,
+                ab.worktree(checkout.repo, checkout.commit) as (full_commit, base_repo):
+            base = ab.Side("base", full_commit, base_repo / checkout.inside)
+            head = ab.Side("head", "working tree", self.rootdir)
+            profile = _needs_profiles([v for vs in suspects.values() for v in vs])
+            result = ab.run_ab(base, head, [*options.child_args, *nodeids],
+                               runner=ab.PytestRunner(profile=profile),
+                               tolerance_of=tolerance_of, alpha=DEFAULT_ALPHA,
+                               max_rounds=options.ab_rounds,
                                budget_seconds=options.ab_budget_seconds, work_dir=Path(work),
-                               progress=lambda line: write(f"perf: {line}"),
+                               progress=lambda line: self.write(f"perf: {line}"),
                                watch=tolerances.__contains__)
-    except ab.ABError as exc:
-        first_line = str(exc).splitlines()[0]
-        session.end_notes.append(f"{nodeid}: A/B failed ({first_line}); re-measured instead")
-        return None
-    final = ab.confirm_with_ab(suspects, result)
-    outcomes = ", ".join(f"{v.metric_id.rpartition('::')[2]} {v.outcome.value}" for v in final)
-    return session.redecide(nodeid, final, (
-        f"A/B against {full_commit[:12]}, {result.rounds} rounds in "
-        f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"),
-        runs=(result.base_runs, result.head_runs))
+        decisions = {}
+        for nodeid in nodeids:
+            final = ab.confirm_with_ab(suspects[nodeid], result)
+            outcomes = ", ".join(f"{v.metric_id.rpartition('::')[2]} {v.outcome.value}"
+                                 for v in final)
+            decisions[nodeid] = session.redecide(nodeid, final, (
+                f"A/B against {full_commit[:12]}, {result.rounds} rounds in "
+                f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"),
+                runs=(result.base_runs, result.head_runs))
+        return decisions
 
 
 def _needs_profiles(suspects: list[Verdict]) -> bool:

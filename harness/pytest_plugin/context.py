@@ -1,5 +1,6 @@
-"""Where a run measures: its role under pytest-xdist (`xdist_role`), and whether its baselines
-directory is the one the project keeps its baselines in (`check_baselines_location`).
+"""Where a run measures: its role under pytest-xdist (`xdist_role`), whether its baselines
+directory is the one the project keeps its baselines in (`check_baselines_location`), and what
+the summary says about that context (`nothing_measured_lines`, `rootdir_lines`).
 """
 
 from __future__ import annotations
@@ -57,3 +58,30 @@ def check_baselines_location(config: pytest.Config, options: PerfOptions,
         f"metric id moved. Run pytest from {project}, or add a pytest config file there "
         f"(pytest.ini, or [tool.pytest.ini_options] in pyproject.toml) so that the rootdir "
         f"stays put; --perf-baselines=DIR names another directory")
+
+
+def nothing_measured_lines(config: pytest.Config, options: PerfOptions) -> list[str]:
+    """Why --perf-save, --perf-update-baselines or --perf-compare did nothing here."""
+    asked = [flag for flag, given in (("--perf-save", options.save_path is not None),
+                                      ("--perf-update-baselines", options.update_baselines),
+                                      ("--perf-compare", options.compare_path is not None))
+             if given]
+    if not asked or config.option.collectonly:
+        return []
+    if xdist_role(config) == "controller":
+        return [f"{', '.join(asked)}: nothing done. The pytest-xdist workers measure "
+                f"nothing (measured tests are refused under -n); run the measured tests "
+                f"with -n 0: `pytest -n 0 -m perf`"]
+    return [f"{', '.join(asked)}: nothing done: no selected test uses the perf fixture"]
+
+
+def rootdir_lines(config: pytest.Config, options: PerfOptions) -> list[str]:
+    """A warning when no pytest config file pins the rootdir: the default baselines
+    directory and every metric id (a test's node id) then follow the directory pytest was
+    started in."""
+    if config.inipath is not None:
+        return []
+    return [f"WARNING: no pytest config file (pytest.ini, pyproject.toml, tox.ini, "
+            f"setup.cfg) pins the rootdir, so it is {config.rootpath}, where pytest was "
+            f"started; the baselines ({options.baselines_dir}) and every metric id "
+            f"follow it. Add a pytest config file at the project's root."]

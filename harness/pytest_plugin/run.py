@@ -1,6 +1,6 @@
 """The hooks of one pytest run (`PerfRun`): the collection checks (GPU and distributed tests),
-the perf session's start, the verdict after each test with the re-run that confirms a
-regression, and the end of the run.
+the perf session's start, the verdict after each test (a suspected regression goes to the
+run's one A/B at its end, or is re-measured), and the end of the run.
 
 The perf session starts after collection, and only when a selected test uses `perf` (or, for a
 test that asks for it by name at run time, when it first does): a run without measured tests
@@ -28,13 +28,19 @@ import pytest
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, launch_from_environment
 from harness.gate.run_options import PerfOptions
 from harness.pytest_plugin import markers, ranks
-from harness.pytest_plugin.context import check_baselines_location, xdist_role
+from harness.pytest_plugin.context import (
+    check_baselines_location,
+    nothing_measured_lines,
+    rootdir_lines,
+    xdist_role,
+)
 from harness.pytest_plugin.options import read_options, timing_policy
 
 if TYPE_CHECKING:
     from harness.distributed.group import DistributedRun
     from harness.gate.session import Decision, PerfSession
     from harness.measure.sampling import TimingPolicy
+    from harness.pytest_plugin.confirm import ABCheckout, PendingConfirmations
 
 XDIST_REFUSAL = (
     "perf: measured tests do not run under pytest-xdist workers: workers measuring at once "
@@ -71,6 +77,11 @@ class PerfRun:
         self._passed_before: set[str] = set()
         # Measured tests a pytest-xdist worker refuses (those not skipped anyway).
         self._refused: set[str] = set()
+        # Where A/B against the baseline's commit can run (`confirm.ab_checkout`), once known.
+        self._checkout: ABCheckout | str | None = None
+        self._checkout_known = False
+        # The suspected tests the end-of-run A/B item confirms; None without that item.
+        self.pending: PendingConfirmations | None = None
 
     @functools.cached_property
     def launch(self) -> Launch | None:
@@ -167,6 +178,34 @@ class PerfRun:
                 self.distributed.check_same_tests([item.nodeid for item in items])
             except ValueError as exc:
                 raise pytest.UsageError(str(exc)) from None
+        self._add_confirmation(session, items)
+
+    def _add_confirmation(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+        """Where A/B against the baseline's commit can run, append the item that confirms every
+        suspected test at the end of the run (`confirm.ABConfirmation`)."""
+        from harness.pytest_plugin import confirm
+
+        if not isinstance(self._ab_checkout(), confirm.ABCheckout):
+            return
+        assert self.session is not None and isinstance(self._checkout, confirm.ABCheckout)
+        self.pending = confirm.PendingConfirmations(self.session, self._checkout,
+                                                    self.config.rootpath, self._write_line)
+        items.append(confirm.ABConfirmation.from_parent(
+            session, name=confirm.CONFIRMATION_NODEID, nodeid=confirm.CONFIRMATION_NODEID,
+            pending=self.pending))
+
+    def _ab_checkout(self) -> ABCheckout | str | None:
+        """Where A/B can confirm a suspect (`confirm.ab_checkout`), found once per run; None in
+        a torchrun launch (ranks would have to start children in lockstep), with
+        --perf-update-baselines (nothing is judged) or without a commit to compare with."""
+        if not self._checkout_known:
+            from harness.pytest_plugin.confirm import ab_checkout
+
+            assert self.session is not None
+            self._checkout_known = True
+            if self.distributed is None and not self.session.options.update_baselines:
+                self._checkout = ab_checkout(self.session, self.config.rootpath)
+        return self._checkout
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -178,12 +217,13 @@ class PerfRun:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         """After the test body: judge what it recorded; a regression fails the test.
 
-        A suspected regression is confirmed before it fails the build. Where the baseline's
-        commit is in this checkout, by A/B on this machine (`confirm.confirm_by_ab`): only code
-        that is slower than the baseline's own code here fails, and a baseline's code that is
-        just as slow here is "environment changed". Elsewhere the test body runs once more after
-        --perf-confirm-delay (`_remeasure`): a GPU that spent a moment at lower clocks, or a
-        neighbour's burst on a shared host, then costs one re-run instead of a red nightly.
+        A suspected regression is confirmed before it fails the build (`_confirm`). Where the
+        baseline's commit is in this checkout, by the run's one A/B on this machine at its end
+        (`confirm.ABConfirmation`): only code that is slower than the baseline's own code here
+        fails, and a baseline's code that is just as slow here is "environment changed".
+        Elsewhere the test body runs once more after --perf-confirm-delay (`_remeasure`): a GPU
+        that spent a moment at lower clocks, or a neighbour's burst on a shared host, then costs
+        one re-run instead of a red nightly.
         """
         try:
             result = yield  # the test's own exception propagates; nothing is judged then
@@ -194,14 +234,7 @@ class PerfRun:
             return result
         decision = self._conclude(item)
         if decision.suspects and isinstance(item, pytest.Function) and self.distributed is None:
-            from harness.pytest_plugin.confirm import confirm_by_ab
-
-            confirmed = confirm_by_ab(self.session, item.nodeid, decision, self.config.rootpath,
-                                      self._write_line)
-            if confirmed is not None:
-                decision = confirmed
-            elif decision.regression:
-                decision = self._remeasure(item, decision)
+            decision = self._confirm(item, decision)
         elif decision.regression and isinstance(item, pytest.Function):
             decision = self._remeasure(item, decision)
         if decision.outcome == "failed":
@@ -211,6 +244,29 @@ class PerfRun:
             # (as pytest's own skip markers do).
             raise pytest.skip.Exception(decision.message, _use_item_location=True)
         return result
+
+    def _confirm(self, item: pytest.Function, decision: Decision) -> Decision:
+        """The decision to report now for a test with suspected metrics: with the end-of-run
+        A/B item, the test is noted there and does not fail now (a skip stays a skip); in a
+        session started by a test at run time (no such item), its own A/B runs at once; without
+        A/B, a regression is re-measured after a pause and the notes say why there was no A/B."""
+        from harness.pytest_plugin import confirm
+
+        checkout = self._ab_checkout()
+        assert self.session is not None
+        if not isinstance(checkout, confirm.ABCheckout):
+            if isinstance(checkout, str):
+                self.session.end_notes.append(f"{item.nodeid}: {checkout}")
+            return self._remeasure(item, decision) if decision.regression else decision
+        if self.pending is not None:
+            self.pending.add(item.nodeid, decision)
+            if decision.outcome == "failed":
+                return dataclasses.replace(decision, outcome="passed")
+            return decision
+        alone = confirm.PendingConfirmations(self.session, checkout, self.config.rootpath,
+                                             self._write_line)
+        alone.add(item.nodeid, decision)
+        return alone.confirm()[item.nodeid]
 
     def _remeasure(self, item: pytest.Function, first: Decision) -> Decision:
         """Run the test body again after --perf-confirm-delay; only the second verdict counts,
@@ -293,45 +349,23 @@ class PerfRun:
         by a usage error (such as `-m gpu` without CUDA) measured nothing and writes nothing."""
         if self.session is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
             return
+        unconfirmed = None if self.pending is None else self.pending.unconfirmed_note()
+        if unconfirmed is not None:
+            self.session.end_notes.append(unconfirmed)
         if not self.session.finish(run_ok=exitstatus == pytest.ExitCode.OK):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         """The verdict table (regressions first), improvements, and what was saved or written;
         in a run that measured nothing, only why a requested save or refresh did not happen."""
-        lines = (self._nothing_measured_lines() if self.session is None
-                 else [*self.session.summary_lines(), *self._rootdir_lines()])
+        lines = (nothing_measured_lines(self.config, self.options) if self.session is None
+                 else [*self.session.summary_lines(),
+                       *rootdir_lines(self.config, self.options)])
         if not lines:
             return
         terminalreporter.write_sep("=", "perf")
         for line in lines:
             terminalreporter.write_line(line, red=line.startswith("ERROR"))
-
-    def _nothing_measured_lines(self) -> list[str]:
-        """Why --perf-save, --perf-update-baselines or --perf-compare did nothing here."""
-        options = self.options
-        asked = [flag for flag, given in (("--perf-save", options.save_path is not None),
-                                          ("--perf-update-baselines", options.update_baselines),
-                                          ("--perf-compare", options.compare_path is not None))
-                 if given]
-        if not asked or self.config.option.collectonly:
-            return []
-        if xdist_role(self.config) == "controller":
-            return [f"{', '.join(asked)}: nothing done. The pytest-xdist workers measure "
-                    f"nothing (measured tests are refused under -n); run the measured tests "
-                    f"with -n 0: `pytest -n 0 -m perf`"]
-        return [f"{', '.join(asked)}: nothing done: no selected test uses the perf fixture"]
-
-    def _rootdir_lines(self) -> list[str]:
-        """A warning when no pytest config file pins the rootdir: the default baselines
-        directory and every metric id (a test's node id) then follow the directory pytest was
-        started in."""
-        if self.config.inipath is not None:
-            return []
-        return [f"WARNING: no pytest config file (pytest.ini, pyproject.toml, tox.ini, "
-                f"setup.cfg) pins the rootdir, so it is {self.config.rootpath}, where pytest was "
-                f"started; the baselines ({self.options.baselines_dir}) and every metric id "
-                f"follow it. Add a pytest config file at the project's root."]
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Leave the process group of a distributed run, and drop the session (pytester runs
