@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.gate.ab import ABError, PytestRunner, Side, resolve_commit, run_ab, worktree
+from harness.gate.fleet import RunSummary
 from harness.gate.paired import PairedOutcome
 from harness.gate.results import Metric, RunResults
 
@@ -115,6 +116,30 @@ def test_unwatched_metrics_never_stop_the_rounds(tmp_path: Path) -> None:
                     alpha=0.01, max_rounds=5, budget_seconds=1e6, work_dir=tmp_path,
                     watch=lambda mid: False)
     assert result.rounds == 5
+
+
+def test_a_confirmed_regression_is_judged_with_one_machines_tolerance(tmp_path: Path) -> None:
+    from harness.gate.ab import confirm_with_ab
+    from harness.gate.verdict import Outcome, judge
+
+    base, head = _sides(tmp_path)
+    # The first verdict: +5% against a baseline whose three runs widened 2% to 12%.
+    runs = tuple(RunSummary(median=m, spread=0.01, count=3, host=f"h{i}", created="")
+                 for i, m in enumerate((1.0, 1.04, 0.96)))
+    stored = Metric(name="step_time", unit="s", better="lower", kind="time",
+                    samples=(0.99, 1.0, 1.01), runs=runs)
+    measured = Metric(name="step_time", unit="s", better="lower", kind="time",
+                      samples=(1.04, 1.05, 1.06))
+    first = judge("t.py::test_step::step_time", measured, stored)
+    assert first.hidden_by_the_fleet
+    runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 1.0, 1.2, 1.2, 0.9, 0.9])
+    result = run_ab(base, head, ["t.py"], runner=runner,
+                    tolerance_of=lambda mid, m: first.one_machine_tolerance, alpha=0.01,
+                    max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
+    (final,) = confirm_with_ab([first], result)
+    assert final.outcome is Outcome.REGRESSION
+    assert final.tolerance == pytest.approx(0.02)
+    assert "confirmed by A/B, 3 rounds" in final.reason
 
 
 def test_too_few_rounds_are_refused(tmp_path: Path) -> None:

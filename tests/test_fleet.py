@@ -3,6 +3,7 @@ host-sensitive metrics for A/B, and `--perf-add-run` keeps one run per recording
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -116,3 +117,37 @@ def test_a_worse_host_sensitive_metric_is_a_suspect_for_ab(strict: bool, outcome
     assert decision.outcome == outcome
     assert decision.suspects == ("t.py::t::step_time",)
     assert "host-sensitive" in decision.message
+
+
+def test_a_slowdown_inside_the_fleets_tolerance_is_a_suspect_for_ab() -> None:
+    # Runs 1.00 / 1.04 / 0.96 widen the 2% time tolerance to 12%: +5% passes across machines,
+    # but is beyond what one machine allows, so A/B on this machine checks it.
+    session = _session(strict=True)
+    session.reference = RunResults(kind="baseline", fingerprint="cpu", environment={},
+                                   metrics={"t.py::t::step_time":
+                                            _metric(1.0, _runs(1.00, 1.04, 0.96))})
+    session.record("t.py::t", _metric(1.05))
+    decision = session.conclude_test("t.py::t")
+    assert decision.outcome == "passed"
+    assert decision.suspects == ("t.py::t::step_time",)
+    (verdict,) = session.verdicts
+    assert verdict.outcome is Outcome.UNCHANGED and verdict.hidden_by_the_fleet
+    assert verdict.tolerance == pytest.approx(0.12)
+    assert verdict.one_machine_tolerance == pytest.approx(0.02)
+    assert "worse than the 2.0% tolerance of one machine" in verdict.reason
+
+
+@pytest.mark.parametrize(("median", "host_bound"), [(1.01, False), (0.95, False), (1.05, True)])
+def test_no_suspect_within_one_machines_tolerance_better_or_host_bound(
+        median: float, host_bound: bool) -> None:
+    baseline = _metric(1.0, _runs(1.00, 1.04, 0.96))
+    measured = dataclasses.replace(_metric(median), host_bound=host_bound)
+    verdict = judge("t::step_time", measured, baseline)
+    assert verdict.outcome is Outcome.UNCHANGED
+    assert not verdict.hidden_by_the_fleet
+
+
+def test_without_recorded_runs_one_machines_tolerance_is_the_tolerance() -> None:
+    verdict = judge("t::step_time", _metric(1.01), _metric(1.0))
+    assert verdict.machine_tolerance is None
+    assert verdict.one_machine_tolerance == verdict.tolerance == pytest.approx(0.02)

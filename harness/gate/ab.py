@@ -307,7 +307,7 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
         if paired.outcome is PairedOutcome.REGRESSION:
             final.append(dataclasses.replace(
                 verdict, outcome=Outcome.REGRESSION, change=paired.change,
-                p_value=paired.p_value, rule="paired t-test (A/B)",
+                tolerance=paired.tolerance, p_value=paired.p_value, rule="paired t-test (A/B)",
                 reason=f"confirmed by {rounds}: {paired.reason}"))
             continue
         if paired.outcome is PairedOutcome.UNDECIDED:

@@ -45,9 +45,11 @@ class Decision:
     message: str = ""
     # True when the failure is a regression (the plugin then re-measures once to confirm it).
     regression: bool = False
-    # Metric ids a confirmation could clear: the regressions, and under --perf-strict the
+    # Metric ids a confirmation by A/B checks: the regressions; under --perf-strict the
     # reliably measured metrics that moved beyond tolerance the wrong way without statistical
-    # support (on a host-bound step that is most of what another machine does to it).
+    # support (on a host-bound step that is most of what another machine does to it); worse
+    # host-sensitive metrics; host-bound ones judged "environment changed" by the calibration;
+    # and those within the fleet's tolerance but beyond one machine's (`hidden_by_the_fleet`).
     suspects: tuple[str, ...] = ()
 
 
@@ -196,6 +198,10 @@ class PerfSession:
         # only A/B on this machine can say whether the code is slower.
         fleet = tuple(v.metric_id for v in verdicts
                       if v.outcome == Outcome.UNRELIABLE and v.rule == "host-sensitive")
+        # Unchanged only within the fleet's widened tolerance, but worse than one machine's:
+        # A/B checks it where it can run (a slowdown on a faster chip of the fleet hides there).
+        within_fleet = tuple(v.metric_id for v in verdicts if v.hidden_by_the_fleet)
+        rechecked = host_rule + within_fleet
         missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
         unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
         reasons = []
@@ -205,16 +211,16 @@ class PerfSession:
             details = "; ".join(f"{_name(v)}: {v.reason}" for v in unreliable)
             reasons.append(f"unreliable, not judged (not a regression): {details}")
         if not reasons:
-            return Decision("passed", suspects=host_rule)
+            return Decision("passed", suspects=rechecked)
         if self.options.strict:
             noisy = tuple(v.metric_id for v in unreliable
                           if _noisy_worsening(v) and v.metric_id not in fleet)
             clearable = not missing and len(noisy) + len(fleet) == len(unreliable)
             return Decision("failed", "perf (--perf-strict: every measured metric must be "
                                           "checked): " + "; ".join(reasons),
-                            suspects=noisy + fleet + host_rule if clearable else ())
+                            suspects=noisy + fleet + rechecked if clearable else ())
         return Decision("skipped", "perf: " + "; ".join(reasons),
-                        suspects=fleet + host_rule if not missing else ())
+                        suspects=fleet + rechecked if not missing else ())
 
     def _explanations(self, nodeid: str, verdicts: list[Verdict]) -> list[str]:
         """The kernel diff of each regressed step: against the A/B's base runs where A/B

@@ -143,7 +143,9 @@ class PendingConfirmations:
         nodeids = list(self.decisions)
         suspects = {nodeid: [v for v in session.verdicts if v.metric_id in d.suspects]
                     for nodeid, d in self.decisions.items()}
-        tolerances = {v.metric_id: v.tolerance for vs in suspects.values() for v in vs}
+        # Two runs on one machine: the fleet's spread between machines does not apply.
+        tolerances = {v.metric_id: v.one_machine_tolerance
+                      for vs in suspects.values() for v in vs}
 
         def tolerance_of(metric_id: str, metric: Metric) -> float:
             return tolerances.get(metric_id, min(tolerances.values()))
