@@ -1,6 +1,6 @@
 """The detection-power benchmark on CPU: its counting of false alarms and detections on seeded
-synthetic runs, the round-robin order, the JSON round trip, the injections, and a --quick run
-end to end followed by --analyse."""
+synthetic runs, the A/B phase's rounds, early stop and counting on scripted runs, the round-robin
+order, the JSON round trip, the injections, and --quick runs end to end followed by --analyse."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import gc
 import io
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,29 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.detection_power.analysis import analyse, analyse_grid, confirmation_lag
+from benchmarks.detection_power.ab_rounds import (
+    BASE,
+    HEAD,
+    ABSettings,
+    MeasureRun,
+    ab_repetition,
+    replay,
+)
+from benchmarks.detection_power.analysis import (
+    analyse,
+    analyse_ab,
+    analyse_grid,
+    confirmation_lag,
+)
 from benchmarks.detection_power.bench import phase_result, repetition_record, round_robin_order
 from benchmarks.detection_power.cli import main
-from benchmarks.detection_power.design import CONDITIONS, CPU_SIZES, QUICK_REPEATS
+from benchmarks.detection_power.design import (
+    AB_PHASE,
+    CONDITIONS,
+    CPU_SIZES,
+    DEFAULT_PHASES,
+    QUICK_REPEATS,
+)
 from benchmarks.detection_power.document import load_document, new_document, save_document
 from benchmarks.detection_power.injections import (
     ALLOCATION_GRANULARITY,
@@ -32,7 +52,9 @@ from benchmarks.detection_power.injections import (
 )
 from benchmarks.detection_power.phases import MEMORY_NEEDS_CUDA, paired_added_seconds
 from benchmarks.detection_power.report import render_grid, render_notes
+from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric, SchemaError
+from harness.gate.run_options import DEFAULT_AB_BUDGET_SECONDS, DEFAULT_AB_ROUNDS
 from harness.gate.tolerance import DEFAULT_TOLERANCES
 from harness.gate.verdict import DEFAULT_ALPHA
 from harness.measure.gpu_state import measure_between_snapshots
@@ -277,6 +299,151 @@ def test_analysis_rejects_a_bad_alpha_naming_it() -> None:
         analyse(data, tolerances=0.02)
 
 
+# -- the A/B phase -----------------------------------------------------------------------------
+
+# The plugin's A/B defaults for a throughput metric.
+AB_SETTINGS = ABSettings(metric_id="benchmarks/detection_power::gemm_tflops",
+                         tolerance=DEFAULT_TOLERANCES["throughput"], alpha=DEFAULT_ALPHA,
+                         max_rounds=DEFAULT_AB_ROUNDS, budget_seconds=DEFAULT_AB_BUDGET_SECONDS)
+
+
+def scripted_runs(head_ratios: list[float], seed: int = 0,
+                  calls: list[tuple[int, str]] | None = None) -> MeasureRun:
+    """Runs of a 700 TFLOP/s GEMM with 0.1% seeded jitter per run; head's run of round r is
+    base's level times head_ratios[r]. Every (round, side) asked for goes to `calls`."""
+    rng = random.Random(seed)
+
+    def run(side: str, round_index: int) -> Metric:
+        if calls is not None:
+            calls.append((round_index, side))
+        value = 700.0 * (1 + rng.gauss(0, 0.001))
+        if side == HEAD:
+            value *= head_ratios[round_index]
+        return tflops((value,))
+
+    return run
+
+
+# Head's TFLOP/s per round: 10% more time in every round; none; rounds that disagree (10% slower,
+# then 5% faster, ...): beyond the 2% tolerance on average, but never with p < alpha.
+TEN_PERCENT_SLOWER = [1 / 1.10] * DEFAULT_AB_ROUNDS
+NO_CHANGE = [1.0] * DEFAULT_AB_ROUNDS
+DISAGREEING = [0.90, 1.05, 0.90, 1.05, 0.90]
+
+
+def test_ab_head_slower_in_every_round_is_a_regression_after_the_fewest_rounds() -> None:
+    calls: list[tuple[int, str]] = []
+    record = ab_repetition(scripted_runs(TEN_PERCENT_SLOWER, calls=calls), AB_SETTINGS)
+    assert record["outcome"] == "regression"
+    assert record["rounds"] == MIN_ROUNDS == 3 and len(calls) == 2 * MIN_ROUNDS
+    assert record["change"] == pytest.approx(1 / 1.10 - 1, abs=0.005)
+    assert record["p_value"] < DEFAULT_ALPHA / (DEFAULT_AB_ROUNDS - MIN_ROUNDS + 1)
+
+
+def test_ab_without_a_change_is_not_flagged_and_stops_after_the_fewest_rounds() -> None:
+    record = ab_repetition(scripted_runs(NO_CHANGE), AB_SETTINGS)
+    assert (record["outcome"], record["rounds"]) == ("unchanged", MIN_ROUNDS)
+    assert abs(record["change"]) < 0.005
+
+
+def test_ab_rounds_that_disagree_run_to_the_most_rounds_and_end_undecided() -> None:
+    record = ab_repetition(scripted_runs(DISAGREEING), AB_SETTINGS)
+    assert (record["outcome"], record["rounds"]) == ("undecided", DEFAULT_AB_ROUNDS)
+    assert record["outcomes"] == ["undecided"] * DEFAULT_AB_ROUNDS
+    assert record["p_value"] > DEFAULT_ALPHA
+
+
+def test_ab_rounds_alternate_with_base_first_in_even_rounds() -> None:
+    calls: list[tuple[int, str]] = []
+    record = ab_repetition(scripted_runs(DISAGREEING, calls=calls), AB_SETTINGS)
+    expected = [[BASE, HEAD], [HEAD, BASE], [BASE, HEAD], [HEAD, BASE], [BASE, HEAD]]
+    assert record["round_order"] == expected
+    assert calls == [(r, side) for r, sides in enumerate(expected) for side in sides]
+    assert [(run["round"], run["side"]) for run in record["runs"]] == calls
+    # The medians pair up by round, whatever side ran first in it.
+    heads = [run["median"] for run in record["runs"] if run["side"] == HEAD]
+    assert record["head_medians"] == heads
+
+
+def test_ab_records_the_verdict_after_every_round() -> None:
+    record = ab_repetition(scripted_runs(TEN_PERCENT_SLOWER), AB_SETTINGS)
+    # Before MIN_ROUNDS there is no paired verdict: undecided, no p-value.
+    assert record["p_values"][:MIN_ROUNDS - 1] == [None] * (MIN_ROUNDS - 1)
+    assert record["outcomes"] == ["undecided"] * (MIN_ROUNDS - 1) + ["regression"]
+    assert record["p_values"][-1] == record["p_value"]
+
+
+def ab_result(by_condition: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """An A/B phase whose comparisons of each condition ran the given head ratios per round,
+    in round-robin order."""
+    repeats = len(next(iter(by_condition.values())))
+    order = round_robin_order([c.name for c in CONDITIONS], repeats)
+    seeds = iter(range(1000))
+    repetitions = [dict(ab_repetition(scripted_runs(by_condition[name][r], next(seeds)),
+                                      AB_SETTINGS), index=i, repetition=r, condition=name)
+                   for i, (r, name) in enumerate(order)]
+    return {"judged_metric": "gemm_tflops",
+            "metric": {"unit": "TFLOP/s", "better": "higher", "kind": "throughput"},
+            "settings": AB_SETTINGS.to_json(), "min_rounds": MIN_ROUNDS,
+            "order": [list(pair) for pair in order], "repetitions": repetitions}
+
+
+def ab_document(by_condition: dict[str, list[list[float]]]) -> dict[str, Any]:
+    data = new_document(device="cpu", quick=False, repeats=len(by_condition["unchanged"]),
+                        policy=TimingPolicy(), conditions=CONDITIONS, sizes=None,
+                        environment={}, clock="fake")
+    data["phases"][AB_PHASE] = ab_result(by_condition)
+    data["complete"] = True
+    return data
+
+
+def test_ab_analysis_counts_regressions_rounds_and_p_per_condition() -> None:
+    slower = [1 / 1.03] * DEFAULT_AB_ROUNDS
+    data = ab_document({
+        "unchanged": [NO_CHANGE] * 5,
+        "+3%": [slower] * 4 + [DISAGREEING],        # 4 of 5 flagged: meets >=4/5
+        "+5%": [TEN_PERCENT_SLOWER] * 5,
+        "+10%": [TEN_PERCENT_SLOWER] * 4 + [NO_CHANGE],  # 4 of 5: misses 5/5
+    })
+    rows = {row.condition: row for row in analyse_ab(data)}
+    assert [(c, r.flagged, r.undecided, r.repetitions, r.target, r.met)
+            for c, r in rows.items()] == [
+        ("unchanged", 0, 0, 5, "0/5", True), ("+3%", 4, 1, 5, ">=4/5", True),
+        ("+5%", 5, 0, 5, "5/5", True), ("+10%", 4, 0, 5, "5/5", False)]
+    assert rows["unchanged"].mean_rounds == MIN_ROUNDS
+    assert rows["+3%"].mean_rounds == pytest.approx((4 * MIN_ROUNDS + DEFAULT_AB_ROUNDS) / 5)
+    stored = [r["p_value"] for r in data["phases"][AB_PHASE]["repetitions"]
+              if r["condition"] == "+5%"]
+    assert rows["+5%"].median_p == pytest.approx(sorted(stored)[2])
+    # The main analysis judges only the phases measured against a baseline.
+    assert analyse(data) == []
+
+
+def test_ab_replay_of_a_stored_comparison_reaches_its_verdict() -> None:
+    record = ab_repetition(scripted_runs(DISAGREEING), AB_SETTINGS)
+    template = tflops((1.0,))
+    again = replay(json.loads(json.dumps(record)), AB_SETTINGS, template, "ab repetitions[0]")
+    for key in ("outcome", "rounds", "p_value", "change", "base_medians", "head_medians",
+                "p_values", "round_order"):
+        assert again[key] == record[key]
+
+
+def test_ab_replay_that_needs_a_round_the_record_lacks_names_it() -> None:
+    record = ab_repetition(scripted_runs(DISAGREEING), AB_SETTINGS)
+    cut = dict(record, base_medians=record["base_medians"][:3],
+               head_medians=record["head_medians"][:3])
+    with pytest.raises(SchemaError, match="ab repetitions\\[7\\]: holds 3 .* asks for round 4"):
+        replay(cut, AB_SETTINGS, tflops((1.0,)), "ab repetitions[7]")
+
+
+def test_ab_repetition_with_unpaired_medians_is_a_schema_error() -> None:
+    data = ab_document({name: [NO_CHANGE] for name in ("unchanged", "+3%", "+5%", "+10%")})
+    data["phases"][AB_PHASE]["repetitions"][1]["head_medians"].pop()
+    with pytest.raises(SchemaError, match="phase 'ab': repetitions\\[1\\]: 'base_medians' and "
+                                          "'head_medians' must be equally long"):
+        analyse_ab(data)
+
+
 # -- order, targets, injections ----------------------------------------------------------------
 
 
@@ -386,6 +553,14 @@ def test_document_round_trips_through_json(tmp_path: Path) -> None:
     assert not list(path.parent.glob(".*.tmp"))
 
 
+def test_a_version_one_document_is_still_read(tmp_path: Path) -> None:
+    phase = step_time_phase({"unchanged": [1.0], "+3%": [1.1], "+5%": [1.1], "+10%": [1.1]})
+    data = dict(synthetic_document({"train": phase}, repeats=1), format_version=1)
+    path = tmp_path / "dp.json"
+    path.write_text(json.dumps(data))
+    assert analyse(load_document(path)) == analyse(data)
+
+
 def test_unknown_format_version_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "dp.json"
     phase = step_time_phase({"unchanged": [1.0], "+3%": [1.1], "+5%": [1.1], "+10%": [1.1]})
@@ -428,6 +603,8 @@ def test_quick_cpu_run_writes_every_raw_sample(quick_run: tuple[Path, str]) -> N
     data = load_document(path)
     assert data["complete"] and data["quick"] and not data["policy_is_fixture_default"]
     assert data["phases"]["memory"] == {"skipped": MEMORY_NEEDS_CUDA}
+    # A run without --metrics leaves the A/B phase out (it would pass the time budget).
+    assert list(data["phases"]) == list(DEFAULT_PHASES) and AB_PHASE not in DEFAULT_PHASES
     for phase in ("gemm", "train"):
         result = data["phases"][phase]
         repetitions = result["repetitions"]
@@ -477,11 +654,57 @@ def test_analyse_prints_the_tolerance_grid(quick_run: tuple[Path, str],
     assert "Settings meeting every target for every metric:" in text
 
 
+@pytest.fixture(scope="module")
+def quick_ab_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One `--device cpu --quick --metrics ab` run: its JSON and printed report."""
+    path = tmp_path_factory.mktemp("detection_ab") / "dp_ab.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), frozen_heap():
+        code = main(["--out", str(path), "--device", "cpu", "--quick", "--metrics", AB_PHASE])
+    assert code == 0
+    return path, out.getvalue()
+
+
+def test_quick_ab_run_stores_every_run_median_in_round_robin_order(
+        quick_ab_run: tuple[Path, str]) -> None:
+    data = load_document(quick_ab_run[0])
+    assert list(data["phases"]) == [AB_PHASE] and data["fidelity"] is None
+    result = data["phases"][AB_PHASE]
+    expected = round_robin_order([c.name for c in CONDITIONS], QUICK_REPEATS)
+    assert [(r["repetition"], r["condition"]) for r in result["repetitions"]] == expected
+    assert set(result["injections"]) == {"+3%", "+5%", "+10%"}
+    assert result["settings"] == AB_SETTINGS.to_json()
+    for record in result["repetitions"]:
+        rounds = record["rounds"]
+        assert MIN_ROUNDS <= rounds <= DEFAULT_AB_ROUNDS
+        assert len(record["base_medians"]) == len(record["head_medians"]) == rounds
+        assert len(record["runs"]) == 2 * rounds and len(record["p_values"]) == rounds
+        assert record["round_order"] == [[BASE, HEAD] if r % 2 == 0 else [HEAD, BASE]
+                                         for r in range(rounds)]
+        # Fewer than the most rounds only when the comparison was decided.
+        assert rounds == DEFAULT_AB_ROUNDS or record["outcome"] != "undecided"
+        again = replay(record, AB_SETTINGS, tflops((1.0,)), "ab")
+        assert (again["outcome"], again["rounds"]) == (record["outcome"], rounds)
+    assert set(data["wall_seconds"]) == {"setup", AB_PHASE, "total"}
+
+
+def test_quick_ab_run_prints_the_ab_table_and_analyse_prints_it_again(
+        quick_ab_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    path, printed = quick_ab_run
+    table = printed[printed.index("A/B phase (gemm_tflops)"):printed.index("timing fidelity")]
+    for header in ("regressions (paired)", "target", "met?", "mean rounds", "median p"):
+        assert header in table
+    assert all(f"\n{c.name} " in table for c in CONDITIONS)
+    assert "regressions (gate)" not in printed  # no phase was judged against a baseline
+    assert main(["--analyse", str(path)]) == 0
+    assert table in capsys.readouterr().out
+
+
 def test_unknown_metric_names_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--metrics", "gemm,latency", "--device", "cpu"])
     assert exit_info.value.code == 2
-    assert "subset of gemm,train,memory, got 'gemm,latency'" in capsys.readouterr().err
+    assert "subset of gemm,train,memory,ab, got 'gemm,latency'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only machine")

@@ -1,5 +1,6 @@
 """The analysis: every saved repetition judged against its phase's baseline with the plugin's
-own verdict (confirmation included), counted per condition against the targets."""
+own verdict (confirmation included), counted per condition against the targets; the A/B phase's
+comparisons judged again with the plugin's A/B rounds and paired verdict (`analyse_ab`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from benchmarks.detection_power.ab_rounds import ABSettings, replay
+from benchmarks.detection_power.design import AB_PHASE
 from benchmarks.detection_power.document import check_document, conditions_of
 from harness.checks import require_finite
+from harness.gate.paired import PairedOutcome
 from harness.gate.results import Metric, metric_id
 from harness.gate.run_options import DEFAULT_CONFIRM_DELAY_SECONDS
 from harness.gate.verdict import DEFAULT_ALPHA, Outcome, judge
@@ -93,7 +97,7 @@ def analyse(data: dict[str, Any], *, tolerances: Sequence[float | None] = (None,
     conditions = conditions_of(data)
     rows: list[AnalysisRow] = []
     for phase, result in data["phases"].items():
-        if "skipped" in result:
+        if "skipped" in result or phase == AB_PHASE:
             continue
         name = result["judged_metric"]
         mid = metric_id(NODE_ID, name)
@@ -140,4 +144,55 @@ def analyse_grid(data: dict[str, Any], *,
     rows: list[AnalysisRow] = []
     for alpha in alphas:
         rows.extend(analyse(data, tolerances=tolerances, alpha=alpha))
+    return rows
+
+
+@dataclass(frozen=True)
+class ABRow:
+    """How often the A/B confirmation flagged one condition: repetitions whose final paired
+    outcome was a regression, and how many rounds it took."""
+
+    condition: str
+    fraction: float
+    repetitions: int
+    flagged: int
+    # Comparisons that ended undecided: the plugin reports those as unreliable, not as failures.
+    undecided: int
+    mean_rounds: float | None
+    median_p: float | None
+    median_change: float | None
+    target: str
+    met: bool
+
+
+def analyse_ab(data: dict[str, Any]) -> list[ABRow]:
+    """Judge every stored A/B comparison again (`ab_rounds.replay`: the plugin's `run_ab` and
+    paired verdict on the stored run medians, with the stored tolerance, alpha and rounds) and
+    count the regressions per condition against the targets; [] when the run has no A/B phase."""
+    check_document(data, "data")
+    result = data["phases"].get(AB_PHASE)
+    if result is None or "skipped" in result:
+        return []
+    settings = ABSettings(**result["settings"])
+    metric = result["metric"]
+    template = Metric(name=result["judged_metric"], unit=metric["unit"],
+                      better=metric["better"], kind=metric["kind"], samples=(1.0,))
+    rows: list[ABRow] = []
+    for condition in conditions_of(data):
+        judged = [replay(record, settings, template, f"{AB_PHASE} repetitions[{position}]")
+                  for position, record in enumerate(result["repetitions"])
+                  if record["condition"] == condition.name]
+        flagged = sum(1 for j in judged if j["outcome"] == PairedOutcome.REGRESSION.value)
+        p_values = [j["p_value"] for j in judged if j["p_value"] is not None]
+        changes = [j["change"] for j in judged if j["change"] is not None]
+        least, most = condition.required(len(judged))
+        rows.append(ABRow(
+            condition=condition.name, fraction=condition.fraction, repetitions=len(judged),
+            flagged=flagged,
+            undecided=sum(1 for j in judged if j["outcome"] == PairedOutcome.UNDECIDED.value),
+            mean_rounds=statistics.fmean(j["rounds"] for j in judged) if judged else None,
+            median_p=statistics.median(p_values) if p_values else None,
+            median_change=statistics.median(changes) if changes else None,
+            target=condition.target(len(judged)),
+            met=bool(judged) and least <= flagged <= most))
     return rows

@@ -21,11 +21,13 @@ from harness.measure.sampling import TimingPolicy, measure_time
 
 @dataclass
 class Bench:
-    """What every phase needs: device, the fixture's clock and policy, the GPU monitor."""
+    """What every phase needs: device, the fixture's clock and policy, the GPU monitor; the
+    A/B phase's runs measure with `ab_policy` (design.AB_POLICY)."""
 
     device: str
     clock: Clock
     policy: TimingPolicy
+    ab_policy: TimingPolicy
     monitor: GpuStateMonitor
     sizes: Sizes
     conditions: tuple[Condition, ...]

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.detection_power.design import DEFAULT_REPEATS, PHASES, QUICK_REPEATS
+from benchmarks.detection_power.design import (
+    AB_PHASE,
+    DEFAULT_PHASES,
+    DEFAULT_REPEATS,
+    PHASES,
+    QUICK_REPEATS,
+)
 from benchmarks.detection_power.document import load_document
 from benchmarks.detection_power.report import render_report
 from benchmarks.detection_power.run import Options, run_benchmark
@@ -50,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{QUICK_REPEATS} with --quick)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="where to measure (default: %(default)s)")
-    parser.add_argument("--metrics", type=parse_phases, default=PHASES,
-                        help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
+    parser.add_argument("--metrics", type=parse_phases, default=DEFAULT_PHASES,
+                        help=f"comma-separated subset of {','.join(PHASES)} (default: "
+                             f"{','.join(DEFAULT_PHASES)}; the A/B phase '{AB_PHASE}' runs only "
+                             f"when named, it would take the run past its time budget)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_REPEATS} repeats and a 50 ms sampling budget; "
                              f"checks the logic, proves nothing about the defaults")

@@ -35,7 +35,28 @@ QUICK_POLICY = TimingPolicy(warmup_seconds=0.01, budget_seconds=0.05)
 MEMORY_POLICY = TimingPolicy(warmup_seconds=0.0, budget_seconds=0.01, min_samples=3,
                              max_samples=3)
 
-PHASES: tuple[str, ...] = ("gemm", "train", "memory")
+# The A/B phase: the paired verdict (harness.gate.paired) that the plugin's A/B confirmation
+# reaches, on the GEMM phase's workload and injections.
+AB_PHASE = "ab"
+PHASES: tuple[str, ...] = ("gemm", "train", "memory", AB_PHASE)
+# A run without --metrics leaves the A/B phase out: the other three took 364.6 s of the 480 s
+# budget on an H200 (2026-11-21), and the A/B phase needs about AB_TIME_BUDGET_SECONDS more.
+# `--metrics ab` runs it alone.
+DEFAULT_PHASES: tuple[str, ...] = ("gemm", "train", "memory")
+
+# Wall time the A/B phase is sized for: 20 repetitions of 4 conditions in about 150 s on an
+# H200. It alternates base and head in this process; a fresh process per run, as the plugin's
+# A/B takes them (~10 s of start-up each), would cost over an hour of GPU time.
+AB_TIME_BUDGET_SECONDS = 150.0
+# One run of an A/B round: 50 ms of warmup and 100 ms of sampling instead of the fixture's 0.5 s
+# and 1 s. A bf16 8192^3 GEMM takes about 1.6 ms on an H200, so a run still holds about 60
+# samples (min_samples 20 is reached in 35 ms); 20 repetitions x 4 conditions x at most
+# DEFAULT_AB_ROUNDS (5) rounds x 2 runs = 800 runs of ~0.15 s are at most ~120 s, plus ~14 s
+# of calibration at the full policy. The warmup is short because the runs follow each other in
+# one warm process. What it means: a shorter run has a noisier median, so the power measured here
+# is a lower bound for the plugin's full-length child runs; the false-alarm rate of the paired
+# t-test is alpha whatever the noise, so the unchanged count is not flattered by it.
+AB_POLICY = TimingPolicy(warmup_seconds=0.05, budget_seconds=0.1)
 
 # CPU runs compute on one thread: on a shared machine, OpenMP threads that wait for each other
 # turn any competing process into 10-100x outliers of a millisecond-long kernel.

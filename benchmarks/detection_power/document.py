@@ -11,13 +11,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.detection_power.design import MEMORY_POLICY, TIME_BUDGET_SECONDS, Condition, Sizes
+from benchmarks.detection_power.design import (
+    AB_PHASE,
+    MEMORY_POLICY,
+    TIME_BUDGET_SECONDS,
+    Condition,
+    Sizes,
+)
 from harness.gate.results import Metric, SchemaError
 from harness.measure.sampling import TimingPolicy
 
-# Name and version of the JSON written here; `load_document` rejects anything else.
+# Name and version of the JSON written here; `load_document` rejects anything else. Version 2
+# added the A/B phase ("ab"), which version 1 readers cannot read; version 1 files have none and
+# are read as they are.
 FORMAT = "perf-harness/detection-power"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def utc_now() -> str:
@@ -90,10 +99,10 @@ def check_document(data: Any, where: str) -> None:
     if data.get("format") != FORMAT:
         raise SchemaError(f"{where}: format {data.get('format')!r} is not {FORMAT!r}; this is "
                           f"not a detection-power results file")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise SchemaError(f"{where}: format_version {data.get('format_version')!r} is not "
-                          f"supported (this script reads version {FORMAT_VERSION}); re-run the "
-                          f"benchmark")
+                          f"supported (this script reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}); re-run the benchmark")
     conditions = data.get("conditions")
     if not isinstance(conditions, list) or not conditions:
         raise SchemaError(f"{where}: 'conditions' must be a non-empty list")
@@ -111,6 +120,9 @@ def check_document(data: Any, where: str) -> None:
         if not isinstance(result, dict):
             raise SchemaError(f"{at}: expected an object, got {type(result).__name__}")
         if "skipped" in result:
+            continue
+        if phase == AB_PHASE:
+            check_ab_result(result, names, at)
             continue
         judged = result.get("judged_metric")
         if not isinstance(judged, str):
@@ -131,3 +143,34 @@ def check_document(data: Any, where: str) -> None:
             if judged not in record["metrics"]:
                 raise SchemaError(f"{at}: {label} has no {judged!r} metric")
             Metric.from_json(judged, record["metrics"][judged], f"{at}: {label}: {judged}")
+
+
+def check_ab_result(result: dict[str, Any], names: set[str], at: str) -> None:
+    """Raise SchemaError unless the A/B phase's `result` holds what `analyse_ab` replays: its
+    metric and settings, and per repetition a known condition and equally many positive base
+    and head run medians."""
+    metric, settings = result.get("metric"), result.get("settings")
+    if not isinstance(metric, dict) or any(k not in metric for k in ("unit", "better", "kind")):
+        raise SchemaError(f"{at}: 'metric' must be an object with unit, better and kind")
+    keys = ("metric_id", "tolerance", "alpha", "max_rounds", "budget_seconds")
+    if not isinstance(settings, dict) or any(k not in settings for k in keys):
+        raise SchemaError(f"{at}: 'settings' must be an object with {', '.join(keys)}")
+    repetitions = result.get("repetitions")
+    if not isinstance(repetitions, list):
+        raise SchemaError(f"{at}: 'repetitions' must be a list")
+    for position, record in enumerate(repetitions):
+        label = f"{at}: repetitions[{position}]"
+        if not isinstance(record, dict) or record.get("condition") not in names:
+            raise SchemaError(f"{label} must be an object whose condition is one of "
+                              f"{', '.join(sorted(names))}")
+        base, head = record.get("base_medians"), record.get("head_medians")
+        if not (isinstance(base, list) and isinstance(head, list) and base
+                and len(base) == len(head) and all(_positive(v) for v in base + head)):
+            raise SchemaError(f"{label}: 'base_medians' and 'head_medians' must be equally long "
+                              f"non-empty lists of positive run medians")
+
+
+def _positive(value: object) -> bool:
+    """Whether `value` is a positive finite number (a run median)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value < float("inf"))

@@ -36,6 +36,7 @@ from harness.measure.sampling import TimingPolicy
 from harness.measure.train_step import measure_train_step
 from harness.model import build_model, lm_loss, random_batch
 from harness.theory.config import TransformerConfig
+from harness.workloads.gemm import GemmShape
 from harness.workloads.training import TRAINING_LR
 
 
@@ -96,9 +97,30 @@ def describe_gemm_injections(injected: dict[str, dict[str, Any]]) -> str:
                      for name, info in injected.items())
 
 
-def run_gemm_phase(bench: Bench) -> dict[str, Any]:
-    """Baseline, calibration and repetitions of the GEMM's TFLOP/s (always the base FLOPs)."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class GemmWorkload:
+    """The GEMM phase's workload: the base GEMM on fixed random operands, measured as the fixture
+    measures `perf.time(fn, flops=...)`, alone or followed by an injected extra GEMM."""
+
+    shape: GemmShape
+    base: Callable[[], None]
+
+    def measure(self, bench: Bench, injection: Injection | None) -> dict[str, Metric]:
+        """`gemm` and `gemm_tflops` with the bench's clock and policy; TFLOP/s always counts
+        the base FLOPs, not the extra GEMM's: throughput drops as a real regression's would."""
+        if injection is None:
+            return gemm_metrics(self.base, self.shape.flops, bench)
+        extra = injection
+
+        def with_extra() -> None:
+            self.base()
+            extra.run()
+
+        return gemm_metrics(with_extra, self.shape.flops, bench)
+
+
+def gemm_workload(bench: Bench) -> GemmWorkload:
+    """The base GEMM of the bench's sizes, its operands allocated once on the bench's device."""
     shape, dtype, device = bench.sizes.gemm, bench.sizes.dtype, bench.device
     a = random_matrix(shape.m, shape.k, dtype, device)
     b = random_matrix(shape.k, shape.n, dtype, device, seed=SEED + 3)
@@ -107,32 +129,44 @@ def run_gemm_phase(bench: Bench) -> dict[str, Any]:
     def base() -> None:
         torch.matmul(a, b, out=out)
 
-    def measure(injection: Injection | None) -> dict[str, Metric]:
-        if injection is None:
-            return gemm_metrics(base, shape.flops, bench)
-        extra = injection
+    return GemmWorkload(shape=shape, base=base)
 
-        def with_extra() -> None:
-            base()
-            extra.run()
 
-        # The base FLOPs, not the extra GEMM's: throughput drops as a real regression's would.
-        return gemm_metrics(with_extra, shape.flops, bench)
-
-    warmup, baseline = record_reference(bench, measure)
-    base_seconds = statistics.median(baseline["metrics"]["gemm"]["samples"])
+def gemm_injections(bench: Bench, workload: GemmWorkload, base_seconds: float, phase: str
+                    ) -> tuple[dict[str, Injection], dict[str, dict[str, Any]]]:
+    """The extra GEMMs of every injected condition, each timed alone to cost its fraction of
+    `base_seconds`, with their FLOPs as a share of the base GEMM's; logged under `phase`."""
+    shape = workload.shape
     injections, injected = calibrate_gemm_injections(bench, base_seconds,
                                                      bench.sizes.gemm_extra_mn)
     for info in injected.values():
         info["flops_fraction"] = info["flops"] / shape.flops
-    bench.log(f"gemm: baseline {shape.flops / base_seconds / 1e12:.1f} TFLOP/s; injected "
+    bench.log(f"{phase}: baseline {shape.flops / base_seconds / 1e12:.1f} TFLOP/s; injected "
               + describe_gemm_injections(injected))
+    return injections, injected
+
+
+def gemm_workload_json(bench: Bench) -> dict[str, Any]:
+    """The GEMM workload as JSON."""
+    return {"gemm": dataclasses.asdict(bench.sizes.gemm), "dtype": str(bench.sizes.dtype),
+            "extra_gemm_mn": bench.sizes.gemm_extra_mn}
+
+
+def run_gemm_phase(bench: Bench) -> dict[str, Any]:
+    """Baseline, calibration and repetitions of the GEMM's TFLOP/s (always the base FLOPs)."""
+    start = time.perf_counter()
+    workload = gemm_workload(bench)
+
+    def measure(injection: Injection | None) -> dict[str, Metric]:
+        return workload.measure(bench, injection)
+
+    warmup, baseline = record_reference(bench, measure)
+    base_seconds = statistics.median(baseline["metrics"]["gemm"]["samples"])
+    injections, injected = gemm_injections(bench, workload, base_seconds, "gemm")
     order, repetitions = run_repetitions(bench, "gemm", measure, injections, injected,
                                          "gemm_tflops", baseline)
-    workload = {"gemm": dataclasses.asdict(shape), "dtype": str(dtype),
-                "extra_gemm_mn": bench.sizes.gemm_extra_mn}
-    return phase_result("gemm_tflops", workload, warmup, baseline, injected, order, repetitions,
-                        time.perf_counter() - start)
+    return phase_result("gemm_tflops", gemm_workload_json(bench), warmup, baseline, injected,
+                        order, repetitions, time.perf_counter() - start)
 
 
 @dataclass

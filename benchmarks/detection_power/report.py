@@ -1,5 +1,5 @@
 """The printed report: notes on what the counts rest on, the re-analysis grid, the main table of
-regressions flagged per condition, timing fidelity and wall time."""
+regressions flagged per condition, the A/B phase's table, timing fidelity and wall time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import Any
 
 from tabulate import tabulate
 
-from benchmarks.detection_power.analysis import AnalysisRow, analyse, analyse_grid
+from benchmarks.detection_power.analysis import (
+    ABRow,
+    AnalysisRow,
+    analyse,
+    analyse_ab,
+    analyse_grid,
+)
+from benchmarks.detection_power.design import AB_PHASE
 from benchmarks.detection_power.document import conditions_of
 from harness.gate.verdict import DEFAULT_ALPHA
 
@@ -63,6 +70,25 @@ def render_grid(rows: Sequence[AnalysisRow]) -> str:
     return text
 
 
+def render_ab_table(rows: Sequence[ABRow], result: dict[str, Any]) -> str:
+    """The A/B phase's table: per condition, comparisons whose paired verdict was a regression
+    against the target, undecided ones, mean rounds used, median p-value and change."""
+    settings = result["settings"]
+    table = [[r.condition, f"{r.flagged}/{r.repetitions}", r.target, "yes" if r.met else "NO",
+              r.undecided, "-" if r.mean_rounds is None else f"{r.mean_rounds:.2f}",
+              "-" if r.median_p is None else f"{r.median_p:.2g}", _signed(r.median_change)]
+             for r in rows]
+    title = (f"A/B phase ({result['judged_metric']}): the paired verdict of alternating base "
+             f"and head runs in this process, {result['min_rounds']}-{settings['max_rounds']} "
+             f"rounds stopped once settled, tolerance {settings['tolerance']:.0%}, alpha "
+             f"{settings['alpha']:g}; {result['seconds']:.1f} s (sized for "
+             f"{result['time_budget_seconds']:.0f} s):")
+    text: str = tabulate(table, headers=[
+        "condition", "regressions (paired)", "target", "met?", "undecided", "mean rounds",
+        "median p", "median change"])
+    return f"{title}\n{text}"
+
+
 def render_fidelity(fidelity: dict[str, Any] | None) -> str:
     """The timing-fidelity rows: fixture vs triton do_bench TFLOP/s per GEMM shape."""
     if fidelity is None:
@@ -105,6 +131,12 @@ def render_notes(data: dict[str, Any]) -> str:
         if "skipped" in result:
             lines.append(f"{phase}: skipped, {result['skipped']}")
             continue
+        if phase == AB_PHASE:
+            lines.append(f"{phase}: runs measured with {result['policy']}, shorter than the "
+                         f"fixture's: noisier medians, so its detections are a lower bound for "
+                         f"the plugin's full-length child runs; base and head alternate in one "
+                         f"process, so per-process effects (cuBLAS's kernel choice, the "
+                         f"allocator's layout) are not in it")
         name = result["judged_metric"]
         first = statistics.median(result["warmup"]["metrics"][name]["samples"])
         base = statistics.median(result["baseline"]["metrics"][name]["samples"])
@@ -130,15 +162,20 @@ def render_notes(data: dict[str, Any]) -> str:
 
 
 def render_report(data: dict[str, Any], *, grid: bool) -> str:
-    """Everything printed after a run or by --analyse; the main table, fidelity and wall time
-    come last."""
+    """Everything printed after a run or by --analyse; the main table (for the phases judged
+    against a baseline), the A/B table, fidelity and wall time come last."""
     blocks = [render_notes(data)]
-    if grid:
+    rows = analyse(data)
+    if grid and rows:
         blocks.append("re-analysis grid (regressions the gate reports, confirmation included, "
                       "per condition):\n"
                       + render_grid(analyse_grid(data)))
-    blocks.append(f"with the plugin's default tolerances and alpha {DEFAULT_ALPHA:g}:\n"
-                  + render_table(analyse(data)))
+    if rows:
+        blocks.append(f"with the plugin's default tolerances and alpha {DEFAULT_ALPHA:g}:\n"
+                      + render_table(rows))
+    ab_rows = analyse_ab(data)
+    if ab_rows:
+        blocks.append(render_ab_table(ab_rows, data["phases"][AB_PHASE]))
     blocks.append(render_fidelity(data.get("fidelity")))
     blocks.append(render_wall_time(data))
     return "\n\n".join(block for block in blocks if block)

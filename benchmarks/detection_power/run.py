@@ -12,8 +12,12 @@ from typing import Any
 import pynvml
 import torch
 
+from benchmarks.detection_power.ab_phase import run_ab_phase
 from benchmarks.detection_power.bench import Bench
 from benchmarks.detection_power.design import (
+    AB_PHASE,
+    AB_POLICY,
+    AB_TIME_BUDGET_SECONDS,
     CONDITIONS,
     CPU_SIZES,
     CPU_THREADS,
@@ -27,6 +31,7 @@ from benchmarks.detection_power.document import new_document, save_document
 from benchmarks.detection_power.fidelity import run_fidelity
 from benchmarks.detection_power.injections import CALIBRATION_STEPS
 from benchmarks.detection_power.phases import PHASE_RUNNERS
+from harness.gate.run_options import DEFAULT_AB_ROUNDS
 from harness.measure.clocks import default_clock
 from harness.measure.environment import run_environment
 from harness.measure.gpu_state import GpuStateMonitor, NullGpuMonitor, default_gpu_monitor
@@ -54,15 +59,28 @@ def gpu_monitor(device: str, log: Callable[[str], None]) -> GpuStateMonitor:
         return NullGpuMonitor()
 
 
+# Every phase by name; the A/B phase reuses the GEMM phase's workload and injections.
+RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {**PHASE_RUNNERS, AB_PHASE: run_ab_phase}
+
+
 def planned_measurements(options: Options, conditions: Sequence[Condition]) -> int:
     """Measurements with the run's policy, those of the timed phases that run: a throwaway
-    one, a baseline and repeats x conditions each, a probe and the calibration steps of every
-    injected condition. (The memory phase measures with the short MEMORY_POLICY.)"""
+    one and a baseline each, repeats x conditions (not the A/B phase's runs, see
+    `planned_ab_runs`), a probe and the calibration steps of every injected condition. (The
+    memory phase measures with the short MEMORY_POLICY.)"""
     injected = sum(1 for c in conditions if c.fraction > 0)
+    repetitions = options.repeats * len(conditions)
     # Each calibration step of the training step measures an unchanged step and an injected one.
-    calibration = {"gemm": CALIBRATION_STEPS * injected, "train": 2 * CALIBRATION_STEPS * injected}
-    return sum(2 + options.repeats * len(conditions) + 1 + calibration[phase]
-               for phase in options.phases if phase in calibration)
+    per_phase = {"gemm": 2 + repetitions + 1 + CALIBRATION_STEPS * injected,
+                 "train": 2 + repetitions + 1 + 2 * CALIBRATION_STEPS * injected,
+                 AB_PHASE: 2 + 1 + CALIBRATION_STEPS * injected}
+    return sum(per_phase[phase] for phase in options.phases if phase in per_phase)
+
+
+def planned_ab_runs(options: Options, conditions: Sequence[Condition]) -> int:
+    """The A/B phase's runs at most: two per round, DEFAULT_AB_ROUNDS rounds per comparison,
+    `repeats` comparisons per condition (most stop after fewer rounds)."""
+    return 2 * DEFAULT_AB_ROUNDS * options.repeats * len(conditions)
 
 
 def run_benchmark(options: Options, *, log: Callable[[str], None]) -> dict[str, Any]:
@@ -81,9 +99,10 @@ def _run_phases(options: Options, *, log: Callable[[str], None]) -> dict[str, An
     started = time.perf_counter()
     sizes = CUDA_SIZES if options.device == "cuda" else CPU_SIZES
     policy = QUICK_POLICY if options.quick else TimingPolicy()
+    ab_policy = QUICK_POLICY if options.quick else AB_POLICY
     clock = default_clock(options.device)
     torch.manual_seed(SEED)
-    bench = Bench(device=options.device, clock=clock, policy=policy,
+    bench = Bench(device=options.device, clock=clock, policy=policy, ab_policy=ab_policy,
                   monitor=gpu_monitor(options.device, log), sizes=sizes, conditions=CONDITIONS,
                   repeats=options.repeats, started=started, log=log)
     data = new_document(device=options.device, quick=options.quick, repeats=options.repeats,
@@ -95,11 +114,18 @@ def _run_phases(options: Options, *, log: Callable[[str], None]) -> dict[str, An
         f"(~{measurements * (policy.warmup_seconds + policy.budget_seconds):.0f} s), plus "
         f"untimed steps, the memory phase's short measurements and the fidelity check; "
         f"budget {TIME_BUDGET_SECONDS:.0f} s")
+    if AB_PHASE in options.phases:
+        runs = planned_ab_runs(options, CONDITIONS)
+        log(f"plan: {AB_PHASE}: at most {runs} A/B runs of ~"
+            f"{ab_policy.warmup_seconds + ab_policy.budget_seconds:.2f} s each (~"
+            f"{runs * (ab_policy.warmup_seconds + ab_policy.budget_seconds):.0f} s; most "
+            f"comparisons stop before {DEFAULT_AB_ROUNDS} rounds); sized for "
+            f"{AB_TIME_BUDGET_SECONDS:.0f} s")
     data["wall_seconds"]["setup"] = time.perf_counter() - started
     save_document(options.out, data)
     for phase in options.phases:
         phase_start = time.perf_counter()
-        data["phases"][phase] = PHASE_RUNNERS[phase](bench)
+        data["phases"][phase] = RUNNERS[phase](bench)
         release_cached_memory()
         data["wall_seconds"][phase] = time.perf_counter() - phase_start
         log(f"{phase}: done in {data['wall_seconds'][phase]:.1f} s "
