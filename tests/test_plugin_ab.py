@@ -64,8 +64,9 @@ def test_one_ab_at_the_end_confirms_a_slowdown_and_clears_a_slower_host(
     _record(pytester)
     (pytester.path / "cost.txt").write_text("1.1")  # the change under test: 10% slower code
     monkeypatch.setenv("FAKE_HOST_FACTOR", "1.3")  # and this machine is 30% slower for both
-    result = pytester.runpytest("-p", "no:cacheprovider", "--perf-device=cpu",
-                                "--perf-ab-rounds=3")
+    # In a process of its own, as in CI: pytest's output capturing is real there.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--perf-device=cpu",
+                                           "--perf-ab-rounds=3")
     # Both tests pass at first; the A/B item at the end fails for the slower code only.
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines([
@@ -79,7 +80,11 @@ def test_one_ab_at_the_end_confirms_a_slowdown_and_clears_a_slower_host(
         "*test_other.py::test_other*load_time*environment changed*",
         "FAILED perf::ab-confirmation*"])
     # One A/B for both tests: one series of rounds, each child running both tests.
-    assert result.stdout.str().count("A/B round 1/3") == 1
+    out = result.stdout.str()
+    assert out.count("A/B round 1/3") == 1
+    # The rounds show as they happen, not in the failed item's captured output afterwards.
+    assert out.index("A/B round 1/3") < out.index("= FAILURES =")
+    assert "Captured stdout" not in out
 
 
 def test_without_a_suspect_the_confirmation_passes_without_running_anything(

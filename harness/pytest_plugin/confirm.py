@@ -20,6 +20,8 @@ why.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import ab
+from harness.gate import ab, machine
+from harness.gate.formatting import format_percent
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.session import Decision, PerfSession
 from harness.gate.verdict import DEFAULT_ALPHA, Verdict
@@ -125,6 +128,7 @@ class PendingConfirmations:
         replace the suspected ones). Where the A/B cannot run, every pending test keeps its
         first decision (a failure stays one), and the notes say why."""
         self.done = True
+        self._leave_out_the_machine()
         if not self.decisions:
             return {}
         try:
@@ -137,6 +141,30 @@ class PendingConfirmations:
         self.session.failed_tests |= {nodeid for nodeid, d in decisions.items()
                                       if d.outcome == "failed"}
         return decisions
+
+    def _leave_out_the_machine(self) -> None:
+        """Drop the suspects that only the fleet's wider tolerance let pass and that are no
+        worse than this machine's other device-bound metrics (`harness.gate.machine`): the
+        chip, not the code. A test left without suspects keeps its first verdict, a pass."""
+        offset, peers = machine.machine_offset(self.session.verdicts)
+        by_id = {v.metric_id: v for v in self.session.verdicts}
+        dropped: list[str] = []
+        for nodeid, decision in list(self.decisions.items()):
+            keep = tuple(mid for mid in decision.suspects
+                         if not by_id[mid].hidden_by_the_fleet
+                         or machine.stands_out(by_id[mid], offset))
+            dropped += [mid for mid in decision.suspects if mid not in keep]
+            if keep or decision.outcome == "failed":
+                self.decisions[nodeid] = dataclasses.replace(decision, suspects=keep)
+            else:
+                del self.decisions[nodeid]
+        if dropped:
+            self.session.end_notes.append(
+                f"{len(dropped)} metric(s) worse than one machine's tolerance but within the "
+                f"fleet's were left out of the A/B: this machine reads its {peers} device-bound "
+                f"metrics {format_percent(math.expm1(offset), signed=True, space=False)} from "
+                f"the baseline (median, worse positive), and they do not stand out from that: "
+                f"{', '.join(dropped)}")
 
     def _run(self) -> dict[str, Decision]:
         session, checkout, options = self.session, self.checkout, self.session.options

@@ -15,6 +15,7 @@ judges, saves and writes baselines, and all ranks reach the same verdict for eve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -298,9 +299,16 @@ class PerfRun:
         return decision
 
     def _write_line(self, line: str) -> None:
-        """A progress line on the terminal (A/B rounds), even under output capturing."""
+        """A progress line on the terminal (A/B rounds) as it happens. The end-of-run A/B is a
+        test item, whose output pytest captures: capturing is suspended for the line, as pytest
+        itself does for a debugger, or the rounds would show only after the run."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
+        if reporter is None:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        suspended = (contextlib.nullcontext() if capture is None
+                     else capture.global_and_fixture_disabled())
+        with suspended:
             reporter.write_line(line)
 
     def _conclude(self, item: pytest.Item, *, confirming: bool = False) -> Decision:
