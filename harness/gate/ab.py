@@ -307,7 +307,8 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
         if paired.outcome is PairedOutcome.REGRESSION:
             final.append(dataclasses.replace(
                 verdict, outcome=Outcome.REGRESSION, change=paired.change,
-                tolerance=paired.tolerance, p_value=paired.p_value, rule="paired t-test (A/B)",
+                tolerance=paired.tolerance, machine_tolerance=None, p_value=paired.p_value,
+                rule="paired t-test (A/B)",
                 reason=f"confirmed by {rounds}: {paired.reason}"))
             continue
         if paired.outcome is PairedOutcome.UNDECIDED:
@@ -329,7 +330,8 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
                         f"from the baseline's environment: {moved}")))
         else:
             final.append(dataclasses.replace(
-                verdict, outcome=Outcome.UNCHANGED, rule="paired t-test (A/B)",
+                verdict, outcome=Outcome.UNCHANGED, machine_tolerance=None,
+                rule="paired t-test (A/B)",
                 reason=f"{verdict.reason}; not reproduced by {rounds}: {paired.reason}"))
     return final
 

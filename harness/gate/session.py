@@ -31,6 +31,7 @@ from harness.gate import refresh, report, store, traces
 from harness.gate.kernel_diff import explain_verdicts, runs_profiles
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
+from harness.gate.suspects import suspects
 from harness.gate.verdict import Outcome, Verdict, judge
 from harness.theory.hardware import GPUSpec
 
@@ -45,11 +46,7 @@ class Decision:
     message: str = ""
     # True when the failure is a regression (the plugin then re-measures once to confirm it).
     regression: bool = False
-    # Metric ids a confirmation by A/B checks: the regressions; under --perf-strict the
-    # reliably measured metrics that moved beyond tolerance the wrong way without statistical
-    # support (on a host-bound step that is most of what another machine does to it); worse
-    # host-sensitive metrics; host-bound ones judged "environment changed" by the calibration;
-    # and those within the fleet's tolerance but beyond one machine's (`hidden_by_the_fleet`).
+    # Metric ids a confirmation by A/B on this machine checks (`harness.gate.suspects`).
     suspects: tuple[str, ...] = ()
 
 
@@ -181,6 +178,8 @@ class PerfSession:
 
     def decide(self, nodeid: str, verdicts: list[Verdict]) -> Decision:
         """The outcome of a test with these verdicts (rules in the module docstring)."""
+        found = suspects(verdicts, strict=self.options.strict)
+        unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
         regressions = [v for v in verdicts if v.outcome == Outcome.REGRESSION]
         self.regressed[nodeid] = bool(regressions)
         if regressions:
@@ -189,21 +188,8 @@ class PerfSession:
             return Decision("failed", (
                 f"perf regression in {nodeid}: {_names(regressions)} worse than "
                 f"{self.reference_path} beyond tolerance\n\n{tables}"), regression=True,
-                suspects=tuple(v.metric_id for v in regressions if v.baseline is not None))
-        # Judged "environment changed" from the host's calibration alone: A/B checks it where it
-        # can run (a probe can misread); where it cannot, the verdict stands.
-        host_rule = tuple(v.metric_id for v in verdicts
-                          if v.outcome == Outcome.ENVIRONMENT_CHANGED and v.rule == "host-bound")
-        # Worse beyond tolerance on a host-sensitive metric (its recorded runs span 30% or more):
-        # only A/B on this machine can say whether the code is slower.
-        fleet = tuple(v.metric_id for v in verdicts
-                      if v.outcome == Outcome.UNRELIABLE and v.rule == "host-sensitive")
-        # Unchanged only within the fleet's widened tolerance, but worse than one machine's:
-        # A/B checks it where it can run (a slowdown on a faster chip of the fleet hides there).
-        within_fleet = tuple(v.metric_id for v in verdicts if v.hidden_by_the_fleet)
-        rechecked = host_rule + within_fleet
+                suspects=found.all)
         missing = [v for v in verdicts if v.outcome == Outcome.NO_BASELINE]
-        unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
         reasons = []
         if missing:
             reasons.append(self._missing_reason(nodeid, missing))
@@ -211,16 +197,15 @@ class PerfSession:
             details = "; ".join(f"{_name(v)}: {v.reason}" for v in unreliable)
             reasons.append(f"unreliable, not judged (not a regression): {details}")
         if not reasons:
-            return Decision("passed", suspects=rechecked)
+            return Decision("passed", suspects=found.rechecked)
         if self.options.strict:
-            noisy = tuple(v.metric_id for v in unreliable
-                          if _noisy_worsening(v) and v.metric_id not in fleet)
-            clearable = not missing and len(noisy) + len(fleet) == len(unreliable)
+            clearable = not missing and len(found.noisy) + len(found.host_sensitive) == len(
+                unreliable)
             return Decision("failed", "perf (--perf-strict: every measured metric must be "
                                           "checked): " + "; ".join(reasons),
-                            suspects=noisy + fleet + rechecked if clearable else ())
+                            suspects=found.all if clearable else ())
         return Decision("skipped", "perf: " + "; ".join(reasons),
-                        suspects=fleet + rechecked if not missing else ())
+                        suspects=found.host_sensitive + found.rechecked if not missing else ())
 
     def _explanations(self, nodeid: str, verdicts: list[Verdict]) -> list[str]:
         """The kernel diff of each regressed step: against the A/B's base runs where A/B
@@ -396,12 +381,3 @@ def _name(verdict: Verdict) -> str:
 
 def _names(verdicts: list[Verdict]) -> str:
     return ", ".join(_name(v) for v in verdicts)
-
-
-def _noisy_worsening(verdict: Verdict) -> bool:
-    """A reliably measured metric whose median moved beyond tolerance the wrong way, which
-    the samples alone could not support (not a throttled GPU, not a unit mismatch)."""
-    if verdict.baseline is None or verdict.change is None or not verdict.measured.reliable \
-            or not verdict.baseline.reliable or abs(verdict.change) <= verdict.tolerance:
-        return False
-    return verdict.change > 0 if verdict.measured.better == "lower" else verdict.change < 0

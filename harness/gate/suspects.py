@@ -1,0 +1,68 @@
+"""Which metrics of a test a confirmation by A/B on this machine checks, and why each.
+
+A first verdict compares this machine with numbers recorded on others. Some of its outcomes are
+only as good as that comparison, and A/B (the baseline's code and this code alternately, here)
+can settle them where it can run: the session decides a test's outcome from these groups
+(`harness.gate.session.PerfSession.decide`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.gate.verdict import Outcome, Verdict
+
+
+@dataclass(frozen=True)
+class Suspects:
+    """The metric ids of one test's verdicts that A/B can check, by why."""
+
+    # Regressions against the stored baseline.
+    regressions: tuple[str, ...]
+    # Judged "environment changed" from the host's calibration alone (a probe can misread).
+    host_rule: tuple[str, ...]
+    # Worse beyond tolerance on a host-sensitive metric (its recorded runs span 30% or more).
+    host_sensitive: tuple[str, ...]
+    # Unchanged only within the fleet's widened tolerance, but worse than one machine's (a
+    # slowdown on a faster chip of the fleet hides there).
+    within_fleet: tuple[str, ...]
+    # Under --perf-strict: reliably measured, worse beyond tolerance, not supported by the
+    # samples (on a host-bound step that is most of what another machine does to it).
+    noisy: tuple[str, ...]
+
+    @property
+    def rechecked(self) -> tuple[str, ...]:
+        """The suspects of a test that passed its first verdict."""
+        return self.host_rule + self.within_fleet
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every suspect: what the A/B of a failed test checks, so that a host-bound step time
+        the calibration excused is judged with the device time that regressed beside it."""
+        return self.regressions + self.noisy + self.host_sensitive + self.rechecked
+
+
+def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
+    """Sort one test's verdicts into the groups A/B can check."""
+    host_sensitive = tuple(v.metric_id for v in verdicts
+                           if v.outcome is Outcome.UNRELIABLE and v.rule == "host-sensitive")
+    return Suspects(
+        regressions=tuple(v.metric_id for v in verdicts
+                          if v.outcome is Outcome.REGRESSION and v.baseline is not None),
+        host_rule=tuple(v.metric_id for v in verdicts
+                        if v.outcome is Outcome.ENVIRONMENT_CHANGED and v.rule == "host-bound"),
+        host_sensitive=host_sensitive,
+        within_fleet=tuple(v.metric_id for v in verdicts if v.hidden_by_the_fleet),
+        noisy=tuple(v.metric_id for v in verdicts
+                    if strict and v.outcome is Outcome.UNRELIABLE and noisy_worsening(v)
+                    and v.metric_id not in host_sensitive))
+
+
+def noisy_worsening(verdict: Verdict) -> bool:
+    """A reliably measured metric whose median moved beyond tolerance the wrong way, which
+    the samples alone could not support (not a throttled GPU, not a unit mismatch)."""
+    if verdict.baseline is None or verdict.change is None or not verdict.measured.reliable \
+            or not verdict.baseline.reliable or abs(verdict.change) <= verdict.tolerance:
+        return False
+    return verdict.change > 0 if verdict.measured.better == "lower" else verdict.change < 0

@@ -1,0 +1,65 @@
+"""Which metrics of a test the A/B on this machine checks (`harness.gate.suspects`), and that a
+failed test's A/B checks all of them: a foreach AdamW made the GPT-2 step's device time regress
+and its host-bound step time +21% slower, which the calibration alone had called "environment
+changed" (H200, 2026-12-02)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from harness.gate.results import Metric, RunResults
+from harness.gate.run_options import PerfOptions
+from harness.gate.session import PerfSession
+from harness.gate.suspects import suspects
+from harness.gate.verdict import Outcome, judge
+
+BASE_HOST = {"host": {"calibration": {"launch_us": 5.0, "dispatch_us": 30.0}}}
+SLOWER_HOST = {"host": {"calibration": {"launch_us": 7.0, "dispatch_us": 41.0}}}
+
+
+def _pair(name: str, slowdown: float, *, host_bound: bool = False,
+          noise: float = 0.001) -> tuple[Metric, Metric]:
+    rng = random.Random(name)
+    base = Metric(name=name, unit="s", better="lower", kind="time", host_bound=host_bound,
+                  samples=tuple(0.1 * (1 + rng.gauss(0, noise)) for _ in range(20)))
+    return base, base.with_changes(samples=tuple(s * (1 + slowdown) for s in base.samples))
+
+
+def _session(strict: bool, **pairs: tuple[Metric, Metric]) -> PerfSession:
+    session = PerfSession(PerfOptions(baselines_dir=Path("b"), device="cpu", strict=strict),
+                          {"fingerprint": "cpu", **SLOWER_HOST})
+    session.reference = RunResults(kind="baseline", fingerprint="cpu", environment=BASE_HOST,
+                                   metrics={f"t.py::t::{k}": base for k, (base, _) in
+                                            pairs.items()})
+    for name, (_, now) in pairs.items():
+        session.record("t.py::t", now)
+    return session
+
+
+def test_a_regressed_test_has_its_host_excused_step_time_checked_by_ab_too() -> None:
+    session = _session(False, device_time=_pair("device_time", 0.08),
+                       step_time=_pair("step_time", 0.21, host_bound=True))
+    decision = session.conclude_test("t.py::t")
+    outcomes = {v.metric_id.rpartition("::")[2]: v.outcome for v in session.verdicts}
+    assert outcomes == {"device_time": Outcome.REGRESSION,
+                        "step_time": Outcome.ENVIRONMENT_CHANGED}
+    assert decision.outcome == "failed" and decision.regression
+    assert decision.suspects == ("t.py::t::device_time", "t.py::t::step_time")
+
+
+def test_a_passed_test_is_rechecked_only_for_what_the_host_excused() -> None:
+    session = _session(False, device_time=_pair("device_time", 0.0),
+                       step_time=_pair("step_time", 0.21, host_bound=True))
+    decision = session.conclude_test("t.py::t")
+    assert decision.outcome == "passed"
+    assert decision.suspects == ("t.py::t::step_time",)
+
+
+def test_noisy_worsenings_are_suspects_under_strict_only() -> None:
+    base, now = _pair("step_time", 0.05, noise=0.2)
+    verdict = judge("t::step_time", now.with_changes(samples=now.samples[:3]),
+                    base.with_changes(samples=base.samples[:3]))
+    assert verdict.outcome is Outcome.UNRELIABLE
+    assert suspects([verdict], strict=True).noisy == ("t::step_time",)
+    assert suspects([verdict], strict=False).all == ()
