@@ -1,9 +1,10 @@
-"""A chip slower than the fleet on every kernel is the chip: `harness.gate.machine` reads that
-offset from the run's own device-bound metrics, and the end-of-run A/B leaves out suspects that
-only follow it."""
+"""What the end-of-run A/B leaves out: suspects that only follow their chip (a chip slower than
+the fleet on every kernel is the chip: `harness.gate.machine` reads that offset from the run's
+own device-bound metrics), and tests beyond its time budget."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from harness.gate.results import Metric, RunResults
 from harness.gate.run_options import PerfOptions
 from harness.gate.session import Decision, PerfSession
 from harness.gate.verdict import Verdict, judge
-from harness.pytest_plugin.confirm import ABCheckout, PendingConfirmations
+from harness.pytest_plugin.confirm import ABCheckout, PendingConfirmations, fit_budget
 
 # Three recorded runs 2.5% apart: a fleet tolerance of about 7.5%, one machine's 2%.
 FLEET = tuple(RunSummary(median=m, spread=0.005, count=20, host=f"h{i}", created="")
@@ -94,3 +95,31 @@ def test_metrics_without_fleet_runs_are_no_peers() -> None:
                 for i in range(MIN_PEERS + 1)]
     assert all(v.machine_tolerance is None and not v.hidden_by_the_fleet for v in verdicts)
     assert machine_offset(verdicts) == (0.0, 0)
+
+
+def test_the_ab_confirms_failed_tests_first_and_cheap_ones_within_the_budget() -> None:
+    # Three rounds of two child runs: 6 x (10 s start-up + the tests).
+    tests = [("pass_cheap", False, 1.0), ("fail_slow", True, 20.0), ("fail_cheap", True, 2.0)]
+    chosen, everything = fit_budget(tests, budget_seconds=6 * (10 + 22))
+    assert chosen == ["fail_cheap", "fail_slow"]
+    assert everything == pytest.approx(6 * (10 + 23))
+    assert fit_budget(tests, budget_seconds=1.0)[0] == ["fail_cheap"]  # never none
+    assert fit_budget(tests, budget_seconds=1e6)[0] == ["fail_cheap", "fail_slow", "pass_cheap"]
+
+
+def test_tests_beyond_the_budget_keep_their_first_verdicts_and_the_notes_say_how_to_run_them(
+        ) -> None:
+    verdicts = [judge("t.py::test_r::gemm", _time(1.2), _time(1.0)),
+                judge("t.py::test_s::gemm", _time(1.25), _time(1.0))]
+    pending = _pending(verdicts)
+    pending.durations = {"t.py::test_r": 5.0, "t.py::test_s": 50.0}
+    pending.session.options = dataclasses.replace(pending.session.options,
+                                                  ab_budget_seconds=100.0)
+    left_out = pending._fit_the_budget()
+    assert list(pending.decisions) == ["t.py::test_r"]
+    assert list(left_out) == ["t.py::test_s"] and left_out["t.py::test_s"].outcome == "failed"
+    (note,) = pending.session.end_notes
+    assert note == ("1 suspected test(s) left out of the A/B, whose 3 rounds with them would "
+                    "take about 390 s, beyond --perf-ab-budget=100; their first verdicts "
+                    "stand. Confirm them with a larger budget or `python -m harness ab "
+                    "000000000000 -- t.py::test_s`")

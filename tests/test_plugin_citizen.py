@@ -21,7 +21,7 @@ import pytest
 import harness
 from harness.gate import store
 from harness.measure import environment, host
-from harness.pytest_plugin.run import XDIST_REFUSAL
+from harness.pytest_plugin.context import XDIST_REFUSAL
 
 REPO = Path(harness.__file__).resolve().parent.parent
 

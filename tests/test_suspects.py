@@ -32,7 +32,7 @@ def _session(strict: bool, **pairs: tuple[Metric, Metric]) -> PerfSession:
     session.reference = RunResults(kind="baseline", fingerprint="cpu", environment=BASE_HOST,
                                    metrics={f"t.py::t::{k}": base for k, (base, _) in
                                             pairs.items()})
-    for name, (_, now) in pairs.items():
+    for _, now in pairs.values():
         session.record("t.py::t", now)
     return session
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import pytest
 
 from harness.gate import ab, machine
 from harness.gate.formatting import format_percent
+from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.session import Decision, PerfSession
 from harness.gate.verdict import DEFAULT_ALPHA, Verdict
@@ -41,6 +42,10 @@ DEVICE_TIME_SUFFIX = "device_time"
 
 # The node id of the end-of-run A/B item (not a path: it belongs to no test file).
 CONFIRMATION_NODEID = "perf::ab-confirmation"
+
+# Seconds a child run takes beyond its tests (Python, torch, CUDA, collection, the profiler):
+# a child running one 1.5 s GEMM test took 11 s on fresh H200 hosts (2026-12-02).
+CHILD_STARTUP_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,14 @@ class PendingConfirmations:
     """The tests of this run that a first verdict suspects, waiting for the end-of-run A/B."""
 
     def __init__(self, session: PerfSession, checkout: ABCheckout, rootdir: Path,
-                 write: Callable[[str], None]) -> None:
+                 write: Callable[[str], None],
+                 durations: Mapping[str, float] | None = None) -> None:
         self.session = session
         self.checkout = checkout
         self.rootdir = rootdir
         self.write = write
+        # Seconds each test's call took in this run: what it costs in a child run.
+        self.durations = {} if durations is None else durations
         self.decisions: dict[str, Decision] = {}
         self.done = False
 
@@ -119,9 +127,10 @@ class PendingConfirmations:
         """What the run's notes say when it ended before the A/B (e.g. -x after a failure)."""
         if self.done or not self.decisions:
             return None
+        failed = sum(d.outcome == "failed" for d in self.decisions.values())
         return (f"{len(self.decisions)} suspected test(s) were not confirmed: the run ended "
-                f"before {CONFIRMATION_NODEID}; their first verdicts were not failures: "
-                f"{', '.join(self.decisions)}")
+                f"before {CONFIRMATION_NODEID}, and their first verdicts ({failed} of them "
+                f"failures) were not reported as failures: {', '.join(self.decisions)}")
 
     def confirm(self) -> dict[str, Decision]:
         """Run the A/B and return every pending test's decision after it (its paired verdicts
@@ -131,13 +140,14 @@ class PendingConfirmations:
         self._leave_out_the_machine()
         if not self.decisions:
             return {}
+        left_out = self._fit_the_budget()
         try:
-            decisions = self._run()
+            decisions = {**self._run(), **left_out}
         except ab.ABError as exc:
             first_line = str(exc).splitlines()[0]
             self.session.end_notes.append(f"A/B failed ({first_line}); the first verdicts of "
                                           f"{', '.join(self.decisions)} stand")
-            decisions = self.decisions
+            decisions = {**self.decisions, **left_out}
         self.session.failed_tests |= {nodeid for nodeid, d in decisions.items()
                                       if d.outcome == "failed"}
         return decisions
@@ -165,6 +175,25 @@ class PendingConfirmations:
                 f"metrics {format_percent(math.expm1(offset), signed=True, space=False)} from "
                 f"the baseline (median, worse positive), and they do not stand out from that: "
                 f"{', '.join(dropped)}")
+
+    def _fit_the_budget(self) -> dict[str, Decision]:
+        """Keep the tests whose A/B fits --perf-ab-budget, and return the others, which keep
+        their first decisions (`fit_budget`); the notes name them and the command that
+        confirms them."""
+        options = self.session.options
+        chosen, estimate = fit_budget(
+            [(nodeid, d.outcome == "failed", self.durations.get(nodeid, 0.0))
+             for nodeid, d in self.decisions.items()], options.ab_budget_seconds)
+        left_out = {n: d for n, d in self.decisions.items() if n not in chosen}
+        if left_out:
+            self.decisions = {n: d for n, d in self.decisions.items() if n in chosen}
+            self.session.end_notes.append(
+                f"{len(left_out)} suspected test(s) left out of the A/B, whose "
+                f"{MIN_ROUNDS} rounds with them would take about {estimate:.0f} s, beyond "
+                f"--perf-ab-budget={options.ab_budget_seconds:g}; their first verdicts stand. "
+                f"Confirm them with a larger budget or `python -m harness ab "
+                f"{self.checkout.commit[:12]} -- {' '.join(left_out)}`")
+        return left_out
 
     def _run(self) -> dict[str, Decision]:
         session, checkout, options = self.session, self.checkout, self.session.options
@@ -203,6 +232,28 @@ class PendingConfirmations:
                 f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"),
                 runs=(result.base_runs, result.head_runs))
         return decisions
+
+
+def fit_budget(tests: Sequence[tuple[str, bool, float]],
+               budget_seconds: float) -> tuple[list[str], float]:
+    """The tests (node id, whether its first verdict failed, seconds its call took) an A/B of
+    `budget_seconds` can confirm, and the estimated seconds of an A/B of all of them.
+
+    An A/B runs at least MIN_ROUNDS rounds of two child runs, each CHILD_STARTUP_SECONDS plus
+    its tests. Failed tests go first (each fails the build unless the A/B clears it), cheaper
+    ones first within; at least one test is always confirmed."""
+    def rounds_seconds(tests_seconds: float) -> float:
+        return MIN_ROUNDS * 2 * (CHILD_STARTUP_SECONDS + tests_seconds)
+
+    order = sorted(tests, key=lambda test: (not test[1], test[2]))
+    chosen: list[str] = []
+    total = 0.0
+    for nodeid, _, seconds in order:
+        if chosen and rounds_seconds(total + seconds) > budget_seconds:
+            break
+        chosen.append(nodeid)
+        total += seconds
+    return chosen, rounds_seconds(sum(seconds for _, _, seconds in tests))
 
 
 def _needs_profiles(suspects: list[Verdict]) -> bool:

@@ -1,6 +1,7 @@
-"""Where a run measures: its role under pytest-xdist (`xdist_role`), whether its baselines
-directory is the one the project keeps its baselines in (`check_baselines_location`), and what
-the summary says about that context (`nothing_measured_lines`, `rootdir_lines`).
+"""Where a run measures: its role under pytest-xdist (`xdist_role`, and `XDIST_REFUSAL` for a
+measured test there), whether its baselines directory is the one the project keeps its
+baselines in (`check_baselines_location`), and what the summary says about that context
+(`nothing_measured_lines`, `rootdir_lines`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ import pytest
 
 from harness.gate.run_options import PerfOptions
 from harness.pytest_plugin.options import DEFAULT_BASELINES_DIR, default_baselines_dir
+
+# Why a measured test errors in a pytest-xdist worker.
+XDIST_REFUSAL = (
+    "perf: measured tests do not run under pytest-xdist workers: workers measuring at once "
+    "slow each other down (a false regression), and their results cannot be joined into one "
+    "report, results file or baseline. Run the measured tests in a pytest of their own without "
+    "workers, `pytest -n 0 -m perf`, and the others with workers, `pytest -n auto -m 'not perf'`.")
 
 
 def xdist_role(config: pytest.Config) -> Literal["worker", "controller"] | None:

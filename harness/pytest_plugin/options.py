@@ -102,8 +102,9 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("--perf-ab-rounds", "float", "rounds of an A/B confirmation at most, each one run "
             f"of either side (at least {MIN_ROUNDS}; default {DEFAULT_AB_ROUNDS})", "N"),
     _Option("--perf-ab-budget", "float", "seconds the run's A/B confirmation (one for all "
-            "suspected tests, at the end of the run) may take before it stops at the rounds it "
-            f"has (default {DEFAULT_AB_BUDGET_SECONDS:g})", "SECONDS"),
+            "suspected tests, at the end of the run) may take: it confirms the suspected tests "
+            "whose 3 rounds fit (failed ones first), and stops at the rounds it has "
+            f"(default {DEFAULT_AB_BUDGET_SECONDS:g})", "SECONDS"),
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
             f"{DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),

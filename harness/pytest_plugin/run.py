@@ -30,6 +30,7 @@ from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, launch_f
 from harness.gate.run_options import PerfOptions
 from harness.pytest_plugin import markers, ranks
 from harness.pytest_plugin.context import (
+    XDIST_REFUSAL,
     check_baselines_location,
     nothing_measured_lines,
     rootdir_lines,
@@ -42,12 +43,6 @@ if TYPE_CHECKING:
     from harness.gate.session import Decision, PerfSession
     from harness.measure.sampling import TimingPolicy
     from harness.pytest_plugin.confirm import ABCheckout, PendingConfirmations
-
-XDIST_REFUSAL = (
-    "perf: measured tests do not run under pytest-xdist workers: workers measuring at once "
-    "slow each other down (a false regression), and their results cannot be joined into one "
-    "report, results file or baseline. Run the measured tests in a pytest of their own without "
-    "workers, `pytest -n 0 -m perf`, and the others with workers, `pytest -n auto -m 'not perf'`.")
 
 
 def _agrees(exc: BaseException) -> bool:
@@ -83,6 +78,8 @@ class PerfRun:
         self._checkout_known = False
         # The suspected tests the end-of-run A/B item confirms; None without that item.
         self.pending: PendingConfirmations | None = None
+        # Seconds each test's call took: what confirming it costs in an A/B's child run.
+        self.durations: dict[str, float] = {}
 
     @functools.cached_property
     def launch(self) -> Launch | None:
@@ -190,7 +187,8 @@ class PerfRun:
             return
         assert self.session is not None and isinstance(self._checkout, confirm.ABCheckout)
         self.pending = confirm.PendingConfirmations(self.session, self._checkout,
-                                                    self.config.rootpath, self._write_line)
+                                                    self.config.rootpath, self._write_line,
+                                                    self.durations)
         items.append(confirm.ABConfirmation.from_parent(
             session, name=confirm.CONFIRMATION_NODEID, nodeid=confirm.CONFIRMATION_NODEID,
             pending=self.pending))
@@ -346,6 +344,8 @@ class PerfRun:
             sys.stderr.flush()
         failed = self._failed_before if self.session is None else self.session.failed_tests
         passed = self._passed_before if self.session is None else self.session.passed_tests
+        if report.when == "call":
+            self.durations[report.nodeid] = report.duration
         if report.failed:
             failed.add(report.nodeid)
         elif report.when == "call" and report.passed:
