@@ -248,12 +248,12 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
                 f"and this host is slower than the baseline's: {describe_differences(slower)}; "
                 f"the step's device time is judged instead"), change=change, rule="host-bound")
     judged = _judge_change(measured, baseline, change, chosen_tolerance, float(alpha), verdict)
-    if judged.hidden_by_the_fleet:
+    if judged.hidden_by_the_fleet and fleet is not None:
         return dataclasses.replace(judged, reason=(
             f"{judged.reason}, but worse than the "
             f"{format_percent(judged.one_machine_tolerance, space=False)} tolerance of one "
-            f"machine (the {fleet.runs if fleet else 0} recorded runs' spread widened it): A/B "
-            f"on this machine checks it where it can run"))
+            f"machine (the {fleet.runs} recorded runs' spread widened it): A/B on this machine "
+            f"checks it where it can run"))
     return judged
 
 

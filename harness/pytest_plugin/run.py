@@ -183,10 +183,11 @@ class PerfRun:
         suspected test at the end of the run (`confirm.ABConfirmation`)."""
         from harness.pytest_plugin import confirm
 
-        if not isinstance(self._ab_checkout(), confirm.ABCheckout):
+        checkout = self._ab_checkout()
+        if not isinstance(checkout, confirm.ABCheckout):
             return
-        assert self.session is not None and isinstance(self._checkout, confirm.ABCheckout)
-        self.pending = confirm.PendingConfirmations(self.session, self._checkout,
+        assert self.session is not None
+        self.pending = confirm.PendingConfirmations(self.session, checkout,
                                                     self.config.rootpath, self._write_line,
                                                     self.durations)
         items.append(confirm.ABConfirmation.from_parent(
@@ -194,15 +195,14 @@ class PerfRun:
             pending=self.pending))
 
     def _ab_checkout(self) -> ABCheckout | str | None:
-        """Where A/B can confirm a suspect (`confirm.ab_checkout`), found once per run; None in
-        a torchrun launch (ranks would have to start children in lockstep), with
-        --perf-update-baselines (nothing is judged) or without a commit to compare with."""
+        """Where A/B can confirm a suspect (`confirm.ab_checkout`), found once per run; None
+        with --perf-update-baselines (nothing is judged)."""
         if not self._checkout_known:
             from harness.pytest_plugin.confirm import ab_checkout
 
             assert self.session is not None
             self._checkout_known = True
-            if self.distributed is None and not self.session.options.update_baselines:
+            if not self.session.options.update_baselines:
                 self._checkout = ab_checkout(self.session, self.config.rootpath)
         return self._checkout
 
@@ -265,7 +265,8 @@ class PerfRun:
         alone = confirm.PendingConfirmations(self.session, checkout, self.config.rootpath,
                                              self._write_line)
         alone.add(item.nodeid, decision)
-        return alone.confirm()[item.nodeid]
+        # Absent when its only suspects followed the machine (`confirm`): the first decision.
+        return alone.confirm().get(item.nodeid, decision)
 
     def _remeasure(self, item: pytest.Function, first: Decision) -> Decision:
         """Run the test body again after --perf-confirm-delay; only the second verdict counts,
