@@ -59,6 +59,13 @@ def test_top_rows_cover_the_share_and_sum_the_rest() -> None:
     assert sum(r.seconds_per_step for r in table) == pytest.approx(100.0)
 
 
+def test_a_kernel_of_a_percent_or_more_is_listed_beyond_the_coverage() -> None:
+    # A GEMM test with 5% more rows: the big GEMM covers 96%, the extra one is 4% of the time.
+    rows = [KernelRow("gemm", 1, 96.0), KernelRow("extra gemm", 1, 3.5),
+            KernelRow("fill", 1, 0.5)]
+    assert [r.name for r in top_rows(rows)] == ["gemm", "extra gemm", "(other 1 kernels)"]
+
+
 def test_top_rows_never_exceed_the_row_limit() -> None:
     rows = [KernelRow(f"k{i}", 1, 1.0) for i in range(100)]
     table = top_rows(rows, coverage=1.0, max_rows=10)
