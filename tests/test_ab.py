@@ -140,6 +140,10 @@ def test_a_confirmed_regression_is_judged_with_one_machines_tolerance(tmp_path: 
     assert final.outcome is Outcome.REGRESSION
     assert final.tolerance == pytest.approx(0.02)
     assert "confirmed by A/B, 3 rounds" in final.reason
+    # Shown as the A/B measured it: base's and head's run medians on this machine.
+    assert final.baseline is not None and final.baseline.samples == (1.0, 1.2, 0.9)
+    assert final.measured.samples == pytest.approx((1.05, 1.26, 0.945))
+    assert final.baseline.runs == ()
 
 
 def test_too_few_rounds_are_refused(tmp_path: Path) -> None:

@@ -293,7 +293,11 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
     ENVIRONMENT_CHANGED when the baseline's own code, measured here, is also worse than the
     stored baseline beyond the tolerance (the host, driver or torch moved, not the code),
     UNCHANGED otherwise (the first run was a disturbance). Rounds that disagree: UNRELIABLE.
-    A metric the base side never measured keeps its first verdict, saying so."""
+    A metric the base side never measured keeps its first verdict, saying so.
+
+    A regression or an unchanged metric is shown as the A/B measured it: its "baseline" and
+    "measured" are the run medians of base and head on this machine (`_as_rounds`), so that
+    their medians and the change beside them come from the same comparison."""
     final: list[Verdict] = []
     base_ref = result.base.ref[:12]
     for verdict in first:
@@ -306,9 +310,9 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
         rounds = f"A/B, {paired.rounds} rounds against {base_ref} on this machine"
         if paired.outcome is PairedOutcome.REGRESSION:
             final.append(dataclasses.replace(
-                verdict, outcome=Outcome.REGRESSION, change=paired.change,
-                tolerance=paired.tolerance, machine_tolerance=None, p_value=paired.p_value,
-                rule="paired t-test (A/B)",
+                _as_rounds(verdict, paired, base_ref), outcome=Outcome.REGRESSION,
+                change=paired.change, tolerance=paired.tolerance, machine_tolerance=None,
+                p_value=paired.p_value, rule="paired t-test (A/B)",
                 reason=f"confirmed by {rounds}: {paired.reason}"))
             continue
         if paired.outcome is PairedOutcome.UNDECIDED:
@@ -330,10 +334,22 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
                         f"from the baseline's environment: {moved}")))
         else:
             final.append(dataclasses.replace(
-                verdict, outcome=Outcome.UNCHANGED, machine_tolerance=None,
-                rule="paired t-test (A/B)",
+                _as_rounds(verdict, paired, base_ref), outcome=Outcome.UNCHANGED,
+                change=paired.change, tolerance=paired.tolerance, machine_tolerance=None,
+                p_value=paired.p_value, rule="paired t-test (A/B)",
                 reason=f"{verdict.reason}; not reproduced by {rounds}: {paired.reason}"))
     return final
+
+
+def _as_rounds(verdict: Verdict, paired: PairedVerdict, base_ref: str) -> Verdict:
+    """The verdict with base's and head's run medians on this machine as its "baseline" and
+    "measured" metrics (their profiles and notes otherwise kept from the first verdict)."""
+    assert verdict.baseline is not None
+    base = verdict.baseline.with_changes(samples=paired.base_values, runs=(),
+                                         note=f"run medians of {base_ref} on this machine")
+    head = verdict.measured.with_changes(samples=paired.head_values,
+                                         note="run medians of this code on this machine")
+    return dataclasses.replace(verdict, baseline=base, measured=head)
 
 
 # Paired outcome -> the outcome reports and exit codes use (the same as `compare`'s).
