@@ -200,7 +200,7 @@ def test_train_step_on_cpu_with_bf16_autocast_counts_the_same_flops() -> None:
 
 @pytest.mark.parametrize("changes, message", [
     ({"inputs": (torch.randn(16, 32),)}, "inputs must be a pair"),
-    ({"recompute": "some"}, "recompute must be one of none, selective, full; got 'some'"),
+    ({"recompute": "some"}, "recompute must be one of 'none', 'selective', 'full'; got 'some'"),
     ({"autocast_dtype": "bf16"}, "autocast_dtype must be a torch.dtype"),
     ({"gpu": object()}, "pass config="),
     ({"device": "cuda"}, "model has parameters on cpu, but device='cuda'"),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from harness.checks import require_choice
 from harness.gate.results import Metric
 from harness.measure.clocks import Clock, check_device
 from harness.measure.kernels import phase_range
@@ -135,9 +136,7 @@ def measure_train_step(model: torch.nn.Module, inputs: tuple[Any, Any],
     if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
         raise ValueError(f"autocast_dtype must be a torch.dtype (e.g. torch.bfloat16) or None, "
                          f"got {autocast_dtype!r}")
-    if recompute not in RECOMPUTE_CHOICES:
-        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_CHOICES)}; "
-                         f"got {recompute!r}")
+    require_choice("recompute", recompute, RECOMPUTE_CHOICES)
     # config and gpu are checked by measure_step, before any step runs.
     batch_size, seq_len = _tokens_shape(x) if config is not None else (None, None)
 
