@@ -31,13 +31,15 @@ from harness.gate.run_options import (
     DEFAULT_CONFIRM_DELAY_SECONDS,
     PerfOptions,
 )
+from harness.gate.store import DEFAULT_DIRECTORY
 from harness.gate.tolerance import TOLERANCE_RULE, is_tolerance
 
 if TYPE_CHECKING:
     from harness.measure.sampling import TimingPolicy
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu")
-DEFAULT_BASELINES_DIR = "baselines"
+# Where baselines live under the rootdir: the store's default directory (one home).
+DEFAULT_BASELINES_DIR = DEFAULT_DIRECTORY
 # `TimingPolicy().budget_seconds`, written out so that the help text does not import the
 # sampling code (and torch) at plugin load; tests/test_plugin.py checks that the two agree.
 DEFAULT_BUDGET_SECONDS = 1.0
