@@ -63,3 +63,24 @@ def test_noisy_worsenings_are_suspects_under_strict_only() -> None:
     assert verdict.outcome is Outcome.UNRELIABLE
     assert suspects([verdict], strict=True).noisy == ("t::step_time",)
     assert suspects([verdict], strict=False).all == ()
+
+
+def test_a_throttled_measurement_under_strict_is_left_to_ab() -> None:
+    base, now = _pair("step_time", 0.0)
+    throttled = now.with_changes(reliable=False, note="GPU throttled (HwSlowdown), in all 2 "
+                                                      "attempts")
+    strict = _session(True, step_time=(base, throttled))
+    decision = strict.conclude_test("t.py::t")
+    assert decision.outcome == "failed" and "measured unreliably" in decision.message
+    assert decision.suspects == ("t.py::t::step_time",)
+    lenient = _session(False, step_time=(base, throttled))
+    assert lenient.conclude_test("t.py::t").outcome == "skipped"
+    assert suspects(lenient.verdicts, strict=False).all == ()
+
+
+def test_a_metric_of_another_unit_is_no_suspect() -> None:
+    base, now = _pair("step_time", 0.0)
+    other_unit = now.with_changes(reliable=False, unit="ms")
+    session = _session(True, step_time=(base, other_unit))
+    decision = session.conclude_test("t.py::t")
+    assert decision.outcome == "failed" and decision.suspects == ()

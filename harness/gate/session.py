@@ -199,8 +199,8 @@ class PerfSession:
         if not reasons:
             return Decision("passed", suspects=found.rechecked)
         if self.options.strict:
-            clearable = not missing and len(found.noisy) + len(found.host_sensitive) == len(
-                unreliable)
+            clearable = not missing and len(found.noisy) + len(found.host_sensitive) + len(
+                found.unreliably_measured) == len(unreliable)
             return Decision("failed", "perf (--perf-strict: every measured metric must be "
                                           "checked): " + "; ".join(reasons),
                             suspects=found.all if clearable else ())

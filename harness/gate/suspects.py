@@ -30,6 +30,9 @@ class Suspects:
     # Under --perf-strict: reliably measured, worse beyond tolerance, not supported by the
     # samples (on a host-bound step that is most of what another machine does to it).
     noisy: tuple[str, ...]
+    # Under --perf-strict: measured unreliably (a GPU throttled in every attempt), which a first
+    # verdict cannot judge but base and head measured alternately on this machine can.
+    unreliably_measured: tuple[str, ...] = ()
 
     @property
     def rechecked(self) -> tuple[str, ...]:
@@ -40,7 +43,8 @@ class Suspects:
     def all(self) -> tuple[str, ...]:
         """Every suspect: what the A/B of a failed test checks, so that a host-bound step time
         the calibration excused is judged with the device time that regressed beside it."""
-        return self.regressions + self.noisy + self.host_sensitive + self.rechecked
+        return (self.regressions + self.noisy + self.unreliably_measured + self.host_sensitive
+                + self.rechecked)
 
 
 def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
@@ -56,7 +60,19 @@ def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
         within_fleet=tuple(v.metric_id for v in verdicts if v.hidden_by_the_fleet),
         noisy=tuple(v.metric_id for v in verdicts
                     if strict and v.outcome is Outcome.UNRELIABLE and noisy_worsening(v)
-                    and v.metric_id not in host_sensitive))
+                    and v.metric_id not in host_sensitive),
+        unreliably_measured=tuple(v.metric_id for v in verdicts
+                                  if strict and v.outcome is Outcome.UNRELIABLE
+                                  and unreliably_measured(v)))
+
+
+def unreliably_measured(verdict: Verdict) -> bool:
+    """A metric measured unreliably against a comparable baseline (same unit and direction):
+    A/B can measure it again on both sides; a metric of another unit cannot be paired."""
+    baseline = verdict.baseline
+    return (baseline is not None and not verdict.measured.reliable
+            and baseline.unit == verdict.measured.unit
+            and baseline.better == verdict.measured.better)
 
 
 def noisy_worsening(verdict: Verdict) -> bool:
