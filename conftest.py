@@ -1,5 +1,6 @@
 """Repository-only pytest setup: hypothesis profiles and the plugin for a plain checkout."""
 
+import contextlib
 import os
 
 from hypothesis import HealthCheck, settings
@@ -11,6 +12,12 @@ from hypothesis import HealthCheck, settings
 # imports them here, once, before any inner run.
 import harness.pytest_plugin.confirm  # noqa: F401
 import harness.pytest_plugin.fixture  # noqa: F401
+
+# numpy's C extensions cannot be loaded twice either: an inner run that first touched numpy.fft
+# (numpy loads it lazily) left scipy.stats unable to import in a later test of the same worker
+# ("cannot load module more than once per process").
+with contextlib.suppress(ImportError):
+    import numpy.fft  # noqa: F401
 
 # A plain checkout (the GPU machine runs the suite without installing) has no entry point. An
 # installed package's `perf_harness` entry point names this same module, which pytest registers
