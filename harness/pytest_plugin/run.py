@@ -73,9 +73,6 @@ class PerfRun:
         self._passed_before: set[str] = set()
         # Measured tests a pytest-xdist worker refuses (those not skipped anyway).
         self._refused: set[str] = set()
-        # Where A/B against the baseline's commit can run (`confirm.ab_checkout`), once known.
-        self._checkout: ABCheckout | str | None = None
-        self._checkout_known = False
         # The suspected tests the end-of-run A/B item confirms; None without that item.
         self.pending: PendingConfirmations | None = None
         # Seconds each test's call took: what confirming it costs in an A/B's child run.
@@ -183,7 +180,7 @@ class PerfRun:
         suspected test at the end of the run (`confirm.ABConfirmation`)."""
         from harness.pytest_plugin import confirm
 
-        checkout = self._ab_checkout()
+        checkout = self._ab_checkout
         if not isinstance(checkout, confirm.ABCheckout):
             return
         assert self.session is not None
@@ -194,17 +191,16 @@ class PerfRun:
             session, name=confirm.CONFIRMATION_NODEID, nodeid=confirm.CONFIRMATION_NODEID,
             pending=self.pending))
 
+    @functools.cached_property
     def _ab_checkout(self) -> ABCheckout | str | None:
-        """Where A/B can confirm a suspect (`confirm.ab_checkout`), found once per run; None
-        with --perf-update-baselines (nothing is judged)."""
-        if not self._checkout_known:
-            from harness.pytest_plugin.confirm import ab_checkout
+        """Where A/B can confirm a suspect (`confirm.ab_checkout`), found once per run, after
+        the session started; None with --perf-update-baselines (nothing is judged)."""
+        from harness.pytest_plugin.confirm import ab_checkout
 
-            assert self.session is not None
-            self._checkout_known = True
-            if not self.session.options.update_baselines:
-                self._checkout = ab_checkout(self.session, self.config.rootpath)
-        return self._checkout
+        assert self.session is not None
+        if self.session.options.update_baselines:
+            return None
+        return ab_checkout(self.session, self.config.rootpath)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -251,7 +247,7 @@ class PerfRun:
         A/B, a regression is re-measured after a pause and the notes say why there was no A/B."""
         from harness.pytest_plugin import confirm
 
-        checkout = self._ab_checkout()
+        checkout = self._ab_checkout
         assert self.session is not None
         if not isinstance(checkout, confirm.ABCheckout):
             if isinstance(checkout, str):
