@@ -123,3 +123,22 @@ def test_tests_beyond_the_budget_keep_their_first_verdicts_and_the_notes_say_how
                     "take about 390 s, beyond --perf-ab-budget=100; their first verdicts "
                     "stand. Confirm them with a larger budget or `python -m harness ab "
                     "000000000000 -- t.py::test_s`")
+
+
+def test_a_host_bound_suspect_left_alone_by_the_machine_rule_goes_with_it() -> None:
+    # Six GEMMs follow a chip 3% slower; test_0's host-bound wall time is 5% slower, inside the
+    # fleet's tolerance: it only rode along with test_0's GEMM, so test_0 leaves the A/B whole.
+    gemms = _verdicts(1.03, 1.032, 1.028, 1.035, 1.03, 1.031)
+    wall = judge("t.py::test_0::step_time", _time(1.05, host_bound=True), _time(1.0))
+    assert wall.worse_on_one_machine and not wall.hidden_by_the_fleet
+    pending = _pending(gemms)
+    session = pending.session
+    session.verdicts.append(wall)
+    pending.add("t.py::test_0", session.decide("t.py::test_0", [gemms[0], wall]))
+    assert pending.decisions["t.py::test_0"].suspects == ("t.py::test_0::gemm",
+                                                          "t.py::test_0::step_time")
+    assert pending.confirm() == {}
+    assert session.end_notes[-1] == (
+        "1 host-bound metric(s) worse than one machine's tolerance but within the fleet's were "
+        "left out of the A/B with their tests, which nothing else sent there: "
+        "t.py::test_0::step_time")

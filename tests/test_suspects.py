@@ -8,10 +8,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from harness.gate.fleet import RunSummary
 from harness.gate.results import Metric, RunResults
 from harness.gate.run_options import PerfOptions
 from harness.gate.session import PerfSession
-from harness.gate.suspects import suspects
+from harness.gate.suspects import rides_along, suspects
 from harness.gate.verdict import Outcome, judge
 
 BASE_HOST = {"host": {"calibration": {"launch_us": 5.0, "dispatch_us": 30.0}}}
@@ -84,3 +85,44 @@ def test_a_metric_of_another_unit_is_no_suspect() -> None:
     session = _session(True, step_time=(base, other_unit))
     decision = session.conclude_test("t.py::t")
     assert decision.outcome == "failed" and decision.suspects == ()
+
+
+def _fleet_pair(name: str, slowdown: float, *, host_bound: bool) -> tuple[Metric, Metric]:
+    """A baseline whose three recorded runs span 30% (a host-sensitive wall time widens its
+    tolerance to 30%), and this run `slowdown` slower than it."""
+    base, now = _pair(name, slowdown, host_bound=host_bound)
+    runs = tuple(RunSummary(median=0.1 * f, spread=0.01, count=20, host=f"h{i}", created="")
+                 for i, f in enumerate((0.9, 1.0, 1.1)))
+    return base.with_changes(runs=runs), now
+
+
+def test_a_host_bound_wall_time_inside_the_fleets_tolerance_rides_along_with_its_test() -> None:
+    # The foreach AdamW on an H200: device time +8% (a regression), wall time +12% inside the
+    # fleet's tolerance; the wall time goes to the same A/B instead of passing unseen.
+    session = _session(False, device_time=_pair("device_time", 0.08),
+                       step_time=_fleet_pair("step_time", 0.12, host_bound=True))
+    decision = session.conclude_test("t.py::t")
+    step_time = next(v for v in session.verdicts if v.metric_id.endswith("step_time"))
+    assert step_time.outcome is Outcome.UNCHANGED and step_time.worse_on_one_machine
+    assert not step_time.hidden_by_the_fleet and rides_along(step_time)
+    assert "when another metric of its test goes to A/B" in step_time.reason
+    assert decision.outcome == "failed"
+    assert decision.suspects == ("t.py::t::device_time", "t.py::t::step_time")
+
+
+def test_a_ride_along_metric_alone_sends_no_test_to_ab() -> None:
+    session = _session(False, device_time=_pair("device_time", 0.0),
+                       step_time=_fleet_pair("step_time", 0.12, host_bound=True))
+    decision = session.conclude_test("t.py::t")
+    assert decision.outcome == "passed" and decision.suspects == ()
+    found = suspects(session.verdicts, strict=False)
+    assert found.alongside == ("t.py::t::step_time",)
+    assert found.all == found.rechecked == found.unjudged == ()
+
+
+def test_a_device_bound_slowdown_inside_the_fleets_tolerance_takes_its_host_bound_mate() -> None:
+    session = _session(False, device_time=_fleet_pair("device_time", 0.05, host_bound=False),
+                       step_time=_fleet_pair("step_time", 0.12, host_bound=True))
+    decision = session.conclude_test("t.py::t")
+    assert decision.outcome == "passed"
+    assert decision.suspects == ("t.py::t::device_time", "t.py::t::step_time")

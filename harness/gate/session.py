@@ -205,7 +205,7 @@ class PerfSession:
                                           "checked): " + "; ".join(reasons),
                             suspects=found.all if clearable else ())
         return Decision("skipped", "perf: " + "; ".join(reasons),
-                        suspects=found.host_sensitive + found.rechecked if not missing else ())
+                        suspects=found.unjudged if not missing else ())
 
     def _explanations(self, nodeid: str, verdicts: list[Verdict]) -> list[str]:
         """The kernel diff of each regressed step: against the A/B's base runs where A/B

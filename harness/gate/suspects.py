@@ -33,18 +33,31 @@ class Suspects:
     # Under --perf-strict: measured unreliably (a GPU throttled in every attempt), which a first
     # verdict cannot judge but base and head measured alternately on this machine can.
     unreliably_measured: tuple[str, ...] = ()
+    # Like within_fleet, but on a step the host bounds: alone not worth an A/B (any slower host
+    # reads so), checked when another suspect sends its test to A/B anyway. A foreach AdamW
+    # made the GPT-2 step's wall time +12% slower inside a fleet tolerance, beside its device
+    # time's confirmed +8% (H200, 2026-12-02).
+    alongside: tuple[str, ...] = ()
 
     @property
     def rechecked(self) -> tuple[str, ...]:
         """The suspects of a test that passed its first verdict."""
-        return self.host_rule + self.within_fleet
+        return self._with_alongside(self.host_rule + self.within_fleet)
+
+    @property
+    def unjudged(self) -> tuple[str, ...]:
+        """The suspects of a test skipped as unreliable (not under --perf-strict)."""
+        return self._with_alongside(self.host_sensitive + self.host_rule + self.within_fleet)
 
     @property
     def all(self) -> tuple[str, ...]:
         """Every suspect: what the A/B of a failed test checks, so that a host-bound step time
         the calibration excused is judged with the device time that regressed beside it."""
-        return (self.regressions + self.noisy + self.unreliably_measured + self.host_sensitive
-                + self.rechecked)
+        return self._with_alongside(self.regressions + self.noisy + self.unreliably_measured
+                                    + self.host_sensitive + self.host_rule + self.within_fleet)
+
+    def _with_alongside(self, sent: tuple[str, ...]) -> tuple[str, ...]:
+        return sent + self.alongside if sent else ()
 
 
 def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
@@ -58,12 +71,19 @@ def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
                         if v.outcome is Outcome.ENVIRONMENT_CHANGED and v.rule == "host-bound"),
         host_sensitive=host_sensitive,
         within_fleet=tuple(v.metric_id for v in verdicts if v.hidden_by_the_fleet),
+        alongside=tuple(v.metric_id for v in verdicts if rides_along(v)),
         noisy=tuple(v.metric_id for v in verdicts
                     if strict and v.outcome is Outcome.UNRELIABLE and noisy_worsening(v)
                     and v.metric_id not in host_sensitive),
         unreliably_measured=tuple(v.metric_id for v in verdicts
                                   if strict and v.outcome is Outcome.UNRELIABLE
                                   and unreliably_measured(v)))
+
+
+def rides_along(verdict: Verdict) -> bool:
+    """Worse than one machine's tolerance inside the fleet's on a host-bound step: checked by
+    A/B only beside another suspect of its test (`Suspects.alongside`)."""
+    return verdict.worse_on_one_machine and verdict.measured.host_bound
 
 
 def unreliably_measured(verdict: Verdict) -> bool:
