@@ -292,3 +292,29 @@ def test_arguments_after_the_separator_belong_to_ab_only(
     with pytest.raises(SystemExit):
         cli.main(["compare", "a.json", "b.json", "--", "x"])
     assert "only for the ab command" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("head_cost", "host", "expected"), [
+    # Head measured 3% better over rounds too noisy to say by how much: not confirmed.
+    (0.97, [1.0, 0.8, 1.0, 1.1, 1.0, 0.95], "unchanged"),
+    # Head measured 3% worse over the same kind of rounds: undecided, left unjudged.
+    (1.03, [1.0, 1.2, 1.0, 0.9, 1.0, 1.05], "unreliable")])
+def test_rounds_that_disagree_fail_a_confirmation_only_when_head_measured_worse(
+        tmp_path: Path, head_cost: float, host: list[float], expected: str) -> None:
+    from harness.gate.ab import confirm_with_ab
+    from harness.gate.verdict import Outcome, judge
+
+    stored = Metric(name="step_time", unit="s", better="lower", kind="time",
+                    samples=(0.99, 1.0, 1.01))
+    measured = Metric(name="step_time", unit="s", better="lower", kind="time",
+                      samples=(1.19, 1.2, 1.21))
+    first = judge("t.py::test_step::step_time", measured, stored)
+    assert first.outcome is Outcome.REGRESSION
+    base, head = _sides(tmp_path)
+    result = run_ab(base, head, ["t.py"], runner=ScriptedRunner(
+        {"base": 1.0, "head": head_cost}, host=host), tolerance_of=lambda mid, m: 0.02,
+        alpha=0.01, max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
+    (paired,) = result.verdicts.values()
+    assert paired.outcome is PairedOutcome.UNDECIDED
+    (final,) = confirm_with_ab([first], result)
+    assert final.outcome is Outcome(expected)

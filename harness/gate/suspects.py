@@ -33,10 +33,11 @@ class Suspects:
     # Under --perf-strict: measured unreliably (a GPU throttled in every attempt), which a first
     # verdict cannot judge but base and head measured alternately on this machine can.
     unreliably_measured: tuple[str, ...] = ()
-    # Like within_fleet, but on a step the host bounds: alone not worth an A/B (any slower host
-    # reads so), checked when another suspect sends its test to A/B anyway. A foreach AdamW
-    # made the GPT-2 step's wall time +12% slower inside a fleet tolerance, beside its device
-    # time's confirmed +8% (H200, 2026-12-02).
+    # Like within_fleet, but on a host-bound step and a host whose calibration is slower than
+    # the baseline's: alone not worth an A/B (the host explains it), checked when another
+    # suspect sends its test to A/B anyway. A foreach AdamW made the GPT-2 step's wall time
+    # +12% slower inside a fleet tolerance, beside its device time's confirmed +8% (H200,
+    # 2026-12-02).
     alongside: tuple[str, ...] = ()
 
     @property
@@ -81,9 +82,9 @@ def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
 
 
 def rides_along(verdict: Verdict) -> bool:
-    """Worse than one machine's tolerance inside the fleet's on a host-bound step: checked by
-    A/B only beside another suspect of its test (`Suspects.alongside`)."""
-    return verdict.worse_on_one_machine and verdict.measured.host_bound
+    """Worse than one machine's tolerance inside the fleet's on a host-bound step of a slower
+    host: checked by A/B only beside another suspect of its test (`Suspects.alongside`)."""
+    return verdict.worse_on_one_machine and verdict.slower_host
 
 
 def unreliably_measured(verdict: Verdict) -> bool:
