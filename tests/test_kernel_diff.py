@@ -237,3 +237,38 @@ def test_regressions_are_explained_once_per_profile_and_unprofiled_sides_said() 
     assert missing[0].diff is None and "base side" in missing[0].missing
     unchanged = [judge(f"{NODE}::{name}", base[name], base[name]) for name in base]
     assert explain_verdicts(unchanged) == []
+
+
+def test_a_wall_time_confirmed_by_an_unprofiled_ab_is_explained_from_the_stored_profiles(
+        ) -> None:
+    # The +30% host work on an H200: the A/B checked only wall-clock metrics, so its child runs
+    # skipped the profiled pass, and the diff said "no kernel table on the base and new side".
+    from pathlib import Path
+
+    from harness.gate.results import RunResults
+    from harness.gate.run_options import PerfOptions
+    from harness.gate.session import PerfSession
+    from harness.gate.verdict import Outcome
+
+    base = {"step_time": time_metric("step_time", 0.080).with_changes(host_bound=True),
+            "device_time": time_metric("device_time", 0.067, prof=profile(
+                TRAINING_STEP, device=0.067, idle=0.16))}
+    new = {"step_time": time_metric("step_time", 0.112).with_changes(host_bound=True),
+           "device_time": time_metric("device_time", 0.067, prof=profile(
+               TRAINING_STEP, device=0.067, idle=0.40))}
+    session = PerfSession(PerfOptions(baselines_dir=Path("b"), device="cpu"),
+                          {"fingerprint": "cpu"})
+    session.reference = RunResults(kind="baseline", fingerprint="cpu", environment={},
+                                   metrics={f"{NODE}::{k}": m for k, m in base.items()})
+    for metric in new.values():
+        session.record(NODE, metric)
+    session.conclude_test(NODE)
+    unprofiled = [RunResults(kind="results", fingerprint="cpu", environment={},
+                             metrics={f"{NODE}::step_time": new["step_time"]})]
+    first = next(v for v in session.verdicts if v.metric_id.endswith("::step_time"))
+    assert first.outcome is Outcome.REGRESSION
+    decision = session.redecide(NODE, [first], "A/B", runs=(unprofiled, unprofiled))
+    assert "no kernel table" not in decision.message
+    assert "cause: the host" in decision.message
+    assert "profiles compared: the baseline's recorded runs and this run's first measurement" \
+        in decision.message

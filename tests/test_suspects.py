@@ -12,7 +12,7 @@ from harness.gate.fleet import RunSummary
 from harness.gate.results import Metric, RunResults
 from harness.gate.run_options import PerfOptions
 from harness.gate.session import PerfSession
-from harness.gate.suspects import rides_along, suspects
+from harness.gate.suspects import noisy_improvement, rides_along, suspects
 from harness.gate.verdict import Outcome, judge
 
 BASE_HOST = {"host": {"calibration": {"launch_us": 5.0, "dispatch_us": 30.0}}}
@@ -140,3 +140,22 @@ def test_a_host_bound_slowdown_on_a_host_no_slower_than_the_baselines_goes_to_ab
     assert step_time.outcome is Outcome.UNCHANGED and step_time.hidden_by_the_fleet
     assert "where it can run" in step_time.reason
     assert decision.outcome == "passed" and decision.suspects == ("t.py::t::step_time",)
+
+
+def test_a_noisy_improvement_neither_fails_a_strict_run_nor_skips_a_test() -> None:
+    # A DataLoader's data-wait fraction on a fresh H200: -34.7%, spread 188%, p=0.67.
+    rng = random.Random(7)
+    base = Metric(name="data_wait_fraction", unit="s", better="lower", kind="time",
+                  samples=tuple(0.1 * rng.uniform(0.1, 3.0) for _ in range(24)))
+    now = base.with_changes(samples=tuple(0.065 * rng.uniform(0.1, 3.0) for _ in range(24)))
+    for strict in (True, False):
+        session = _session(strict, data_wait_fraction=(base, now))
+        decision = session.conclude_test("t.py::t")
+        (verdict,) = session.verdicts
+        assert verdict.outcome is Outcome.UNRELIABLE and noisy_improvement(verdict)
+        assert decision.outcome == "passed"
+    worse = _session(True, data_wait_fraction=(base, base.with_changes(
+        samples=tuple(s * 1.35 / 0.65 for s in now.samples))))
+    assert worse.conclude_test("t.py::t").outcome == "failed"
+    (verdict,) = worse.verdicts
+    assert verdict.outcome is Outcome.UNRELIABLE and not noisy_improvement(verdict)

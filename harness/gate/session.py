@@ -15,6 +15,8 @@ Decisions on one test's metrics, in this order:
   3. any metric without a baseline, or unreliable
                                         -> the test is skipped with the reason: not checked
   4. otherwise (unchanged, improved)    -> the test passes; improvements are listed at the end
+A metric too noisy to judge whose median moved the better way (`suspects.noisy_improvement`)
+counts as neither 2 nor 3: it is reported as unreliable, and nothing in it suggests a regression.
 
 Baseline refresh (--perf-update-baselines) merges this run's metrics into the old baseline, test
 by test (`harness.gate.refresh`), under the writers' lock of the store.
@@ -22,6 +24,7 @@ by test (`harness.gate.refresh`), under the writers' lock of the store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +34,7 @@ from harness.gate import refresh, report, store, traces
 from harness.gate.kernel_diff import explain_verdicts, runs_profiles
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
-from harness.gate.suspects import suspects
+from harness.gate.suspects import noisy_improvement, suspects
 from harness.gate.verdict import Outcome, Verdict, judge
 from harness.theory.hardware import GPUSpec
 
@@ -179,7 +182,8 @@ class PerfSession:
     def decide(self, nodeid: str, verdicts: list[Verdict]) -> Decision:
         """The outcome of a test with these verdicts (rules in the module docstring)."""
         found = suspects(verdicts, strict=self.options.strict)
-        unreliable = [v for v in verdicts if v.outcome == Outcome.UNRELIABLE]
+        unreliable = [v for v in verdicts
+                      if v.outcome == Outcome.UNRELIABLE and not noisy_improvement(v)]
         regressions = [v for v in verdicts if v.outcome == Outcome.REGRESSION]
         self.regressed[nodeid] = bool(regressions)
         if regressions:
@@ -212,6 +216,12 @@ class PerfSession:
         confirmed it, else against the reference's profiles (its recorded runs' where it has
         several)."""
         runs = self.ab_runs.get(nodeid)
+        if runs is not None and not _profiled(runs[0]) and not _profiled(runs[1]):
+            # The A/B ran without a profiled pass (its suspects were wall-clock metrics).
+            explanations = explain_verdicts(verdicts)
+            return [f"{report.render_explanation(e)}\n  profiles compared: the baseline's "
+                    f"recorded runs and this run's first measurement (the A/B's runs were "
+                    f"not profiled)" for e in explanations]
         explanations = explain_verdicts(
             verdicts, base_profiles=None if runs is None else runs_profiles(runs[0]),
             new_profiles=None if runs is None else runs_profiles(runs[1]))
@@ -381,3 +391,8 @@ def _name(verdict: Verdict) -> str:
 
 def _names(verdicts: list[Verdict]) -> str:
     return ", ".join(_name(v) for v in verdicts)
+
+
+def _profiled(runs: Sequence[RunResults]) -> bool:
+    """Whether any of these runs measured a kernel table."""
+    return any(m.profile is not None for run in runs for m in run.metrics.values())

@@ -96,6 +96,20 @@ def unreliably_measured(verdict: Verdict) -> bool:
             and baseline.better == verdict.measured.better)
 
 
+def noisy_improvement(verdict: Verdict) -> bool:
+    """A reliably measured metric whose median moved beyond tolerance the better way, which the
+    samples could not support: nothing in it suggests a regression, so it is reported but
+    neither skips nor, under --perf-strict, fails its test. A DataLoader's data-wait fraction
+    read -34.7% with a 188% spread on a fresh H200 and failed the strict run (2026-12-02)."""
+    if verdict.outcome is not Outcome.UNRELIABLE or verdict.rule == "host-sensitive" \
+            or verdict.baseline is None or verdict.change is None \
+            or not verdict.measured.reliable or not verdict.baseline.reliable \
+            or verdict.baseline.unit != verdict.measured.unit \
+            or verdict.baseline.better != verdict.measured.better:
+        return False
+    return verdict.change < 0 if verdict.measured.better == "lower" else verdict.change > 0
+
+
 def noisy_worsening(verdict: Verdict) -> bool:
     """A reliably measured metric whose median moved beyond tolerance the wrong way, which
     the samples alone could not support (not a throttled GPU, not a unit mismatch)."""
