@@ -167,8 +167,7 @@ class PendingConfirmations:
             keep = tuple(mid for mid in decision.suspects
                          if not by_id[mid].hidden_by_the_fleet
                          or machine.stands_out(by_id[mid], offset))
-            dropped += [mid for mid in decision.suspects
-                        if mid not in keep and by_id[mid].hidden_by_the_fleet]
+            dropped += [mid for mid in decision.suspects if mid not in keep]
             if all(rides_along(by_id[mid]) for mid in keep):
                 along += keep
                 keep = ()
