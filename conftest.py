@@ -2,7 +2,10 @@
 
 import contextlib
 import os
+from collections.abc import Iterator
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # pytester's in-process runs drop every module an inner run imported: torch cannot be imported a
@@ -31,3 +34,13 @@ settings.register_profile("ci", max_examples=40, deadline=None,
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("thorough", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture
+def one_cpu_thread() -> Iterator[None]:
+    """Tiny CPU models and ops on one thread: on a loaded 2-core runner, intra-op threads only
+    add waits. A module opts in with `pytestmark = pytest.mark.usefixtures("one_cpu_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

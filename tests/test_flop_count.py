@@ -4,7 +4,7 @@ GEMMs; and an op that cannot be counted is named, never a crash."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -33,13 +33,7 @@ POLICY = TimingPolicy(warmup_seconds=0.0, budget_seconds=1e9, min_samples=3, max
                       min_sample_seconds=1e-6)
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    """Tiny ops on one thread: on a loaded 2-core runner, intra-op threads only add waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def core(batch: int, q_heads: int, q_len: int, kv_len: int, dim: int) -> int:
