@@ -33,7 +33,7 @@ from harness.gate import store
 from harness.gate.formatting import format_percent
 from harness.gate.paired import MIN_ROUNDS, PairedOutcome, PairedVerdict, paired_verdict
 from harness.gate.results import Metric, RunResults
-from harness.gate.verdict import Outcome, Verdict
+from harness.gate.verdict import AB_RULE, Outcome, Verdict
 
 # Seconds a git command may take before the A/B step gives up on it (a worktree of a large
 # repository is a checkout of every file: tens of seconds at most on a runner's disk).
@@ -293,7 +293,8 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
     ENVIRONMENT_CHANGED when the baseline's own code, measured here, is also worse than the
     stored baseline beyond the tolerance (the host, driver or torch moved, not the code),
     UNCHANGED otherwise (the first run was a disturbance). Rounds that disagree about a worse
-    head: UNRELIABLE; about a better one: not confirmed, as above.
+    head: UNRELIABLE with rule AB_RULE, not confirmed and not failed even under --perf-strict
+    (`harness.gate.suspects.undecided_by_ab`); about a better one: not confirmed, as above.
     A metric the base side never measured keeps its first verdict, saying so.
 
     A regression or an unchanged metric is shown as the A/B measured it: its "baseline" and
@@ -313,12 +314,12 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
             final.append(dataclasses.replace(
                 _as_rounds(verdict, paired, base_ref), outcome=Outcome.REGRESSION,
                 change=paired.change, tolerance=paired.tolerance, machine_tolerance=None,
-                p_value=paired.p_value, rule="paired t-test (A/B)",
+                p_value=paired.p_value, rule=AB_RULE,
                 reason=f"confirmed by {rounds}: {paired.reason}"))
             continue
         if paired.outcome is PairedOutcome.UNDECIDED and not _measured_better(paired):
             final.append(dataclasses.replace(
-                verdict, outcome=Outcome.UNRELIABLE, rule="paired t-test (A/B)",
+                verdict, outcome=Outcome.UNRELIABLE, rule=AB_RULE,
                 reason=f"{verdict.reason}; {rounds} could not decide: {paired.reason}"))
             continue
         stored = verdict.baseline.median
@@ -328,7 +329,7 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
         if base_worse and abs(drift) > verdict.tolerance:
             moved = ", ".join(sorted(verdict.environment_differences)) or "nothing recorded"
             final.append(dataclasses.replace(
-                verdict, outcome=Outcome.ENVIRONMENT_CHANGED, rule="paired t-test (A/B)",
+                verdict, outcome=Outcome.ENVIRONMENT_CHANGED, rule=AB_RULE,
                 reason=(f"{verdict.reason}; but the baseline's own code measured "
                         f"{format_percent(drift, signed=True, space=False)} against the "
                         f"stored baseline here too ({rounds}: {paired.reason}); what differs "
@@ -337,7 +338,7 @@ def confirm_with_ab(first: Sequence[Verdict], result: ABResult) -> list[Verdict]
             final.append(dataclasses.replace(
                 _as_rounds(verdict, paired, base_ref), outcome=Outcome.UNCHANGED,
                 change=paired.change, tolerance=paired.tolerance, machine_tolerance=None,
-                p_value=paired.p_value, rule="paired t-test (A/B)",
+                p_value=paired.p_value, rule=AB_RULE,
                 reason=f"{verdict.reason}; not reproduced by {rounds}: {paired.reason}"))
     return final
 
@@ -386,5 +387,5 @@ def as_verdicts(result: ABResult) -> list[Verdict]:
                                 measured=head, baseline=base, change=paired.change,
                                 tolerance=paired.tolerance, p_value=paired.p_value,
                                 reason=paired.reason, alpha=paired.alpha,
-                                rule="paired t-test (A/B)"))
+                                rule=AB_RULE))
     return verdicts

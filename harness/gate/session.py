@@ -17,6 +17,9 @@ Decisions on one test's metrics, in this order:
   4. otherwise (unchanged, improved)    -> the test passes; improvements are listed at the end
 A metric too noisy to judge whose median moved the better way (`suspects.noisy_improvement`)
 counts as neither 2 nor 3: it is reported as unreliable, and nothing in it suggests a regression.
+A metric an A/B on this machine measured worse over rounds that disagree
+(`suspects.undecided_by_ab`) counts as 3 even under --perf-strict: it was checked, and a
+regression needs the A/B's confirmation.
 
 Baseline refresh (--perf-update-baselines) merges this run's metrics into the old baseline, test
 by test (`harness.gate.refresh`), under the writers' lock of the store.
@@ -34,7 +37,7 @@ from harness.gate import refresh, report, store, traces
 from harness.gate.kernel_diff import explain_verdicts, runs_profiles
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
-from harness.gate.suspects import noisy_improvement, suspects
+from harness.gate.suspects import noisy_improvement, suspects, undecided_by_ab
 from harness.gate.verdict import Outcome, Verdict, judge
 from harness.theory.hardware import GPUSpec
 
@@ -202,9 +205,10 @@ class PerfSession:
             reasons.append(f"unreliable, not judged (not a regression): {details}")
         if not reasons:
             return Decision("passed", suspects=found.rechecked)
-        if self.options.strict:
-            clearable = not missing and len(found.noisy) + len(found.host_sensitive) + len(
-                found.unreliably_measured) == len(unreliable)
+        unchecked = [v for v in unreliable if not undecided_by_ab(v)]
+        if self.options.strict and (missing or unchecked):
+            checkable = {*found.noisy, *found.host_sensitive, *found.unreliably_measured}
+            clearable = not missing and all(v.metric_id in checkable for v in unchecked)
             return Decision("failed", "perf (--perf-strict: every measured metric must be "
                                           "checked): " + "; ".join(reasons),
                             suspects=found.all if clearable else ())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.gate.verdict import Outcome, Verdict
+from harness.gate.verdict import AB_RULE, Outcome, Verdict
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,17 @@ def unreliably_measured(verdict: Verdict) -> bool:
     return (baseline is not None and not verdict.measured.reliable
             and baseline.unit == verdict.measured.unit
             and baseline.better == verdict.measured.better)
+
+
+def undecided_by_ab(verdict: Verdict) -> bool:
+    """Worse than the baseline at first, then measured worse by A/B on this machine too, but
+    over rounds that disagree too much for the paired t-test (`harness.gate.paired`): not a
+    confirmed regression. It leaves the metric unjudged without failing its test, even under
+    --perf-strict: the A/B checked it and found no regression it could support. On unchanged
+    code, every strict failure on fresh H200 machines that survived the A/B was of this kind:
+    the pinned copy's device time (head +7.0%) and the timm ResNet-50 step time (head +7.8%,
+    p=0.35), metrics that move 5-10% between processes on one machine (2026-12-02)."""
+    return verdict.outcome is Outcome.UNRELIABLE and verdict.rule == AB_RULE
 
 
 def noisy_improvement(verdict: Verdict) -> bool:

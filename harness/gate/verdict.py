@@ -82,6 +82,9 @@ IGNORED_ENVIRONMENT_KEYS: frozenset[str] = frozenset({
 # anyway (harness.gate.fleet.HOST_SENSITIVE_SPAN) and judged by A/B.
 MAX_FLEET_TOLERANCE = 0.30
 
+# The rule of a verdict that an A/B on this machine decided (`harness.gate.ab.confirm_with_ab`).
+AB_RULE = "paired t-test (A/B)"
+
 # Where the host's calibration probes sit in a flattened environment.
 CALIBRATION_PREFIX = "host.calibration."
 

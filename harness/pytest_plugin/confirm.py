@@ -34,12 +34,17 @@ from harness.gate.formatting import format_percent
 from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.session import Decision, PerfSession
-from harness.gate.suspects import rides_along
+from harness.gate.suspects import rides_along, undecided_by_ab
 from harness.gate.verdict import DEFAULT_ALPHA, Verdict
 
 # How every profiled pass names its metric (`<name>_device_time`, or `device_time` for a step):
 # a suspect of that name needs the child runs to profile.
 DEVICE_TIME_SUFFIX = "device_time"
+
+# Rounds the notes suggest for settling what the A/B left undecided: at alpha 0.01 the paired
+# t-test detects half the time a change of t(0.99, n-1) / sqrt(n) standard deviations of the
+# rounds' log ratios: 4.0 with 3 rounds, 1.7 with 5, 0.9 with 10.
+SETTLE_ROUNDS = 10
 
 # The node id of the end-of-run A/B item (not a path: it belongs to no test file).
 CONFIRMATION_NODEID = "perf::ab-confirmation"
@@ -243,6 +248,15 @@ class PendingConfirmations:
                 f"A/B against {full_commit[:12]}, {result.rounds} rounds in "
                 f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"),
                 runs=(result.base_runs, result.head_runs))
+        undecided = [nodeid for nodeid in nodeids
+                     if any(undecided_by_ab(v) for v in session.verdicts
+                            if v.metric_id in self.decisions[nodeid].suspects)]
+        if undecided:
+            session.end_notes.append(
+                f"{len(undecided)} test(s) measured worse by the A/B over rounds that disagree "
+                f"too much to confirm a regression, so not failed: "
+                f"{', '.join(undecided)}. More rounds settle them: `python -m harness ab "
+                f"{full_commit[:12]} --rounds {SETTLE_ROUNDS} -- {' '.join(undecided)}`")
         return decisions
 
 
