@@ -60,9 +60,24 @@ def test_an_explicit_tolerance_is_kept_as_given() -> None:
 
 def test_a_host_sensitive_metric_is_left_to_ab() -> None:
     baseline = _metric(1.0, _runs(1.00, 1.40, 1.20))
-    verdict = judge("t::step_time", _metric(1.5), baseline)
+    verdict = judge("t::step_time", _metric(1.6), baseline)  # +33% from the runs' median
     assert verdict.outcome is Outcome.UNRELIABLE and verdict.rule == "host-sensitive"
     assert "3 recorded runs span 40.0%" in verdict.reason
+
+
+def test_the_baseline_is_centred_on_the_median_of_its_runs() -> None:
+    # The last run (whose samples the baseline keeps) was the fleet's fastest machine: a machine
+    # reading the fleet's usual value is unchanged, not 11% worse than that one machine.
+    baseline = _metric(0.9, _runs(1.0, 1.1, 1.0, 0.9))
+    verdict = judge("t::step_time", _metric(1.0), baseline)
+    assert verdict.outcome is Outcome.UNCHANGED and not verdict.worse_on_one_machine
+    assert verdict.change == pytest.approx(0.0)
+    assert verdict.baseline is not None and verdict.baseline.median == pytest.approx(1.0)
+    # The run's shape is kept around the new centre, and the stored runs with it.
+    assert verdict.baseline.spread == pytest.approx(baseline.spread)
+    assert verdict.baseline.runs == baseline.runs
+    # Without recorded runs the stored samples are the centre, as before.
+    assert judge("t::step_time", _metric(1.0), _metric(0.9)).change == pytest.approx(1 / 0.9 - 1)
 
 
 def test_a_malformed_stored_run_names_the_problem() -> None:
@@ -112,7 +127,7 @@ def _session(strict: bool) -> PerfSession:
 @pytest.mark.parametrize(("strict", "outcome"), [(False, "skipped"), (True, "failed")])
 def test_a_worse_host_sensitive_metric_is_a_suspect_for_ab(strict: bool, outcome: str) -> None:
     session = _session(strict)
-    session.record("t.py::t", _metric(1.5))
+    session.record("t.py::t", _metric(1.6))
     decision = session.conclude_test("t.py::t")
     assert decision.outcome == outcome
     assert decision.suspects == ("t.py::t::step_time",)

@@ -6,6 +6,11 @@ moment. Recording the same fingerprint on several fresh machines (`--perf-add-ru
 `RunSummary` per run; with MIN_FLEET_RUNS or more, a metric's tolerance widens to
 FLEET_SPREAD_MULTIPLE times the relative spread of the run medians, and a metric whose run medians
 span HOST_SENSITIVE_SPAN or more is host-sensitive: only A/B on the machine at hand can judge it.
+The baseline is then centred on the median of the run medians (`FleetSpread.center`), not on the
+run recorded last: with one machine's samples as the centre, every machine of the fleet reads the
+distance to that one machine (the Llama-style step's last run stored 88.5 ms, its four runs'
+median is 98.0 ms, H200 2026-12-02), and a fresh machine of the fleet that reads the fleet's
+usual value looks worse than one machine's tolerance and is sent to A/B for nothing.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ class FleetSpread:
     runs: int
     relative_deviation: float
     span: float
+    # The median of the run medians: the value a machine of the fleet usually reads.
+    center: float
 
     @property
     def tolerance(self) -> float:
@@ -105,4 +112,4 @@ def fleet_spread(runs: Sequence[RunSummary]) -> FleetSpread | None:
         return None
     return FleetSpread(runs=len(runs),
                        relative_deviation=statistics.stdev(medians) / abs(center),
-                       span=high / low - 1)
+                       span=high / low - 1, center=statistics.median(medians))

@@ -40,6 +40,9 @@ Special cases, each decided explicitly:
 - A change beyond the tolerance that the statistics do not support is UNRELIABLE ("too noisy to
   decide"), not UNCHANGED: the run could neither confirm nor rule out a regression.
 - A measurement marked unreliable (e.g. the GPU throttled) is UNRELIABLE, never a regression.
+- A baseline of several recorded runs (`harness.gate.fleet`) is judged around the median of its
+  runs, its last run's samples scaled to that centre (`fleet_centred`), with the tolerance that
+  their spread calls for.
 - A baseline with another unit or direction is UNRELIABLE: apples are not compared with oranges.
 """
 
@@ -197,6 +200,8 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
         baseline=None if baseline is None else baseline.tolerance).value
     full_tolerance = machine_tolerance
     fleet = None if baseline is None else fleet_spread(baseline.runs)
+    if fleet is not None and baseline is not None:
+        baseline = fleet_centred(baseline, fleet.center)
     if fleet is not None and tolerance is None:  # an explicit --perf-tolerance stays as given
         full_tolerance = max(full_tolerance, min(fleet.tolerance, MAX_FLEET_TOLERANCE))
     require_bool("confirming", confirming)
@@ -271,6 +276,16 @@ def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
             f"machine (the {fleet.runs} recorded runs' spread widened it): A/B on this machine "
             f"checks it {when}"))
     return judged
+
+
+def fleet_centred(baseline: Metric, center: float) -> Metric:
+    """The baseline's samples (its last recorded run's) scaled so that their median is the
+    fleet's `center` (`harness.gate.fleet`): the run's shape around the fleet's usual value.
+    Unchanged where either median is not positive (no ratio to scale by)."""
+    if baseline.median <= 0 or center <= 0 or center == baseline.median:
+        return baseline
+    scale = center / baseline.median
+    return baseline.with_changes(samples=tuple(value * scale for value in baseline.samples))
 
 
 def _judge_change(measured: Metric, baseline: Metric, change: float, tolerance: float,
