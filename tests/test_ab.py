@@ -3,13 +3,22 @@ worktrees of a commit, and one real end-to-end comparison of two commits of a ti
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from harness.gate.ab import ABError, PytestRunner, Side, resolve_commit, run_ab, worktree
+from harness.gate.ab import (
+    ABError,
+    PytestRunner,
+    Side,
+    as_verdicts,
+    resolve_commit,
+    run_ab,
+    worktree,
+)
 from harness.gate.fleet import RunSummary
 from harness.gate.paired import PairedOutcome
 from harness.gate.results import Metric, RunResults
@@ -258,6 +267,11 @@ def test_the_ab_command_judges_a_ref_against_the_working_tree(
     assert code == 1
     assert "3 alternating rounds" in out.out
     assert "test_cost.py::test_cost" in out.out and "regression (lower is better)" in out.out
+    # Why, under the table: the rounds, the change, and the support (a p-value where the runs
+    # vary; these fake runs repeat one value per side).
+    assert re.search(r"test_cost\.py::test_cost::\w+: regression \(lower is better\): head "
+                     r"\+\d+\.\d% vs base over 3 alternating rounds.*the same value in every "
+                     r"run of each side \(deterministic\)", out.out)
     assert "A/B round 3/3" in out.err
 
 
@@ -318,3 +332,9 @@ def test_rounds_that_disagree_fail_a_confirmation_only_when_head_measured_worse(
     assert paired.outcome is PairedOutcome.UNDECIDED
     (final,) = confirm_with_ab([first], result)
     assert final.outcome is Outcome(expected)
+    # The `ab` command's table calls such a metric undecided, not unreliable: its runs were sound.
+    from harness.gate.report import render_reasons, render_summary
+    (shown,) = as_verdicts(result)
+    assert "undecided (rounds disagree)" in render_summary([shown])
+    assert "1 undecided (1 metric)" in render_summary([shown])
+    assert "the rounds disagree too much to decide" in render_reasons([shown])

@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{heading}")
     else:
         print(f"{heading}\n\n{report.render_summary(verdicts)}")
+        reasons = report.render_reasons(verdicts)
+        if reasons:
+            print(f"\n{reasons}")
     if explained:
         print(f"\n{explained}")
     failing = FAILING_OUTCOMES[args.fail_on]

@@ -24,6 +24,7 @@ from harness.gate.anatomy import anatomy as profile_anatomy
 from harness.gate.formatting import format_change, format_percent, format_signed, format_value
 from harness.gate.kernel_diff import Explanation, KernelDiff, Line
 from harness.gate.results import Metric, RunResults, split_metric_id
+from harness.gate.suspects import undecided_by_ab
 from harness.gate.verdict import (
     REPORT_ORDER,
     Outcome,
@@ -110,7 +111,7 @@ def render_markdown(verdicts: Sequence[Verdict], *, title: str = DEFAULT_MARKDOW
         rows.append(row)
     lines += [_counts(ordered), "",
               tabulate(rows, headers=SUMMARY_HEADERS, tablefmt="github", disable_numparse=True)]
-    notes = [f"- `{_code_text(v.metric_id)}`: {v.outcome.value}: {_markdown_text(v.reason)}"
+    notes = [f"- `{_code_text(v.metric_id)}`: {_verdict_word(v)}: {_markdown_text(v.reason)}"
              for v in ordered if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE)]
     if notes:
         lines += ["", *notes]
@@ -169,21 +170,41 @@ def _verdict_word(verdict: Verdict) -> str:
     """The outcome's word, with which way is better where that is needed to read the change."""
     if verdict.outcome in (Outcome.REGRESSION, Outcome.IMPROVEMENT):
         return f"{verdict.outcome.value} ({verdict.measured.better} is better)"
+    if undecided_by_ab(verdict):
+        return UNDECIDED_WORD
     return str(verdict.outcome.value)
+
+
+# What an A/B's unjudged metric is called in tables: "unreliable" would suggest a broken
+# measurement, while its runs were sound and only disagreed too much to decide.
+UNDECIDED_WORD = "undecided (rounds disagree)"
 
 
 def _counts(verdicts: Iterable[Verdict]) -> str:
     verdicts = list(verdicts)
-    counted = {outcome: sum(v.outcome is outcome for v in verdicts) for outcome in Outcome}
     words = {Outcome.REGRESSION: ("regression", "regressions"),
              Outcome.UNRELIABLE: ("unreliable", "unreliable"),
              Outcome.NO_BASELINE: ("without baseline", "without baseline"),
              Outcome.ENVIRONMENT_CHANGED: ("environment changed", "environment changed"),
              Outcome.IMPROVEMENT: ("improvement", "improvements"),
              Outcome.UNCHANGED: ("unchanged", "unchanged")}
-    shown = [f"{n} {words[o][0] if n == 1 else words[o][1]}"
-             for o, n in sorted(counted.items(), key=lambda item: REPORT_ORDER[item[0]]) if n]
+    shown = []
+    for outcome in sorted(Outcome, key=REPORT_ORDER.__getitem__):
+        of_outcome = [v for v in verdicts if v.outcome is outcome]
+        undecided = sum(undecided_by_ab(v) for v in of_outcome)
+        for count, (one, many) in ((len(of_outcome) - undecided, words[outcome]),
+                                   (undecided, ("undecided", "undecided"))):
+            if count:
+                shown.append(f"{count} {one if count == 1 else many}")
     return f"{', '.join(shown)} ({_plural(len(verdicts), 'metric')})"
+
+
+def render_reasons(verdicts: Sequence[Verdict]) -> str:
+    """Why each regression and each unjudged metric was decided so, one line each (regressions
+    first): for an A/B, the rounds, the change and the paired t-test's p-value."""
+    return "\n".join(f"{v.metric_id}: {_verdict_word(v)}: {v.reason}"
+                     for v in sort_for_report(verdicts)
+                     if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE))
 
 
 def _plural(count: int, noun: str) -> str:
