@@ -140,7 +140,7 @@ def test_a_confirmed_regression_is_judged_with_one_machines_tolerance(tmp_path: 
     measured = Metric(name="step_time", unit="s", better="lower", kind="time",
                       samples=(1.04, 1.05, 1.06))
     first = judge("t.py::test_step::step_time", measured, stored)
-    assert first.hidden_by_the_fleet
+    assert first.worse_on_one_machine
     runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 1.0, 1.2, 1.2, 0.9, 0.9])
     result = run_ab(base, head, ["t.py"], runner=runner,
                     tolerance_of=lambda mid, m: first.one_machine_tolerance, alpha=0.01,

@@ -146,7 +146,7 @@ def test_a_slowdown_inside_the_fleets_tolerance_is_a_suspect_for_ab() -> None:
     assert decision.outcome == "passed"
     assert decision.suspects == ("t.py::t::step_time",)
     (verdict,) = session.verdicts
-    assert verdict.outcome is Outcome.UNCHANGED and verdict.hidden_by_the_fleet
+    assert verdict.outcome is Outcome.UNCHANGED and verdict.worse_on_one_machine
     assert verdict.tolerance == pytest.approx(0.12)
     assert verdict.one_machine_tolerance == pytest.approx(0.02)
     assert "worse than the 2.0% tolerance of one machine" in verdict.reason
@@ -157,25 +157,25 @@ def test_no_suspect_within_one_machines_tolerance_or_better(median: float) -> No
     baseline = _metric(1.0, _runs(1.00, 1.04, 0.96))
     verdict = judge("t::step_time", _metric(median), baseline)
     assert verdict.outcome is Outcome.UNCHANGED
-    assert not verdict.hidden_by_the_fleet
+    assert not verdict.worse_on_one_machine
 
 
 def _host(dispatch_us: float) -> dict[str, object]:
     return {"host": {"calibration": {"launch_us": 5.0, "dispatch_us": dispatch_us}}}
 
 
-@pytest.mark.parametrize(("dispatch_us", "suspect"), [(30.0, True), (28.0, True), (41.0, False)])
-def test_a_host_bound_slowdown_inside_the_fleet_is_a_suspect_unless_the_host_is_slower(
-        dispatch_us: float, suspect: bool) -> None:
+@pytest.mark.parametrize("dispatch_us", [30.0, 28.0, 41.0])
+def test_a_host_bound_slowdown_inside_the_fleet_is_a_suspect_on_any_host(
+        dispatch_us: float) -> None:
     # +5% on a host-bound step: a suspect on a host as fast as the baseline's (the code may have
-    # added host work), not on one whose calibration reads 37% slower (the host explains it).
+    # added host work), and on one whose calibration reads 37% slower too, since a calibration
+    # misreads (one H200 host read 25% slower and ran the host-bound steps 13-31% faster).
     baseline = dataclasses.replace(_metric(1.0, _runs(1.00, 1.04, 0.96)), host_bound=True)
     measured = dataclasses.replace(_metric(1.05), host_bound=True)
     verdict = judge("t::step_time", measured, baseline, baseline_environment=_host(30.0),
                     environment=_host(dispatch_us))
     assert verdict.outcome is Outcome.UNCHANGED and verdict.worse_on_one_machine
-    assert verdict.slower_host is not suspect
-    assert verdict.hidden_by_the_fleet is suspect
+    assert ("calibration reads slower" in verdict.reason) is (dispatch_us > 30.0)
 
 
 def test_without_recorded_runs_one_machines_tolerance_is_the_tolerance() -> None:

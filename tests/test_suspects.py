@@ -12,7 +12,7 @@ from harness.gate.fleet import RunSummary
 from harness.gate.results import Metric, RunResults
 from harness.gate.run_options import PerfOptions
 from harness.gate.session import PerfSession
-from harness.gate.suspects import noisy_improvement, rides_along, suspects
+from harness.gate.suspects import noisy_improvement, suspects
 from harness.gate.verdict import Outcome, judge
 
 BASE_HOST = {"host": {"calibration": {"launch_us": 5.0, "dispatch_us": 30.0}}}
@@ -96,29 +96,30 @@ def _fleet_pair(name: str, slowdown: float, *, host_bound: bool) -> tuple[Metric
     return base.with_changes(runs=runs), now
 
 
-def test_a_host_bound_wall_time_inside_the_fleets_tolerance_rides_along_with_its_test() -> None:
+def test_a_host_bound_wall_time_inside_the_fleets_tolerance_goes_to_ab_on_a_slower_host() -> None:
+    # 35 ms of Python per forward of the Llama-style step read +24.0% inside its 30% fleet
+    # tolerance on a host whose calibration read 25% slower, and passed unseen while such a host
+    # excused it; that host ran the unchanged host-bound steps 13-31% faster (H200, 2026-12-02).
+    session = _session(False, device_time=_pair("device_time", 0.0),
+                       step_time=_fleet_pair("step_time", 0.24, host_bound=True))
+    decision = session.conclude_test("t.py::t")
+    step_time = next(v for v in session.verdicts if v.metric_id.endswith("step_time"))
+    assert step_time.outcome is Outcome.UNCHANGED and step_time.worse_on_one_machine
+    assert "checks it where it can run (the step is host-bound, and this host's calibration " \
+           "reads slower: launch_us 40% slower, dispatch_us 37% slower; a calibration alone " \
+           "does not clear it)" in step_time.reason
+    assert decision.outcome == "passed" and decision.suspects == ("t.py::t::step_time",)
+    assert suspects(session.verdicts, strict=False).within_fleet == ("t.py::t::step_time",)
+
+
+def test_a_regressed_device_time_takes_its_host_bound_wall_time_to_ab() -> None:
     # The foreach AdamW on an H200: device time +8% (a regression), wall time +12% inside the
     # fleet's tolerance; the wall time goes to the same A/B instead of passing unseen.
     session = _session(False, device_time=_pair("device_time", 0.08),
                        step_time=_fleet_pair("step_time", 0.12, host_bound=True))
     decision = session.conclude_test("t.py::t")
-    step_time = next(v for v in session.verdicts if v.metric_id.endswith("step_time"))
-    assert step_time.outcome is Outcome.UNCHANGED and step_time.worse_on_one_machine
-    assert not step_time.hidden_by_the_fleet and rides_along(step_time)
-    assert "when another metric of its test goes to A/B (the step is host-bound and this host " \
-           "is slower: launch_us 40% slower, dispatch_us 37% slower)" in step_time.reason
     assert decision.outcome == "failed"
     assert decision.suspects == ("t.py::t::device_time", "t.py::t::step_time")
-
-
-def test_a_ride_along_metric_alone_sends_no_test_to_ab() -> None:
-    session = _session(False, device_time=_pair("device_time", 0.0),
-                       step_time=_fleet_pair("step_time", 0.12, host_bound=True))
-    decision = session.conclude_test("t.py::t")
-    assert decision.outcome == "passed" and decision.suspects == ()
-    found = suspects(session.verdicts, strict=False)
-    assert found.alongside == ("t.py::t::step_time",)
-    assert found.all == found.rechecked == found.unjudged == ()
 
 
 def test_a_device_bound_slowdown_inside_the_fleets_tolerance_takes_its_host_bound_mate() -> None:
@@ -137,8 +138,8 @@ def test_a_host_bound_slowdown_on_a_host_no_slower_than_the_baselines_goes_to_ab
     session.environment = {"fingerprint": "cpu", **BASE_HOST}
     decision = session.conclude_test("t.py::t")
     step_time = next(v for v in session.verdicts if v.metric_id.endswith("step_time"))
-    assert step_time.outcome is Outcome.UNCHANGED and step_time.hidden_by_the_fleet
-    assert "where it can run" in step_time.reason
+    assert step_time.outcome is Outcome.UNCHANGED and step_time.worse_on_one_machine
+    assert step_time.reason.endswith("checks it where it can run")
     assert decision.outcome == "passed" and decision.suspects == ("t.py::t::step_time",)
 
 

@@ -4,7 +4,7 @@ A fresh runner's chip can be slower than the fleet's mean on every GEMM at once:
 H200 (2026-12-02) all eight GEMM tests read 2-4% slower than the three-run baseline, in the
 same direction. That is the chip, not the code: a code change slows the kernels it touches, not
 every kernel of the suite. So a metric that only the fleet's wider tolerance let pass
-(`Verdict.hidden_by_the_fleet`) goes to A/B only when it is worse than this run's typical
+(`Verdict.worse_on_one_machine`) goes to A/B only when it is worse than this run's typical
 device-bound metric by more than one machine's tolerance (`stands_out`).
 """
 

@@ -25,7 +25,7 @@ class Suspects:
     # Worse beyond tolerance on a host-sensitive metric (its recorded runs span 30% or more).
     host_sensitive: tuple[str, ...]
     # Unchanged only within the fleet's widened tolerance, but worse than one machine's (a
-    # slowdown on a faster chip of the fleet hides there).
+    # slowdown on a faster chip of the fleet hides there, and one on a host-bound step).
     within_fleet: tuple[str, ...]
     # Under --perf-strict: reliably measured, worse beyond tolerance, not supported by the
     # samples (on a host-bound step that is most of what another machine does to it).
@@ -33,32 +33,23 @@ class Suspects:
     # Under --perf-strict: measured unreliably (a GPU throttled in every attempt), which a first
     # verdict cannot judge but base and head measured alternately on this machine can.
     unreliably_measured: tuple[str, ...] = ()
-    # Like within_fleet, but on a host-bound step and a host whose calibration is slower than
-    # the baseline's: alone not worth an A/B (the host explains it), checked when another
-    # suspect sends its test to A/B anyway. A foreach AdamW made the GPT-2 step's wall time
-    # +12% slower inside a fleet tolerance, beside its device time's confirmed +8% (H200,
-    # 2026-12-02).
-    alongside: tuple[str, ...] = ()
 
     @property
     def rechecked(self) -> tuple[str, ...]:
         """The suspects of a test that passed its first verdict."""
-        return self._with_alongside(self.host_rule + self.within_fleet)
+        return self.host_rule + self.within_fleet
 
     @property
     def unjudged(self) -> tuple[str, ...]:
         """The suspects of a test skipped as unreliable (not under --perf-strict)."""
-        return self._with_alongside(self.host_sensitive + self.host_rule + self.within_fleet)
+        return self.host_sensitive + self.host_rule + self.within_fleet
 
     @property
     def all(self) -> tuple[str, ...]:
         """Every suspect: what the A/B of a failed test checks, so that a host-bound step time
         the calibration excused is judged with the device time that regressed beside it."""
-        return self._with_alongside(self.regressions + self.noisy + self.unreliably_measured
-                                    + self.host_sensitive + self.host_rule + self.within_fleet)
-
-    def _with_alongside(self, sent: tuple[str, ...]) -> tuple[str, ...]:
-        return sent + self.alongside if sent else ()
+        return (self.regressions + self.noisy + self.unreliably_measured
+                + self.host_sensitive + self.host_rule + self.within_fleet)
 
 
 def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
@@ -71,20 +62,13 @@ def suspects(verdicts: Sequence[Verdict], *, strict: bool) -> Suspects:
         host_rule=tuple(v.metric_id for v in verdicts
                         if v.outcome is Outcome.ENVIRONMENT_CHANGED and v.rule == "host-bound"),
         host_sensitive=host_sensitive,
-        within_fleet=tuple(v.metric_id for v in verdicts if v.hidden_by_the_fleet),
-        alongside=tuple(v.metric_id for v in verdicts if rides_along(v)),
+        within_fleet=tuple(v.metric_id for v in verdicts if v.worse_on_one_machine),
         noisy=tuple(v.metric_id for v in verdicts
                     if strict and v.outcome is Outcome.UNRELIABLE and noisy_worsening(v)
                     and v.metric_id not in host_sensitive),
         unreliably_measured=tuple(v.metric_id for v in verdicts
                                   if strict and v.outcome is Outcome.UNRELIABLE
                                   and unreliably_measured(v)))
-
-
-def rides_along(verdict: Verdict) -> bool:
-    """Worse than one machine's tolerance inside the fleet's on a host-bound step of a slower
-    host: checked by A/B only beside another suspect of its test (`Suspects.alongside`)."""
-    return verdict.worse_on_one_machine and verdict.slower_host
 
 
 def unreliably_measured(verdict: Verdict) -> bool:

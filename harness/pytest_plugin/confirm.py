@@ -34,7 +34,7 @@ from harness.gate.formatting import format_percent
 from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.session import Decision, PerfSession
-from harness.gate.suspects import rides_along, undecided_by_ab
+from harness.gate.suspects import undecided_by_ab
 from harness.gate.verdict import DEFAULT_ALPHA, Verdict
 
 # How every profiled pass names its metric (`<name>_device_time`, or `device_time` for a step):
@@ -161,21 +161,15 @@ class PendingConfirmations:
     def _leave_out_the_machine(self) -> None:
         """Drop the suspects that only the fleet's wider tolerance let pass and that are no
         worse than this machine's other device-bound metrics (`harness.gate.machine`): the
-        chip, not the code. A test left with only host-bound suspects that ride along
-        (`harness.gate.suspects.rides_along`) drops them too. A test left without suspects keeps
-        its first verdict, a pass."""
+        chip, not the code. A test left without suspects keeps its first verdict, a pass."""
         offset, peers = machine.machine_offset(self.session.verdicts)
         by_id = {v.metric_id: v for v in self.session.verdicts}
         dropped: list[str] = []
-        along: list[str] = []
         for nodeid, decision in list(self.decisions.items()):
             keep = tuple(mid for mid in decision.suspects
-                         if not by_id[mid].hidden_by_the_fleet
+                         if not by_id[mid].worse_on_one_machine
                          or machine.stands_out(by_id[mid], offset))
             dropped += [mid for mid in decision.suspects if mid not in keep]
-            if all(rides_along(by_id[mid]) for mid in keep):
-                along += keep
-                keep = ()
             if keep or decision.outcome == "failed":
                 self.decisions[nodeid] = dataclasses.replace(decision, suspects=keep)
             else:
@@ -187,11 +181,6 @@ class PendingConfirmations:
                 f"metrics {format_percent(math.expm1(offset), signed=True, space=False)} from "
                 f"the baseline (median, worse positive), and they do not stand out from that: "
                 f"{', '.join(dropped)}")
-        if along:
-            self.session.end_notes.append(
-                f"{len(along)} host-bound metric(s) worse than one machine's tolerance but "
-                f"within the fleet's were left out of the A/B with their tests, which nothing "
-                f"else sent there: {', '.join(along)}")
 
     def _fit_the_budget(self) -> dict[str, Decision]:
         """Keep the tests whose A/B fits --perf-ab-budget, and return the others, which keep
