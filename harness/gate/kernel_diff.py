@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from harness.gate.anatomy import (
@@ -50,6 +50,9 @@ MIN_SHOWN_FRACTION = 0.002
 IDLE_KEY = "GPU idle (waiting for the host)"
 OVERLAP_KEY = "overlap of concurrent kernels"
 REST_KEY = "within their noise"
+# The share of a step's change the GPU's idle time must carry to name the host when no line
+# stands out (`Explanation.cause`): more than the kernels together could.
+HOST_SHARE_OF_CHANGE = 0.5
 # Metric kinds a kernel diff explains: time and throughput follow the step's time.
 EXPLAINED_KINDS: frozenset[str] = frozenset({"time", "throughput"})
 PROFILE_METRIC_SUFFIX = "device_time"
@@ -307,19 +310,42 @@ def run_profiles(metric: Metric) -> tuple[DeviceProfile, ...]:
 @dataclass(frozen=True)
 class Explanation:
     """The kernel diff of the profile metric `profile_id`, which explains the regressed
-    `metric_ids`; `diff` is None where a side has no profile, and `missing` says which."""
+    `metric_ids`; `diff` is None where a side has no profile, and `missing` says which.
+    `device_time_unchanged`: the profile metric itself, the step's device time, was judged
+    unchanged while the metrics it explains regressed."""
 
     profile_id: str
     metric_ids: tuple[str, ...]
     diff: KernelDiff | None
     missing: str = ""
+    device_time_unchanged: bool = False
+
+    @property
+    def cause(self) -> str | None:
+        """The diff's cause (`KernelDiff.cause`), or "host by elimination": no line moved
+        beyond its noise, but the step's device time was judged unchanged and the GPU's idle
+        time carries most of the step's change. Against a baseline's runs on other machines
+        the idle time of a host-bound step spreads too widely to stand out by itself: 35 ms of
+        Python per step, confirmed +41.8% by A/B, moved the idle 33.2 -> 42.5 ms against four
+        recorded runs, within their noise (H200, 2026-12-02). None without a diff."""
+        if self.diff is None:
+            return None
+        diff = self.diff
+        idle = diff.new_classes.get("idle", 0.0) - diff.base_classes.get("idle", 0.0)
+        if diff.cause == "noise" and self.device_time_unchanged and diff.change > 0 \
+                and idle >= HOST_SHARE_OF_CHANGE * diff.change:
+            return "host by elimination"
+        return diff.cause
 
 
 def explain(metric_ids: Sequence[str], metrics: Mapping[str, Metric],
             base_profiles: Callable[[str], Sequence[DeviceProfile]],
-            new_profiles: Callable[[str], Sequence[DeviceProfile]]) -> list[Explanation]:
+            new_profiles: Callable[[str], Sequence[DeviceProfile]],
+            unchanged: Collection[str] = frozenset()) -> list[Explanation]:
     """One explanation per profile metric that explains some of `metric_ids` (found among
-    `metrics`, the new side's), diffing the profiles each side's function gives for it."""
+    `metrics`, the new side's), diffing the profiles each side's function gives for it;
+    `unchanged` holds the metric ids judged unchanged (a device time among them clears the
+    kernels)."""
     groups: dict[str, list[str]] = {}
     for mid in metric_ids:
         pid = profile_metric_id(mid, metrics)
@@ -333,7 +359,7 @@ def explain(metric_ids: Sequence[str], metrics: Mapping[str, Metric],
         explanations.append(Explanation(
             pid, tuple(explained), diff_profiles(before, after) if not missing else None,
             f"no kernel table on the {missing} side (measured without a profiled pass)"
-            if missing else ""))
+            if missing else "", device_time_unchanged=pid in unchanged))
     return explanations
 
 
@@ -349,8 +375,9 @@ def explain_verdicts(verdicts: Sequence[Verdict], *,
     base = {v.metric_id: v.baseline for v in verdicts if v.baseline is not None}
     regressed = [v.metric_id for v in verdicts
                  if v.outcome is Outcome.REGRESSION and v.baseline is not None]
+    unchanged = {v.metric_id for v in verdicts if v.outcome is Outcome.UNCHANGED}
     return explain(regressed, new, base_profiles or stored_profiles(base),
-                   new_profiles or stored_profiles(new))
+                   new_profiles or stored_profiles(new), unchanged)
 
 
 def stored_profiles(metrics: Mapping[str, Metric]) -> Callable[[str], tuple[DeviceProfile, ...]]:

@@ -350,7 +350,7 @@ def render_explanation(explanation: Explanation, *, markdown: bool = False) -> s
     heading = (f"{title}: step {format_value(diff.base_step_seconds, 's')} -> "
                f"{format_value(diff.new_step_seconds, 's')} "
                f"({format_signed(diff.change, 's')}, {format_change(relative) or 'n/a'}); "
-               f"cause: {_CAUSES[diff.cause]}")
+               f"cause: {_CAUSES[explanation.cause or diff.cause]}")
     rows = [_diff_row(diff, line) for line in (*diff.movers, diff.rest)]
     rows.append(["total (the step)", "", "", format_value(diff.base_step_seconds, "s"),
                  format_value(diff.new_step_seconds, "s"), format_signed(diff.change, "s"),
@@ -374,6 +374,8 @@ def render_explanation(explanation: Explanation, *, markdown: bool = False) -> s
 _CAUSES: dict[str, str] = {
     "kernels": "kernels (below, largest first)",
     "host": "the host: the GPU idled longer, no kernel moved beyond its noise",
+    "host by elimination": "the host: the step's device time was judged unchanged and the GPU "
+                           "idled longer (no line moved beyond the noise of the compared runs)",
     "noise": "nothing beyond its noise in the kernel table",
 }
 
