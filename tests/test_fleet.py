@@ -169,7 +169,7 @@ def test_a_host_bound_slowdown_inside_the_fleet_is_a_suspect_on_any_host(
         dispatch_us: float) -> None:
     # +5% on a host-bound step: a suspect on a host as fast as the baseline's (the code may have
     # added host work), and on one whose calibration reads 37% slower too, since a calibration
-    # misreads (one H200 host read 25% slower and ran the host-bound steps 13-31% faster).
+    # misreads (one H200 host read 25% slower, then ran the unchanged steps 13-31% faster).
     baseline = dataclasses.replace(_metric(1.0, _runs(1.00, 1.04, 0.96)), host_bound=True)
     measured = dataclasses.replace(_metric(1.05), host_bound=True)
     verdict = judge("t::step_time", measured, baseline, baseline_environment=_host(30.0),

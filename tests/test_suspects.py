@@ -99,7 +99,7 @@ def _fleet_pair(name: str, slowdown: float, *, host_bound: bool) -> tuple[Metric
 def test_a_host_bound_wall_time_inside_the_fleets_tolerance_goes_to_ab_on_a_slower_host() -> None:
     # 35 ms of Python per forward of the Llama-style step read +24.0% inside its 30% fleet
     # tolerance on a host whose calibration read 25% slower, and passed unseen while such a host
-    # excused it; that host ran the unchanged host-bound steps 13-31% faster (H200, 2026-12-02).
+    # excused it; the next run there ran the unchanged steps 13-31% faster (H200, 2026-12-02).
     session = _session(False, device_time=_pair("device_time", 0.0),
                        step_time=_fleet_pair("step_time", 0.24, host_bound=True))
     decision = session.conclude_test("t.py::t")

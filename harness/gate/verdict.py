@@ -161,8 +161,8 @@ class Verdict:
         reads +3%, inside a 4.9% fleet tolerance, and 35 ms of Python added to a host-bound
         step read +29.8% and +24.0% inside its 30% fleet tolerance (H200, 2026-12-02). A host
         whose calibration reads slower does not excuse a host-bound step here: the second of
-        those hosts read the Python loop 25% slower than the baseline's, while it ran the
-        unchanged host-bound steps 13-31% faster."""
+        those hosts read the Python loop 25% slower than the baseline's in that run, and ran
+        the unchanged steps 13-31% faster than the baseline in the next."""
         if self.outcome is not Outcome.UNCHANGED or self.change is None:
             return False
         worsening = self.change if self.measured.better == "lower" else -self.change
