@@ -35,6 +35,9 @@ from harness.gate.verdict import (
 
 SUMMARY_HEADERS: tuple[str, ...] = ("test", "metric", "baseline", "measured", "change", "verdict")
 DEFAULT_MARKDOWN_TITLE = "Performance report"
+# What an A/B's unjudged metric is called in tables: "unreliable" would suggest a broken
+# measurement, while its runs were sound and only disagreed too much to decide.
+UNDECIDED_WORD = "undecided (rounds disagree)"
 
 
 def render_summary(verdicts: Sequence[Verdict]) -> str:
@@ -173,11 +176,6 @@ def _verdict_word(verdict: Verdict) -> str:
     if undecided_by_ab(verdict):
         return UNDECIDED_WORD
     return str(verdict.outcome.value)
-
-
-# What an A/B's unjudged metric is called in tables: "unreliable" would suggest a broken
-# measurement, while its runs were sound and only disagreed too much to decide.
-UNDECIDED_WORD = "undecided (rounds disagree)"
 
 
 def _counts(verdicts: Iterable[Verdict]) -> str:
