@@ -31,15 +31,12 @@ import pytest
 
 from harness.gate import ab, machine
 from harness.gate.formatting import format_percent
+from harness.gate.kernel_diff import PROFILE_METRIC_SUFFIX
 from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.session import Decision, PerfSession
 from harness.gate.suspects import undecided_by_ab
 from harness.gate.verdict import DEFAULT_ALPHA, Verdict
-
-# How every profiled pass names its metric (`<name>_device_time`, or `device_time` for a step):
-# a suspect of that name needs the child runs to profile.
-DEVICE_TIME_SUFFIX = "device_time"
 
 # Rounds the notes suggest for settling what the A/B left undecided: at alpha 0.01 the paired
 # t-test detects half the time a change of t(0.99, n-1) / sqrt(n) standard deviations of the
@@ -272,5 +269,7 @@ def fit_budget(tests: Sequence[tuple[str, bool, float]],
 
 
 def _needs_profiles(suspects: list[Verdict]) -> bool:
-    """Whether the child runs must run the profiled pass: only it measures device time."""
-    return any(split_metric_id(v.metric_id)[1].endswith(DEVICE_TIME_SUFFIX) for v in suspects)
+    """Whether the child runs must run the profiled pass: only it measures device time (every
+    profiled metric is named `<name>_device_time`, or `device_time` for a step)."""
+    return any(split_metric_id(v.metric_id)[1].endswith(PROFILE_METRIC_SUFFIX)
+               for v in suspects)
