@@ -34,6 +34,7 @@ from harness.gate.formatting import format_percent
 from harness.gate.paired import MIN_ROUNDS, PairedOutcome, PairedVerdict, paired_verdict
 from harness.gate.results import Metric, RunResults
 from harness.gate.verdict import AB_RULE, Outcome, Verdict
+from harness.gate.wall_time import defer_paired
 
 # Seconds a git command may take before the A/B step gives up on it (a worktree of a large
 # repository is a checkout of every file: tens of seconds at most on a runner's disk).
@@ -164,7 +165,8 @@ def settled(verdicts: dict[str, PairedVerdict], watch: Callable[[str], bool], *,
 def judge_rounds(base_runs: Sequence[RunResults], head_runs: Sequence[RunResults], *,
                  tolerance_of: Callable[[str, Metric], float],
                  alpha: float) -> dict[str, PairedVerdict]:
-    """The paired verdict of every metric id present in every run of both sides."""
+    """The paired verdict of every metric id present in every run of both sides; the device
+    time of a kernel-bound call follows its wall time (`harness.gate.wall_time`)."""
     runs = list(base_runs) + list(head_runs)
     if not base_runs or len(base_runs) != len(head_runs):
         raise ValueError(f"base and head need the same number of runs, at least one; got "
@@ -178,7 +180,7 @@ def judge_rounds(base_runs: Sequence[RunResults], head_runs: Sequence[RunResults
             [run.metrics[mid].median for run in base_runs],
             [run.metrics[mid].median for run in head_runs],
             tolerance=tolerance_of(mid, head_metric), alpha=alpha)
-    return verdicts
+    return defer_paired(verdicts, head_runs[-1].metrics)
 
 
 @contextlib.contextmanager

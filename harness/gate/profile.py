@@ -66,6 +66,11 @@ class DeviceProfile:
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
+    def launches_per_step(self) -> float:
+        """Kernels, copies and memsets the GPU ran per step (every row, the rest's included)."""
+        return sum(row.calls_per_step for row in self.kernels)
+
+    @property
     def host_bound(self) -> bool:
         """Whether the host, not the GPU, set the pace of the step."""
         return self.idle_fraction > HOST_BOUND_IDLE_FRACTION

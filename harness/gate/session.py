@@ -39,6 +39,7 @@ from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
 from harness.gate.suspects import noisy_improvement, suspects, undecided_by_ab
 from harness.gate.verdict import Outcome, Verdict, judge
+from harness.gate.wall_time import defer_to_wall_time
 from harness.theory.hardware import GPUSpec
 
 DecisionOutcome = Literal["passed", "failed", "skipped"]
@@ -174,11 +175,11 @@ class PerfSession:
             return Decision("passed")
         reference_metrics = self.reference.metrics if self.reference is not None else {}
         reference_environment = self.reference.environment if self.reference is not None else None
-        verdicts = [judge(mid, measured, reference_metrics.get(mid),
-                          tolerance=self.options.tolerance,
-                          baseline_environment=reference_environment,
-                          environment=self.environment, confirming=confirming)
-                    for mid, measured in metrics.items()]
+        verdicts = defer_to_wall_time([
+            judge(mid, measured, reference_metrics.get(mid), tolerance=self.options.tolerance,
+                  baseline_environment=reference_environment, environment=self.environment,
+                  confirming=confirming)
+            for mid, measured in metrics.items()])
         self.verdicts.extend(verdicts)
         return self.decide(nodeid, verdicts)
 

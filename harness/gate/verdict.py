@@ -88,6 +88,9 @@ MAX_FLEET_TOLERANCE = 0.30
 # The rule of a verdict that an A/B on this machine decided (`harness.gate.ab.confirm_with_ab`).
 AB_RULE = "paired t-test (A/B)"
 
+# The rule of a device time that its wall time decided (`harness.gate.wall_time`).
+WALL_TIME_RULE = "wall time decides (kernel-bound call)"
+
 # Where the host's calibration probes sit in a flattened environment.
 CALIBRATION_PREFIX = "host.calibration."
 
@@ -163,7 +166,8 @@ class Verdict:
         whose calibration reads slower does not excuse a host-bound step here: the second of
         those hosts read the Python loop 25% slower than the baseline's in that run, and ran
         the unchanged steps 13-31% faster than the baseline in the next."""
-        if self.outcome is not Outcome.UNCHANGED or self.change is None:
+        if self.outcome is not Outcome.UNCHANGED or self.change is None \
+                or self.rule == WALL_TIME_RULE:
             return False
         worsening = self.change if self.measured.better == "lower" else -self.change
         tolerance = self.one_machine_tolerance
