@@ -110,6 +110,26 @@ def test_host_overhead_names_the_idle_time_and_blames_no_kernel() -> None:
     assert diff.share(diff.movers[0]) > 0.99
 
 
+def test_a_kernel_bound_call_has_no_idle_line_when_its_burst_ran_faster() -> None:
+    # One GEMM a call, timed back to back: 1.65 ms a call on each of four machines. The new
+    # call adds a second, small GEMM (+5% of the work); its profiled burst ran at higher
+    # clocks, so its kernels read 1.45 ms against a 1.70 ms wall time: 15% "idle" that the
+    # GPU never had. Scaled to the wall time, the GEMM line carries the change and names the
+    # extra launch, though four machines' times spread too widely for +3% to stand out alone.
+    base = [profile({GEMM_NN: (1, seconds)}) for seconds in (1.60e-3, 1.65e-3, 1.70e-3, 1.66e-3)]
+    new = profile({GEMM_NN: (2, 1.45e-3)}, idle=1 - 1.45 / 1.70)
+    assert new.kernel_bound and not new.host_bound
+    diff = diff_profiles(base, [new])
+    assert diff.cause == "kernels"
+    (gemm,) = diff.movers
+    assert gemm.key == "gemm nn" and (gemm.base_calls, gemm.new_calls) == (1, 2)
+    assert gemm.new_seconds == pytest.approx(1.70e-3)
+    assert diff.new_classes["idle"] == 0
+    # The same line with its launches unchanged stays within its noise.
+    same = profile({GEMM_NN: (1, 1.45e-3)}, idle=1 - 1.45 / 1.70)
+    assert diff_profiles(base, [same]).cause == "noise"
+
+
 def test_noise_level_movers_are_hidden_in_one_line_that_keeps_the_total() -> None:
     base = profile(TRAINING_STEP)
     step = sum(s for _, s in TRAINING_STEP.values())

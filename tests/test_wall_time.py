@@ -8,19 +8,13 @@ from pathlib import Path
 
 from harness.gate.fleet import RunSummary
 from harness.gate.paired import PairedOutcome, paired_verdict
-from harness.gate.profile import DeviceProfile, KernelRow
+from harness.gate.profile import MAX_KERNEL_BOUND_LAUNCHES, DeviceProfile, KernelRow
 from harness.gate.results import Metric, RunResults
 from harness.gate.run_options import PerfOptions
 from harness.gate.session import PerfSession
 from harness.gate.suspects import suspects
 from harness.gate.verdict import WALL_TIME_RULE, Outcome, Verdict, judge
-from harness.gate.wall_time import (
-    MAX_KERNEL_BOUND_LAUNCHES,
-    defer_paired,
-    defer_to_wall_time,
-    kernel_bound,
-    wall_time_twin,
-)
+from harness.gate.wall_time import defer_paired, defer_to_wall_time, kernel_bound, wall_time_twin
 
 TEST = "perf_tests/test_gemm.py::test_square_gemm[bf16]"
 # Three recorded runs of a 1 ms call 2.5% apart: a fleet tolerance of about 7.5%, one

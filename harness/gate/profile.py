@@ -21,6 +21,13 @@ from typing import Any
 # time still agree within 10%.
 HOST_BOUND_IDLE_FRACTION = 0.20
 
+# Launches per step up to which a step that is not host-bound is kernel-bound: a call of this
+# few kernels, timed back to back, keeps the GPU's queue full, so its wall time per call is its
+# device time per call (`harness.gate.wall_time`). The GEMM tests launch one or two (the GEMM,
+# and a small kernel beside it) and the copy tests one; a transformer's forward pass launches
+# hundreds, short ones among them, that the host can fall behind.
+MAX_KERNEL_BOUND_LAUNCHES = 4
+
 # The name of the kernel table's last row, which sums the kernels below its coverage:
 # "(other 12 kernels)".
 OTHER_ROW_PREFIX = "(other "
@@ -74,6 +81,13 @@ class DeviceProfile:
     def host_bound(self) -> bool:
         """Whether the host, not the GPU, set the pace of the step."""
         return self.idle_fraction > HOST_BOUND_IDLE_FRACTION
+
+    @property
+    def kernel_bound(self) -> bool:
+        """Whether the step is a call of a few kernels that kept the GPU busy: its idle share
+        then says how far the profiled burst's clocks were from the timed samples', not what
+        the host did."""
+        return not self.host_bound and self.launches_per_step <= MAX_KERNEL_BOUND_LAUNCHES
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"steps": self.steps, "device_seconds": self.device_seconds,

@@ -29,12 +29,6 @@ from harness.gate.paired import PairedOutcome, PairedVerdict
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.verdict import WALL_TIME_RULE, Outcome, Verdict
 
-# Launches per call up to which a call timed back to back keeps the GPU's queue full: the GEMM
-# tests launch one or two (the GEMM, and a small kernel beside it) and the copy tests one; a
-# transformer's forward pass launches hundreds, short ones among them, that the host can fall
-# behind.
-MAX_KERNEL_BOUND_LAUNCHES = 4
-
 
 def wall_time_twin(metric_id: str, ids: Collection[str]) -> str | None:
     """The wall-time metric measured with the profiled metric `metric_id`, when `ids` holds it:
@@ -52,10 +46,9 @@ def wall_time_twin(metric_id: str, ids: Collection[str]) -> str | None:
 
 
 def kernel_bound(metric: Metric) -> bool:
-    """Whether `metric` is the device time of a call of few launches that kept the GPU busy."""
-    profile = metric.profile
-    return (profile is not None and not profile.host_bound
-            and profile.launches_per_step <= MAX_KERNEL_BOUND_LAUNCHES)
+    """Whether `metric` is the device time of a call of few launches that kept the GPU busy
+    (`DeviceProfile.kernel_bound`)."""
+    return metric.profile is not None and metric.profile.kernel_bound
 
 
 def defer_to_wall_time(verdicts: Sequence[Verdict]) -> list[Verdict]:
