@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.gate.compare import compare_results
 from harness.gate.fleet import RunSummary
 from harness.gate.paired import PairedOutcome, paired_verdict
 from harness.gate.profile import MAX_KERNEL_BOUND_LAUNCHES, DeviceProfile, KernelRow
@@ -131,3 +132,17 @@ def test_a_session_passes_a_gemm_whose_burst_alone_reads_worse(tmp_path: Path) -
     decision = session.conclude_test(TEST)
     assert decision.outcome == "passed" and not decision.suspects
     assert [v.rule for v in session.verdicts][1] == WALL_TIME_RULE
+
+
+def test_compare_judges_a_kernel_bound_device_time_by_its_wall_time() -> None:
+    def run(wall: float, device: float) -> RunResults:
+        return RunResults(kind="results", fingerprint="cpu", environment={},
+                          metrics={f"{TEST}::gemm": _wall(wall),
+                                   f"{TEST}::gemm_device_time": _device(device)},
+                          created=f"{wall}-{device}")
+
+    comparison = compare_results(run(1.0, 1.0), run(1.003, 1.06), base_path=Path("base.json"),
+                                 new_path=Path("new.json"))
+    assert {v.metric_id: v.rule for v in comparison.verdicts}[f"{TEST}::gemm_device_time"] \
+        == WALL_TIME_RULE
+    assert Outcome.REGRESSION not in comparison.outcomes()

@@ -18,6 +18,7 @@ from harness.gate import store
 from harness.gate.results import Metric, RunResults
 from harness.gate.tolerance import require_tolerance
 from harness.gate.verdict import Outcome, Verdict, judge, sort_for_report
+from harness.gate.wall_time import defer_to_wall_time
 
 # Failure policy (the command's --fail-on) -> the outcomes that make a comparison fail.
 FAILING_OUTCOMES: dict[str, frozenset[Outcome]] = {
@@ -70,14 +71,15 @@ def check_two_runs(base: RunResults, base_path: Path, new: RunResults, new_path:
 
 def compare_results(base: RunResults, new: RunResults, *, base_path: Path, new_path: Path,
                     tolerance: float | None = None) -> Comparison:
-    """Judge every metric of NEW against BASE with `verdict.judge`; list what NEW lacks."""
+    """Judge every metric of NEW against BASE with `verdict.judge` (a kernel-bound call's device
+    time following its wall time, `wall_time.defer_to_wall_time`); list what NEW lacks."""
     check_same_hardware(base, base_path, new, new_path)
     check_two_runs(base, base_path, new, new_path)
-    verdicts = [
+    verdicts = defer_to_wall_time([
         judge(mid, measured, base.metrics.get(mid), tolerance=tolerance,
               baseline_environment=base.environment, environment=new.environment)
         for mid, measured in sorted(new.metrics.items())
-    ]
+    ])
     missing = {mid: m for mid, m in sorted(base.metrics.items()) if mid not in new.metrics}
     return Comparison(base_path=base_path, new_path=new_path,
                       verdicts=sort_for_report(verdicts), missing_in_new=missing)

@@ -52,8 +52,9 @@ def kernel_bound(metric: Metric) -> bool:
 
 
 def defer_to_wall_time(verdicts: Sequence[Verdict]) -> list[Verdict]:
-    """One test's verdicts, each kernel-bound device time whose wall time was judged unchanged
-    (and no worse than one machine's tolerance) judged unchanged too, whatever it read alone."""
+    """The verdicts (of one test or of a whole run), each kernel-bound device time whose wall
+    time was judged unchanged (and no worse than one machine's tolerance) judged unchanged
+    too, whatever it read alone."""
     by_id = {v.metric_id: v for v in verdicts}
     result = []
     for verdict in verdicts:
