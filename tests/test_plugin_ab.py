@@ -126,7 +126,7 @@ def test_a_slowdown_the_ab_rounds_cannot_settle_does_not_fail_a_strict_run(
     result.stdout.fnmatch_lines([
         "*test_step.py::test_step: 1 metric(s) look worse than the baseline*",
         "*A/B round 3/3*",
-        "*test_step.py::test_step: A/B against*3 rounds*step_time unreliable*",
+        "*test_step.py::test_step: A/B against*3 rounds*step_time undecided (rounds disagree)*",
         "*1 test(s) measured worse by the A/B over rounds that disagree too much to confirm a "
         "regression, so not failed: test_step.py::test_step. More rounds settle them: "
         "`python -m harness ab * --rounds 10 -- test_step.py::test_step`*"])

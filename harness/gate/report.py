@@ -173,9 +173,12 @@ def _verdict_word(verdict: Verdict) -> str:
     """The outcome's word, with which way is better where that is needed to read the change."""
     if verdict.outcome in (Outcome.REGRESSION, Outcome.IMPROVEMENT):
         return f"{verdict.outcome.value} ({verdict.measured.better} is better)"
-    if undecided_by_ab(verdict):
-        return UNDECIDED_WORD
-    return str(verdict.outcome.value)
+    return outcome_word(verdict)
+
+
+def outcome_word(verdict: Verdict) -> str:
+    """The outcome's word: "undecided (rounds disagree)" for a metric an A/B left unjudged."""
+    return UNDECIDED_WORD if undecided_by_ab(verdict) else str(verdict.outcome.value)
 
 
 def _counts(verdicts: Iterable[Verdict]) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import ab, machine
+from harness.gate import ab, machine, report
 from harness.gate.formatting import format_percent
 from harness.gate.kernel_diff import PROFILE_METRIC_SUFFIX
 from harness.gate.paired import MIN_ROUNDS
@@ -228,7 +228,7 @@ class PendingConfirmations:
         decisions = {}
         for nodeid in nodeids:
             final = ab.confirm_with_ab(suspects[nodeid], result)
-            outcomes = ", ".join(f"{v.metric_id.rpartition('::')[2]} {v.outcome.value}"
+            outcomes = ", ".join(f"{v.metric_id.rpartition('::')[2]} {report.outcome_word(v)}"
                                  for v in final)
             decisions[nodeid] = session.redecide(nodeid, final, (
                 f"A/B against {full_commit[:12]}, {result.rounds} rounds in "
