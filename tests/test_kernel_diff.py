@@ -9,15 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.gate.anatomy import class_seconds
+from harness.gate.explanation import explain_verdicts, profile_metric_id, run_profiles
 from harness.gate.fleet import RunSummary
-from harness.gate.kernel_diff import (
-    IDLE_KEY,
-    SINGLE_RUN_FLOOR,
-    diff_profiles,
-    explain_verdicts,
-    profile_metric_id,
-    run_profiles,
-)
+from harness.gate.kernel_diff import IDLE_KEY, SINGLE_RUN_FLOOR, diff_profiles
 from harness.gate.profile import DeviceProfile, KernelRow
 from harness.gate.results import Metric
 from harness.gate.verdict import judge

@@ -8,8 +8,9 @@ import re
 import pytest
 
 from harness.gate.anatomy import anatomy, class_seconds
+from harness.gate.explanation import Explanation
 from harness.gate.formatting import format_change, format_value
-from harness.gate.kernel_diff import Explanation, diff_profiles
+from harness.gate.kernel_diff import diff_profiles
 from harness.gate.profile import DeviceProfile, KernelRow
 from harness.gate.report import (
     render_anatomy,

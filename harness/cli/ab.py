@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.gate import ab, report
 from harness.gate.compare import FAILING_OUTCOMES
-from harness.gate.kernel_diff import explain_verdicts, runs_profiles
+from harness.gate.explanation import explain_verdicts, runs_profiles
 from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric
 from harness.gate.tolerance import choose_tolerance, require_tolerance

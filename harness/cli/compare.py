@@ -28,8 +28,8 @@ from pathlib import Path
 
 from harness.gate import report
 from harness.gate.compare import FAILING_OUTCOMES, Comparison, compare_files, fails
+from harness.gate.explanation import explain_verdicts
 from harness.gate.formatting import format_value
-from harness.gate.kernel_diff import explain_verdicts
 from harness.gate.results import Metric
 from harness.gate.tolerance import parse_tolerance
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.gate import report, store
 from harness.gate.anatomy import anatomy
 from harness.gate.compare import compare_results
-from harness.gate.kernel_diff import (
+from harness.gate.explanation import (
     Explanation,
     explain,
     explain_verdicts,

@@ -21,8 +21,9 @@ from harness.gate.anatomy import (
     Anatomy,
 )
 from harness.gate.anatomy import anatomy as profile_anatomy
+from harness.gate.explanation import Explanation
 from harness.gate.formatting import format_change, format_percent, format_signed, format_value
-from harness.gate.kernel_diff import Explanation, KernelDiff, Line
+from harness.gate.kernel_diff import KernelDiff, Line
 from harness.gate.results import Metric, RunResults, split_metric_id
 from harness.gate.suspects import undecided_by_ab
 from harness.gate.verdict import (

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from harness.gate import refresh, report, store, traces
-from harness.gate.kernel_diff import explain_verdicts, runs_profiles
+from harness.gate.explanation import explain_verdicts, runs_profiles
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
 from harness.gate.suspects import noisy_improvement, suspects, undecided_by_ab

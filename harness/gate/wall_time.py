@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 
+from harness.gate.explanation import PROFILE_METRIC_SUFFIX
 from harness.gate.formatting import format_percent
-from harness.gate.kernel_diff import PROFILE_METRIC_SUFFIX
 from harness.gate.paired import PairedOutcome, PairedVerdict
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.verdict import WALL_TIME_RULE, Outcome, Verdict

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from harness.gate import ab, machine, report
+from harness.gate.explanation import PROFILE_METRIC_SUFFIX
 from harness.gate.formatting import format_percent
-from harness.gate.kernel_diff import PROFILE_METRIC_SUFFIX
 from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric, split_metric_id
 from harness.gate.session import Decision, PerfSession
