@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.gate.anatomy import class_seconds
+from harness.gate.anatomy import anatomy, class_seconds
 from harness.gate.explanation import explain_verdicts, profile_metric_id, run_profiles
 from harness.gate.fleet import RunSummary
 from harness.gate.kernel_diff import IDLE_KEY, SINGLE_RUN_FLOOR, diff_profiles
@@ -119,6 +119,9 @@ def test_a_kernel_bound_call_has_no_idle_line_when_its_burst_ran_faster() -> Non
     assert gemm.key == "gemm nn" and (gemm.base_calls, gemm.new_calls) == (1, 2)
     assert gemm.new_seconds == pytest.approx(1.70e-3)
     assert diff.new_classes["idle"] == 0
+    shares = anatomy(new)  # the anatomy table says the same: no idle, the wall time in GEMMs
+    assert shares.idle_share == 0
+    assert shares.share(shares.classes["contraction"]) == pytest.approx(1.0)
     # The same line with its launches unchanged stays within its noise.
     same = profile({GEMM_NN: (1, 1.45e-3)}, idle=1 - 1.45 / 1.70)
     assert diff_profiles(base, [same]).cause == "noise"

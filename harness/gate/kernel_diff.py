@@ -27,6 +27,7 @@ from harness.gate.anatomy import (
     CLASSES,
     PHASES,
     UNLISTED_KEY,
+    kernel_bound_scale,
     kernel_class,
     kernel_key,
     step_seconds,
@@ -253,7 +254,7 @@ def _side(profiles: Sequence[DeviceProfile]) -> _Side:
     for index, profile in enumerate(profiles):
         step = step_seconds(profile)
         steps.append(step)
-        scale = _kernel_bound_scale(profile, step)
+        scale = kernel_bound_scale(profile)
         kernel_time = 0.0
         for row in profile.kernels:
             key = kernel_key(row.name)
@@ -279,18 +280,6 @@ def _side(profiles: Sequence[DeviceProfile]) -> _Side:
                 phases[name] = phases.get(name, 0.0) + value / runs
     return _Side(seconds, calls, klass, phase, steps, unlisted, classes,
                  phases if named_phases else {})
-
-
-def _kernel_bound_scale(profile: DeviceProfile, step: float) -> float:
-    """What a profile's kernel seconds are multiplied by: 1, or for a kernel-bound call
-    (`DeviceProfile.kernel_bound`) its timed wall time over the burst's device time. Back to
-    back its GPU never idles, so the wall time is the kernels' time at the clocks it sustains,
-    shared as the burst shares it; the burst's own total follows its clocks: a +5% GEMM
-    injection ran 11% faster in the burst than the baseline's, and read as idle time, the diff
-    blamed the host (H200, 2026-12-02)."""
-    if not profile.kernel_bound or profile.device_seconds <= 0:
-        return 1.0
-    return step / profile.device_seconds
 
 
 def _clean(seconds: float) -> float:
