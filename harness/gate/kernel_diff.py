@@ -161,9 +161,10 @@ def diff_profiles(base: Sequence[DeviceProfile], new: Sequence[DeviceProfile]) -
     relaunched = {key for key in before.calls.keys() & after.calls.keys()
                   if key != UNLISTED_KEY  # the rest rows' counts follow the tables' coverage
                   and _launches_changed(before.calls[key], after.calls[key])}
-    shown = sorted((line for line in lines if _shown(line, relaunched, floor)),
+    visible = {line.key: _shown(line, relaunched, floor) for line in lines}
+    shown = sorted((line for line in lines if visible[line.key]),
                    key=lambda line: (-abs(line.change), line.key))
-    hidden = [line for line in lines if not _shown(line, relaunched, floor)]
+    hidden = [line for line in lines if not visible[line.key]]
     rest = Line(REST_KEY, "rest", sum(line.base_seconds for line in hidden),
                 sum(line.new_seconds for line in hidden),
                 sum(line.base_calls for line in hidden), sum(line.new_calls for line in hidden),

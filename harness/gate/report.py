@@ -116,7 +116,7 @@ def render_markdown(verdicts: Sequence[Verdict], *, title: str = DEFAULT_MARKDOW
     lines += [_counts(ordered), "",
               tabulate(rows, headers=SUMMARY_HEADERS, tablefmt="github", disable_numparse=True)]
     notes = [f"- `{_code_text(v.metric_id)}`: {_verdict_word(v)}: {_markdown_text(v.reason)}"
-             for v in ordered if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE)]
+             for v in _with_reasons(ordered)]
     if notes:
         lines += ["", *notes]
     differences = _merged_differences(ordered)
@@ -205,8 +205,12 @@ def render_reasons(verdicts: Sequence[Verdict]) -> str:
     """Why each regression and each unjudged metric was decided so, one line each (regressions
     first): for an A/B, the rounds, the change and the paired t-test's p-value."""
     return "\n".join(f"{v.metric_id}: {_verdict_word(v)}: {v.reason}"
-                     for v in sort_for_report(verdicts)
-                     if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE))
+                     for v in _with_reasons(sort_for_report(verdicts)))
+
+
+def _with_reasons(ordered: Sequence[Verdict]) -> list[Verdict]:
+    """The verdicts whose reason a report prints under its table: regressions and unjudged."""
+    return [v for v in ordered if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE)]
 
 
 def _plural(count: int, noun: str) -> str:

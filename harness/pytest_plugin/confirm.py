@@ -226,17 +226,17 @@ class PendingConfirmations:
                                progress=lambda line: self.write(f"perf: {line}"),
                                watch=tolerances.__contains__)
         decisions = {}
+        undecided = []
         for nodeid in nodeids:
             final = ab.confirm_with_ab(suspects[nodeid], result)
+            if any(undecided_by_ab(v) for v in final):
+                undecided.append(nodeid)
             outcomes = ", ".join(f"{v.metric_id.rpartition('::')[2]} {report.outcome_word(v)}"
                                  for v in final)
             decisions[nodeid] = session.redecide(nodeid, final, (
                 f"A/B against {full_commit[:12]}, {result.rounds} rounds in "
                 f"{result.elapsed_seconds:.0f} s on this machine: {outcomes}"),
                 runs=(result.base_runs, result.head_runs))
-        undecided = [nodeid for nodeid in nodeids
-                     if any(undecided_by_ab(v) for v in session.verdicts
-                            if v.metric_id in self.decisions[nodeid].suspects)]
         if undecided:
             session.end_notes.append(
                 f"{len(undecided)} test(s) measured worse by the A/B over rounds that disagree "
