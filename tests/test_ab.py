@@ -102,6 +102,21 @@ def test_watched_metrics_decided_early_stop_the_rounds(tmp_path: Path) -> None:
     assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
 
 
+def test_a_change_just_inside_the_tolerance_does_not_stop_the_rounds_early(
+        tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    # 1.5% slower: unchanged at a 2% tolerance, but beyond half of it, so it may be a real 3%
+    # read low; the rounds go on to max_rounds instead of calling it unchanged after three.
+    runner = ScriptedRunner({"base": 1.0, "head": 1.015}, host=[1.0, 1.0, 1.01, 1.01])
+    lines: list[str] = []
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.01, max_rounds=5, budget_seconds=1e6, work_dir=tmp_path,
+                    progress=lines.append, watch=lambda mid: True)
+    assert result.rounds == 5
+    assert not any("decided after" in line for line in lines)
+    assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
+
+
 def test_an_early_regression_needs_the_stricter_bound_of_several_looks(tmp_path: Path) -> None:
     base, head = _sides(tmp_path)
     # 5% slower with a noisy host: p ~ 0.02 < 0.05 after 3 rounds, but not below 0.05 / 6 looks.
