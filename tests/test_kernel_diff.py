@@ -160,11 +160,31 @@ def test_a_kernel_the_other_side_may_hold_below_its_table_is_unlisted_not_new() 
     base = profile({**TRAINING_STEP, "(other 30 kernels)": (30, 0.002)})
     new = profile({**TRAINING_STEP, small: (4, 0.0015), "(other 29 kernels)": (29, 0.0015)})
     diff = diff_profiles([base], [new])
-    statuses = {line.key: line.status for line in diff.movers}
-    assert statuses["elementwise sqrt"] == "unlisted"
+    assert "elementwise sqrt" not in {line.key for line in diff.movers}
+    assert diff.hidden_unlisted == ("elementwise sqrt",)
+    assert_adds_up(sum(line.change for line in (*diff.movers, diff.rest)), diff.change)
     # Without a rest row on the base side it is new.
     plain = diff_profiles([profile(TRAINING_STEP)], [new])
     assert {line.key: line.status for line in plain.movers}["elementwise sqrt"] == "new"
+
+
+def test_two_kernels_swapping_places_at_the_edge_of_the_table_blame_no_kernel() -> None:
+    # The fresh-machine case: a host-bound step whose GPU idled 19 ms longer per step, and two
+    # 0.63 ms kernels that swapped places at the edge of the 30-row tables, each side holding
+    # the other's in its rest row. The cause is the host, not a kernel gone and one come.
+    reduce_sum = "void at::native::reduce_kernel<128, 4, at::native::ReduceOp<float, SumOps>>"
+    negate = elementwise("Neg")
+    base_runs = [profile({**TRAINING_STEP, reduce_sum: (48, 0.000635 + jitter),
+                          "(other 37 kernels)": (486, 0.00325 + jitter)},
+                         device=0.071 + 2 * jitter, idle=0.33)
+                 for jitter in (0.0, 0.000005, -0.000004, 0.000003)]
+    new = profile({**TRAINING_STEP, negate: (96, 0.000631), "(other 37 kernels)": (438, 0.00326)},
+                  device=0.071, idle=0.52)
+    diff = diff_profiles(base_runs, [new])
+    assert diff.cause == "host"
+    assert [line.status for line in diff.movers] == ["idle"]
+    assert set(diff.hidden_unlisted) == {"reduce sum", "elementwise neg"}
+    assert_adds_up(sum(line.change for line in (*diff.movers, diff.rest)), diff.change)
 
 
 def test_a_diff_needs_a_profile_on_each_side() -> None:

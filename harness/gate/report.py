@@ -274,8 +274,7 @@ _THEORY: dict[str, str] = {
     "contraction": f"{format_percent(CONTRACTION_FLOP_SHARE)} of FLOPs",
     "idle": "0 % (GPU-bound)",
 }
-_STATUS_WORDS: dict[str, str] = {"new": " (new)", "vanished": " (vanished)",
-                                 "unlisted": " (below one side's table)"}
+_STATUS_WORDS: dict[str, str] = {"new": " (new)", "vanished": " (vanished)"}
 
 
 def render_anatomy(anatomy: Anatomy, *, markdown: bool = False) -> str:
@@ -369,6 +368,9 @@ def render_explanation(explanation: Explanation, *, markdown: bool = False) -> s
         notes.append(f"new within noise: {', '.join(diff.hidden_new)}")
     if diff.hidden_vanished:
         notes.append(f"vanished within noise: {', '.join(diff.hidden_vanished)}")
+    if diff.hidden_unlisted:
+        notes.append(f"in one side's table only (the other may hold them among its kernels "
+                     f"outside the table): {', '.join(diff.hidden_unlisted)}")
     notes.append("by class: " + _moves(diff.base_classes, diff.new_classes,
                                        {**CLASS_LABELS, "idle": "GPU idle"}))
     if diff.base_phases and diff.new_phases:
