@@ -91,7 +91,8 @@ def run_ab_phase(bench: Bench) -> dict[str, Any]:
     order = round_robin_order(names, bench.repeats)
     run_seconds = bench.ab_policy.warmup_seconds + bench.ab_policy.budget_seconds
     bench.log(f"{AB_PHASE}: {len(order)} A/B comparisons of {MIN_ROUNDS}-{settings.max_rounds} "
-              f"rounds, runs of ~{run_seconds:.2f} s of warmup and sampling each")
+              f"rounds, runs of at most {run_seconds:.2f} s of warmup and sampling each (less once "
+              f"{bench.ab_policy.max_samples} samples are in)")
     repetitions: list[dict[str, Any]] = []
     with collector_frozen():
         for index, (repetition, name) in enumerate(order):

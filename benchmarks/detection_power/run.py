@@ -116,11 +116,10 @@ def _run_phases(options: Options, *, log: Callable[[str], None]) -> dict[str, An
         f"budget {TIME_BUDGET_SECONDS:.0f} s")
     if AB_PHASE in options.phases:
         runs = planned_ab_runs(options, CONDITIONS)
-        log(f"plan: {AB_PHASE}: at most {runs} A/B runs of ~"
-            f"{ab_policy.warmup_seconds + ab_policy.budget_seconds:.2f} s each (~"
-            f"{runs * (ab_policy.warmup_seconds + ab_policy.budget_seconds):.0f} s; most "
-            f"comparisons stop before {DEFAULT_AB_ROUNDS} rounds); sized for "
-            f"{AB_TIME_BUDGET_SECONDS:.0f} s")
+        run_seconds = ab_policy.warmup_seconds + ab_policy.budget_seconds
+        log(f"plan: {AB_PHASE}: at most {runs} A/B runs of at most {run_seconds:.2f} s each "
+            f"(less once {ab_policy.max_samples} samples are in; most comparisons stop before "
+            f"{DEFAULT_AB_ROUNDS} rounds); sized for {AB_TIME_BUDGET_SECONDS:.0f} s")
     data["wall_seconds"]["setup"] = time.perf_counter() - started
     save_document(options.out, data)
     for phase in options.phases:
