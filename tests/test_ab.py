@@ -117,6 +117,22 @@ def test_a_change_just_inside_the_tolerance_does_not_stop_the_rounds_early(
     assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
 
 
+def test_a_suspect_that_measures_better_stops_the_rounds_early(tmp_path: Path) -> None:
+    base, head = _sides(tmp_path)
+    # Head 4% faster over rounds that disagree (no p-value below alpha / looks): a confirmation
+    # asks only whether head is worse, and this one is not.
+    runner = ScriptedRunner({"base": 1.0, "head": 0.96}, host=[1.0, 1.02, 1.0, 0.97, 1.0, 1.0])
+    lines: list[str] = []
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.01, max_rounds=5, budget_seconds=1e6, work_dir=tmp_path,
+                    progress=lines.append, watch=lambda mid: True)
+    assert result.rounds == 3
+    assert "decided after 3 rounds" in lines[-1]
+    (verdict,) = result.verdicts.values()
+    assert verdict.change is not None and verdict.change < -0.02
+    assert verdict.p_value is not None and verdict.p_value >= 0.01 / 3
+
+
 def test_an_early_regression_needs_the_stricter_bound_of_several_looks(tmp_path: Path) -> None:
     base, head = _sides(tmp_path)
     # 5% slower with a noisy host: p ~ 0.02 < 0.05 after 3 rounds, but not below 0.05 / 6 looks.

@@ -54,11 +54,11 @@ CHILD_RUN_VARIABLE = "PERF_HARNESS_AB_CHILD"
 NO_PROFILE_VARIABLE = "PERF_HARNESS_AB_NO_PROFILE"
 # Lines of a failed child run's output shown in the error: enough for pytest's short summary.
 OUTPUT_TAIL_LINES = 40
-# Share of its tolerance a watched metric's change must stay within to stop the rounds early as
-# unchanged. At the full tolerance a real 3% slowdown (2% tolerance, run medians 0.8% apart)
+# Share of its tolerance a watched metric may measure worse by and still stop the rounds early
+# as not worse. At the full tolerance a real 3% slowdown (2% tolerance, run medians 0.8% apart)
 # read under 2% after three rounds one time in twelve and stopped there, called unchanged; at
-# half, 3% was confirmed in 91% of 1000 simulated A/Bs instead of 86%, and an unchanged metric
-# took 3.2 rounds instead of 3.0 (the paired verdict on normal run medians, 5 rounds at most).
+# half, 3% was confirmed in 90% of 1000 simulated A/Bs instead of 86%, and an unchanged metric
+# took 3.09 rounds instead of 3.0 (the paired verdict on normal run medians, 5 rounds at most).
 EARLY_UNCHANGED_SHARE = 0.5
 
 
@@ -153,23 +153,27 @@ def run_ab(base: Side, head: Side, pytest_args: Sequence[str], *, runner: TreeRu
 def settled(verdicts: dict[str, PairedVerdict], watch: Callable[[str], bool], *, alpha: float,
             looks: int) -> bool:
     """Whether every watched metric measured so far is decided, so that more rounds are not
-    needed: unchanged (within its tolerance), deterministic, or worse/better with p below
-    alpha / looks. The Bonferroni bound over the looks (rounds MIN_ROUNDS..max_rounds) keeps the
-    chance of any early false confirmation at or below alpha, as if only one look were taken.
-    An unchanged metric that varies counts as decided only within EARLY_UNCHANGED_SHARE of its
-    tolerance: a change just inside it after few rounds may be a real one read low."""
+    needed. A watched metric is a suspect that a confirmation asks one question of: is head
+    worse? It is decided when worse with p below alpha / looks (the Bonferroni bound over the
+    looks, rounds MIN_ROUNDS..max_rounds, keeps the chance of any early false confirmation at or
+    below alpha, as if only one look were taken), when deterministic, or when it measured worse
+    by at most EARLY_UNCHANGED_SHARE of its tolerance, better by any amount included: a change
+    just inside the tolerance after few rounds may be a real one read low, a better one never
+    becomes a regression worth the rounds."""
     watched = [v for mid, v in verdicts.items() if watch(mid)]
     if not watched:
         return False
     for verdict in watched:
-        if verdict.outcome is PairedOutcome.UNCHANGED:
-            if verdict.p_value is None or verdict.change is None \
-                    or abs(verdict.change) <= EARLY_UNCHANGED_SHARE * verdict.tolerance:
-                continue
+        if verdict.outcome is PairedOutcome.REGRESSION:
+            if verdict.p_value is not None and verdict.p_value >= alpha / looks:
+                return False
+            continue
+        if verdict.change is None:  # fewer than MIN_ROUNDS rounds
             return False
-        if verdict.outcome is PairedOutcome.UNDECIDED:
-            return False
-        if verdict.p_value is not None and verdict.p_value >= alpha / looks:
+        if verdict.p_value is None and verdict.outcome is not PairedOutcome.UNDECIDED:
+            continue  # deterministic: the same value in every run of each side
+        worse_by = verdict.change if verdict.better == "lower" else -verdict.change
+        if worse_by > EARLY_UNCHANGED_SHARE * verdict.tolerance:
             return False
     return True
 
