@@ -723,6 +723,24 @@ def test_analyse_of_a_missing_file_names_it(tmp_path: Path,
     assert f"{tmp_path / 'absent.json'}: cannot read" in capsys.readouterr().err
 
 
+def test_analyse_of_a_comparison_stopped_under_another_stop_rule_says_so(
+        quick_ab_run: tuple[Path, str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A record of 3 rounds that disagree, which the current stop rule would have gone on with:
+    # the re-analysis cannot judge it and says why, without a traceback.
+    data = load_document(quick_ab_run[0])
+    record = data["phases"][AB_PHASE]["repetitions"][0]
+    record["base_medians"] = [700.0] * 3
+    record["head_medians"] = [700.0 * ratio for ratio in DISAGREEING[:3]]
+    path = tmp_path / "cut.json"
+    save_document(path, data)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--analyse", str(path)])
+    assert exit_info.value.code == 2
+    assert "holds 3 head run(s), but the A/B stop rule with 5 rounds at most asks for round 4" \
+        in capsys.readouterr().err
+
+
 def test_an_injection_that_missed_its_fraction_is_flagged_in_the_report() -> None:
     phase = step_time_phase({"unchanged": [1.0], "+3%": [1.03], "+5%": [1.05], "+10%": [1.10]})
     data = synthetic_document({"train": phase}, repeats=1)

@@ -127,7 +127,8 @@ def replay(record: dict[str, Any], settings: ABSettings, template: Metric,
         if round_index >= len(medians):
             raise SchemaError(f"{where}: holds {len(medians)} {side} run(s), but the A/B stop "
                               f"rule with {settings.max_rounds} rounds at most asks for round "
-                              f"{round_index + 1}; re-run the A/B phase")
+                              f"{round_index + 1} (the comparison stopped earlier, under another "
+                              f"stop rule); re-run the A/B phase")
         return template.with_changes(samples=(float(medians[round_index]),))
 
     return ab_repetition(serve, settings, clock=lambda: 0.0)

@@ -79,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     if args.analyse is not None:
-        try:
-            data = load_document(args.analyse)
+        try:  # a stored A/B comparison is judged again while the report renders
+            report = render_report(load_document(args.analyse), grid=args.tolerance_grid)
         except ValueError as exc:
             parser.error(str(exc))
-        print(render_report(data, grid=args.tolerance_grid))
+        print(report)
         return 0
     if args.tolerance_grid:
         parser.error("--tolerance-grid goes with --analyse; a run prints the grid anyway")

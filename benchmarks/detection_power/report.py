@@ -132,11 +132,9 @@ def render_notes(data: dict[str, Any]) -> str:
             lines.append(f"{phase}: skipped, {result['skipped']}")
             continue
         if phase == AB_PHASE:
-            lines.append(f"{phase}: runs measured with {result['policy']}, shorter than the "
-                         f"fixture's: noisier medians, so its detections are a lower bound for "
-                         f"the plugin's full-length child runs; base and head alternate in one "
-                         f"process, so per-process effects (cuBLAS's kernel choice, the "
-                         f"allocator's layout) are not in it")
+            lines.append(f"{phase}: runs measured with {result['policy']}; base and head "
+                         f"alternate in one process, so per-process effects (cuBLAS's kernel "
+                         f"choice, the allocator's layout, a fresh CUDA context) are not in it")
         name = result["judged_metric"]
         first = statistics.median(result["warmup"]["metrics"][name]["samples"])
         base = statistics.median(result["baseline"]["metrics"][name]["samples"])
