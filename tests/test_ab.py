@@ -12,6 +12,7 @@ import pytest
 
 from harness.gate.ab import (
     ABError,
+    ABResult,
     PytestRunner,
     Side,
     as_verdicts,
@@ -90,13 +91,21 @@ def test_the_budget_stops_the_rounds_but_never_below_the_minimum(tmp_path: Path)
     assert "stopping after 3 rounds" in lines[-1]
 
 
-def test_watched_metrics_decided_early_stop_the_rounds(tmp_path: Path) -> None:
+def _watched_ab(tmp_path: Path, head_cost: float, host: Sequence[float],
+                max_rounds: int) -> tuple[ABResult, list[str]]:
+    """An A/B of a 1 s step against `head_cost` that watches its one metric (as a confirmation
+    does), 2% tolerance, alpha 0.01; its result and progress lines."""
     base, head = _sides(tmp_path)
-    runner = ScriptedRunner({"base": 1.0, "head": 1.0}, host=[1.0, 1.0, 1.2, 1.2, 0.9, 0.9])
+    runner = ScriptedRunner({"base": 1.0, "head": head_cost}, host=host)
     lines: list[str] = []
     result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
-                    alpha=0.01, max_rounds=8, budget_seconds=1e6, work_dir=tmp_path,
+                    alpha=0.01, max_rounds=max_rounds, budget_seconds=1e6, work_dir=tmp_path,
                     progress=lines.append, watch=lambda mid: True)
+    return result, lines
+
+
+def test_watched_metrics_decided_early_stop_the_rounds(tmp_path: Path) -> None:
+    result, lines = _watched_ab(tmp_path, 1.0, [1.0, 1.0, 1.2, 1.2, 0.9, 0.9], max_rounds=8)
     assert result.rounds == 3
     assert "decided after 3 rounds" in lines[-1]
     assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
@@ -104,28 +113,18 @@ def test_watched_metrics_decided_early_stop_the_rounds(tmp_path: Path) -> None:
 
 def test_a_change_just_inside_the_tolerance_does_not_stop_the_rounds_early(
         tmp_path: Path) -> None:
-    base, head = _sides(tmp_path)
     # 1.5% slower: unchanged at a 2% tolerance, but beyond half of it, so it may be a real 3%
     # read low; the rounds go on to max_rounds instead of calling it unchanged after three.
-    runner = ScriptedRunner({"base": 1.0, "head": 1.015}, host=[1.0, 1.0, 1.01, 1.01])
-    lines: list[str] = []
-    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
-                    alpha=0.01, max_rounds=5, budget_seconds=1e6, work_dir=tmp_path,
-                    progress=lines.append, watch=lambda mid: True)
+    result, lines = _watched_ab(tmp_path, 1.015, [1.0, 1.0, 1.01, 1.01], max_rounds=5)
     assert result.rounds == 5
     assert not any("decided after" in line for line in lines)
     assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
 
 
 def test_a_suspect_that_measures_better_stops_the_rounds_early(tmp_path: Path) -> None:
-    base, head = _sides(tmp_path)
     # Head 4% faster over rounds that disagree (no p-value below alpha / looks): a confirmation
     # asks only whether head is worse, and this one is not.
-    runner = ScriptedRunner({"base": 1.0, "head": 0.96}, host=[1.0, 1.02, 1.0, 0.97, 1.0, 1.0])
-    lines: list[str] = []
-    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
-                    alpha=0.01, max_rounds=5, budget_seconds=1e6, work_dir=tmp_path,
-                    progress=lines.append, watch=lambda mid: True)
+    result, lines = _watched_ab(tmp_path, 0.96, [1.0, 1.02, 1.0, 0.97, 1.0, 1.0], max_rounds=5)
     assert result.rounds == 3
     assert "decided after 3 rounds" in lines[-1]
     (verdict,) = result.verdicts.values()
