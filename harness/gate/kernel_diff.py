@@ -162,7 +162,8 @@ def diff_profiles(base: Sequence[DeviceProfile], new: Sequence[DeviceProfile]) -
     relaunched = {key for key in before.calls.keys() & after.calls.keys()
                   if key != UNLISTED_KEY  # the rest rows' counts follow the tables' coverage
                   and _launches_changed(before.calls[key], after.calls[key])}
-    visible = {line.key: _shown(line, relaunched, floor) for line in lines}
+    unlisted_moved = _unlisted_moved(lines, before, after, floor, by_spread)
+    visible = {line.key: _shown(line, relaunched, floor, unlisted_moved) for line in lines}
     shown = sorted((line for line in lines if visible[line.key]),
                    key=lambda line: (-abs(line.change), line.key))
     hidden = [line for line in lines if not visible[line.key]]
@@ -182,18 +183,38 @@ def diff_profiles(base: Sequence[DeviceProfile], new: Sequence[DeviceProfile]) -
         base_phases=before.phases, new_phases=after.phases)
 
 
-def _shown(line: Line, relaunched: Collection[str], floor: float) -> bool:
+def _shown(line: Line, relaunched: Collection[str], floor: float, unlisted_moved: bool) -> bool:
     """Whether a line is shown: it moved beyond its noise, or its launches per step changed
-    (`_launches_changed`) and it moved at least by the floor. An "unlisted" line never is: the
-    other side's table may hold it in its "(other N kernels)" row, so its change there is
-    unknown, not the line's whole time. Two kernels of 0.63 ms at the edge of a 30-row table
-    swapped places between the baseline's runs and a fresh machine's run of a training step;
-    shown as a kernel gone and a kernel come, they made a host-bound regression read "cause:
-    kernels" (H200, 2026-12-02). They join the hidden lines, named in a note."""
-    if line.status == "unlisted":
+    (`_launches_changed`) and it moved at least by the floor. An "unlisted" line, in one side's
+    table only, is shown only where such lines moved together with the tables' rest rows
+    (`_unlisted_moved`); otherwise it joins the hidden lines, named in a note."""
+    if line.status == "unlisted" and not unlisted_moved:
         return False
     return abs(line.change) > line.noise_seconds or (
         line.key in relaunched and abs(line.change) >= floor)
+
+
+def _unlisted_moved(lines: Sequence[Line], before: _Side, after: _Side, floor: float,
+                    by_spread: bool) -> bool:
+    """Whether the kernels listed in one side's table only moved, taken together with the
+    tables' "(other N kernels)" rows that may hold them on the other side: the sum of those
+    lines judged as one line is. Alone, such a line's change is unknown, not its whole time:
+    two kernels of 0.63 ms at the edge of a 30-row table swapped places between the baseline's
+    runs and a fresh machine's run of a training step, and shown as a kernel gone and a kernel
+    come they made a host-bound regression read "cause: kernels" (H200, 2026-12-02); their sum
+    with the rest rows moved 24 us. The for-loop AdamW's kernels, each smaller than the base's
+    rest row, moved that sum by 6 ms."""
+    keys = [line.key for line in lines if line.status == "unlisted"]
+    if not keys:
+        return False
+    keys.append(UNLISTED_KEY)
+    base_runs, new_runs = len(before.steps), len(after.steps)
+    base = [sum(_per_run(before.seconds, key, base_runs)[run] for key in keys)
+            for run in range(base_runs)]
+    new = [sum(_per_run(after.seconds, key, new_runs)[run] for key in keys)
+           for run in range(new_runs)]
+    noise = max(floor, _spread_noise(base, new)) if by_spread else floor
+    return abs(statistics.fmean(new) - statistics.fmean(base)) > noise
 
 
 def _launches_changed(base: Sequence[float], new: Sequence[float]) -> bool:

@@ -274,7 +274,8 @@ _THEORY: dict[str, str] = {
     "contraction": f"{format_percent(CONTRACTION_FLOP_SHARE)} of FLOPs",
     "idle": "0 % (GPU-bound)",
 }
-_STATUS_WORDS: dict[str, str] = {"new": " (new)", "vanished": " (vanished)"}
+_STATUS_WORDS: dict[str, str] = {"new": " (new)", "vanished": " (vanished)",
+                                 "unlisted": " (below one side's table)"}
 
 
 def render_anatomy(anatomy: Anatomy, *, markdown: bool = False) -> str:
