@@ -59,7 +59,7 @@ OUTPUT_TAIL_LINES = 40
 # read under 2% after three rounds one time in twelve and stopped there, called unchanged; at
 # half, 3% was confirmed in 90% of 1000 simulated A/Bs instead of 86%, and an unchanged metric
 # took 3.09 rounds instead of 3.0 (the paired verdict on normal run medians, 5 rounds at most).
-EARLY_UNCHANGED_SHARE = 0.5
+EARLY_NOT_WORSE_SHARE = 0.5
 
 
 class ABError(ValueError):
@@ -115,8 +115,9 @@ def run_ab(base: Side, head: Side, pytest_args: Sequence[str], *, runner: TreeRu
 
     With `watch` (the metric ids a confirmation is about), the rounds also stop once every watched
     metric is decided (`settled`): a regression confirmed early needs its p-value below alpha
-    divided by the number of looks, so stopping early never raises the false-alarm rate, and an
-    unchanged one a change well inside its tolerance."""
+    divided by the number of looks, so stopping early never raises the false-alarm rate, and a
+    metric that is not worse must measure worse by at most EARLY_NOT_WORSE_SHARE of its
+    tolerance, or better."""
     require_positive_int("max_rounds", max_rounds)
     require_positive("budget_seconds", budget_seconds)
     if max_rounds < MIN_ROUNDS:
@@ -157,7 +158,7 @@ def settled(verdicts: dict[str, PairedVerdict], watch: Callable[[str], bool], *,
     worse? It is decided when worse with p below alpha / looks (the Bonferroni bound over the
     looks, rounds MIN_ROUNDS..max_rounds, keeps the chance of any early false confirmation at or
     below alpha, as if only one look were taken), when deterministic, or when it measured worse
-    by at most EARLY_UNCHANGED_SHARE of its tolerance, better by any amount included: a change
+    by at most EARLY_NOT_WORSE_SHARE of its tolerance, better by any amount included: a change
     just inside the tolerance after few rounds may be a real one read low, a better one never
     becomes a regression worth the rounds."""
     watched = [v for mid, v in verdicts.items() if watch(mid)]
@@ -170,10 +171,10 @@ def settled(verdicts: dict[str, PairedVerdict], watch: Callable[[str], bool], *,
             continue
         if verdict.change is None:  # fewer than MIN_ROUNDS rounds
             return False
-        if verdict.p_value is None and verdict.outcome is not PairedOutcome.UNDECIDED:
+        if verdict.p_value is None:
             continue  # deterministic: the same value in every run of each side
         worse_by = verdict.change if verdict.better == "lower" else -verdict.change
-        if worse_by > EARLY_UNCHANGED_SHARE * verdict.tolerance:
+        if worse_by > EARLY_NOT_WORSE_SHARE * verdict.tolerance:
             return False
     return True
 
