@@ -156,13 +156,13 @@ def diff_profiles(base: Sequence[DeviceProfile], new: Sequence[DeviceProfile]) -
             base_seconds=statistics.fmean(b), new_seconds=statistics.fmean(n),
             base_calls=statistics.fmean(_per_run(before.calls, key, len(base))),
             new_calls=statistics.fmean(_per_run(after.calls, key, len(new))),
-            noise_seconds=max(floor, _spread_noise(b, n)) if by_spread else floor,
+            noise_seconds=max(floor, _spread_noise(b, n)),
             status=_status(key, b, n, before, after),
             phase=after.phase.get(key) or before.phase.get(key)))
     relaunched = {key for key in before.calls.keys() & after.calls.keys()
                   if key != UNLISTED_KEY  # the rest rows' counts follow the tables' coverage
                   and _launches_changed(before.calls[key], after.calls[key])}
-    unlisted_moved = _unlisted_moved(lines, before, after, floor, by_spread)
+    unlisted_moved = _unlisted_moved(lines, before, after, floor)
     visible = {line.key: _shown(line, relaunched, floor, unlisted_moved) for line in lines}
     shown = sorted((line for line in lines if visible[line.key]),
                    key=lambda line: (-abs(line.change), line.key))
@@ -194,8 +194,7 @@ def _shown(line: Line, relaunched: Collection[str], floor: float, unlisted_moved
         line.key in relaunched and abs(line.change) >= floor)
 
 
-def _unlisted_moved(lines: Sequence[Line], before: _Side, after: _Side, floor: float,
-                    by_spread: bool) -> bool:
+def _unlisted_moved(lines: Sequence[Line], before: _Side, after: _Side, floor: float) -> bool:
     """Whether the kernels listed in one side's table only moved, taken together with the
     tables' "(other N kernels)" rows that may hold them on the other side: the sum of those
     lines judged as one line is. Alone, such a line's change is unknown, not its whole time:
@@ -213,8 +212,8 @@ def _unlisted_moved(lines: Sequence[Line], before: _Side, after: _Side, floor: f
             for run in range(base_runs)]
     new = [sum(_per_run(after.seconds, key, new_runs)[run] for key in keys)
            for run in range(new_runs)]
-    noise = max(floor, _spread_noise(base, new)) if by_spread else floor
-    return abs(statistics.fmean(new) - statistics.fmean(base)) > noise
+    change = statistics.fmean(new) - statistics.fmean(base)
+    return abs(change) > max(floor, _spread_noise(base, new))
 
 
 def _launches_changed(base: Sequence[float], new: Sequence[float]) -> bool:
