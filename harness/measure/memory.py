@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from harness.checks import require_non_negative_int
 from harness.gate.formatting import format_bytes
 from harness.measure.clocks import check_device, cuda_initialized, require_cuda_device
+from harness.measure.garbage import drop_last_failure
 from harness.measure.gpu_state import nvml_handle
 
 
@@ -248,9 +248,7 @@ def held_memory(device: str) -> tuple[int, int]:
     and so its tensors, alive) is dropped, garbage collected, cached blocks and cuBLAS's
     workspaces released, so that each test allocates its own workspace whatever ran before."""
     torch_device = _check_cuda_device(device)
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
+    drop_last_failure()
     gc.collect()
     if not cuda_initialized():
         return 0, 0

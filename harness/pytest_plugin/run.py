@@ -28,6 +28,7 @@ import pytest
 
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS, Launch, launch_from_environment
 from harness.gate.run_options import PerfOptions
+from harness.measure.garbage import FrozenBetweenTests
 from harness.pytest_plugin import markers, ranks
 from harness.pytest_plugin.context import (
     XDIST_REFUSAL,
@@ -77,6 +78,8 @@ class PerfRun:
         self.pending: PendingConfirmations | None = None
         # Seconds each test's call took: what confirming it costs in an A/B's child run.
         self.durations: dict[str, float] = {}
+        # Objects that outlive the measured tests, frozen out of garbage collections.
+        self.frozen = FrozenBetweenTests()
 
     @functools.cached_property
     def launch(self) -> Launch | None:
@@ -204,9 +207,17 @@ class PerfRun:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        """Under pytest-xdist, a measured test errors with the reason (`XDIST_REFUSAL`)."""
+        """Under pytest-xdist, a measured test errors with the reason (`XDIST_REFUSAL`).
+        Before a measured test's fixtures are set up, what outlives it is frozen
+        (`garbage.FrozenBetweenTests`), so that its garbage collections stay short."""
         if item.nodeid in self._refused:
             pytest.fail(XDIST_REFUSAL, pytrace=False)
+        if markers.uses_perf(item):
+            self.frozen.before_measured_test()
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
+        """A fixture wider than a test ended: let its objects be collected."""
+        self.frozen.fixture_finalized(fixturedef.scope)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
@@ -373,8 +384,9 @@ class PerfRun:
             terminalreporter.write_line(line, red=line.startswith("ERROR"))
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """Leave the process group of a distributed run, and drop the session (pytester runs
-        many configs in one process)."""
+        """Unfreeze what the measured tests froze, leave the process group of a distributed
+        run, and drop the session (pytester runs many configs in one process)."""
+        self.frozen.finish()
         if self.distributed is not None:
             self._leave_process_group(self.distributed)
         self.session = None

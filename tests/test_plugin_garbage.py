@@ -1,0 +1,152 @@
+"""Frozen objects between measured tests (`harness.measure.garbage`): what outlives the tests is
+out of the collections, a wider-scoped fixture's garbage is still freed before the next test
+measures, a process's own freeze is left alone, and nothing stays frozen after the run."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from harness.measure import environment
+from harness.measure.garbage import FrozenBetweenTests
+
+CONFTEST = """
+import gc
+import weakref
+
+import pytest
+
+from harness.testing import FakeClock, FakeGpuMonitor
+
+# Weak references to the module-scoped fixtures' objects, each in a reference cycle.
+HELD = []
+
+
+class Cycle:
+    def __init__(self):
+        self.me = self
+
+
+@pytest.fixture
+def perf_clock():
+    return FakeClock(seed=1, base_seconds=1e-3)
+
+
+@pytest.fixture
+def perf_gpu_monitor():
+    return FakeGpuMonitor()
+
+
+@pytest.fixture(scope="module")
+def module_cycle():
+    cycle = Cycle()
+    HELD.append(weakref.ref(cycle))
+    yield cycle
+
+
+@pytest.fixture
+def freeze_count():
+    return gc.get_freeze_count()
+"""
+
+# Module a: its module-scoped cycle is frozen with the rest before a's second measured test, and
+# becomes garbage when module a ends.
+MODULE_A = """
+def test_first(perf, module_cycle, freeze_count):
+    assert freeze_count > 0, "nothing was frozen before a measured test"
+    perf.time(lambda: None)
+
+
+def test_second(perf, module_cycle):
+    perf.time(lambda: None)
+"""
+
+# Module b: by the time its measured test runs, module a's cycle must be gone.
+MODULE_B = """
+import conftest
+
+
+def test_after_module_a(perf):
+    assert conftest.HELD and conftest.HELD[0]() is None, "module a's cycle was never freed"
+    perf.time(lambda: None)
+"""
+
+UNMEASURED = """
+import gc
+
+
+def test_unmeasured_first():
+    assert gc.get_freeze_count() == 0, "frozen before any measured test"
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin asks `environment.cuda_available`; these tests pin the CPU-only answer."""
+    monkeypatch.setattr(environment, "cuda_available", lambda: False)
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_afterwards() -> Iterator[None]:
+    """Whatever a test leaves frozen is unfrozen, so no other test in this process inherits it."""
+    assert gc.get_freeze_count() == 0
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def run(pytester: pytest.Pytester) -> pytest.RunResult:
+    return pytester.runpytest("-p", "harness.pytest_plugin", "-p", "no:cacheprovider",
+                              "--perf-device", "cpu")
+
+
+def test_a_measured_run_freezes_between_tests_and_unfreezes_at_the_end(
+        pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_0_unmeasured=UNMEASURED, test_a=MODULE_A, test_b=MODULE_B)
+    result = run(pytester)
+    # No baseline: the measured tests skip with the reason; none fails an assertion.
+    result.assert_outcomes(passed=1, skipped=3)
+    assert gc.get_freeze_count() == 0, "objects stayed frozen after the run"
+
+
+def test_a_process_that_froze_objects_itself_is_left_alone(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST + "\ngc.freeze()\n")
+    pytester.makepyfile(test_a=MODULE_A.replace("assert freeze_count > 0", "assert True"))
+    frozen_before = gc.get_freeze_count()
+    result = run(pytester)
+    result.assert_outcomes(skipped=2)
+    # The conftest's freeze is still in place: the run neither unfroze it nor froze more.
+    assert gc.get_freeze_count() > frozen_before
+
+
+def test_a_wider_scoped_fixture_ending_unfreezes_and_the_next_test_collects_its_cycle() -> None:
+    frozen = FrozenBetweenTests()
+    frozen.before_measured_test()
+    assert gc.get_freeze_count() > 0
+    frozen.fixture_finalized("function")
+    assert gc.get_freeze_count() > 0, "a test's own fixture ending unfroze everything"
+    frozen.fixture_finalized("module")
+    assert gc.get_freeze_count() == 0
+    frozen.before_measured_test()
+    assert gc.get_freeze_count() > 0
+    frozen.finish()
+    assert gc.get_freeze_count() == 0
+
+
+def test_objects_made_after_the_freeze_are_still_collected() -> None:
+    frozen = FrozenBetweenTests()
+    frozen.before_measured_test()
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    import weakref
+    made_after = weakref.ref(Cycle())
+    gc.collect()
+    assert made_after() is None
+    frozen.finish()
