@@ -113,14 +113,25 @@ def test_a_measured_run_freezes_between_tests_and_unfreezes_at_the_end(
     assert gc.get_freeze_count() == 0, "objects stayed frozen after the run"
 
 
-def test_a_process_that_froze_objects_itself_is_left_alone(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(CONFTEST + "\ngc.freeze()\n")
-    pytester.makepyfile(test_a=MODULE_A.replace("assert freeze_count > 0", "assert True"))
-    frozen_before = gc.get_freeze_count()
+def test_a_run_without_measured_tests_freezes_nothing() -> None:
+    frozen = FrozenBetweenTests()
+    frozen.fixture_finalized("module")
+    frozen.finish()
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_process_that_froze_objects_itself_still_gets_short_collections_and_its_freeze_back(
+        pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_a=MODULE_A, test_b=MODULE_B)
+    gc.freeze()
+    assert gc.get_freeze_count() > 0
     result = run(pytester)
-    result.assert_outcomes(skipped=2)
-    # The conftest's freeze is still in place: the run neither unfroze it nor froze more.
-    assert gc.get_freeze_count() > frozen_before
+    # Module a's cycle is freed before module b measures, as without the process's freeze.
+    result.assert_outcomes(skipped=3)
+    # Frozen again at the end: the process's objects, and what is alive now.
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
 
 
 def test_a_wider_scoped_fixture_ending_unfreezes_and_the_next_test_collects_its_cycle() -> None:
