@@ -1,6 +1,7 @@
 """What is measured on the device, and how.
 
-The clock (`clocks`) and the sampling rules (`sampling`) time any function; on top of them a
+The clock (`clocks`) and the sampling rules (`sampling`) time any function, with short garbage
+collections between tests (`garbage`); on top of them a
 training step (`step` for any step function, `train_step` for a model, loss and optimizer,
 their FLOPs counted by `flop_count`), a data loader (`dataloader`), device memory and what of
 it belongs to a test (`memory`), collectives (`collectives`) and where a step's device time
