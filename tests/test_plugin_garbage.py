@@ -1,6 +1,7 @@
 """Frozen objects between measured tests (`harness.measure.garbage`): what outlives the tests is
 out of the collections, a wider-scoped fixture's garbage is still freed before the next test
-measures, a process's own freeze is left alone, and nothing stays frozen after the run."""
+measures, a process that froze objects itself gets its freeze back, and otherwise nothing stays
+frozen after the run."""
 
 from __future__ import annotations
 

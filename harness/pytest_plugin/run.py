@@ -384,8 +384,9 @@ class PerfRun:
             terminalreporter.write_line(line, red=line.startswith("ERROR"))
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """Unfreeze what the measured tests froze, leave the process group of a distributed
-        run, and drop the session (pytester runs many configs in one process)."""
+        """Leave the garbage collector as the run found it (`FrozenBetweenTests.finish`), leave
+        the process group of a distributed run, and drop the session (pytester runs many configs
+        in one process)."""
         self.frozen.finish()
         if self.distributed is not None:
             self._leave_process_group(self.distributed)
