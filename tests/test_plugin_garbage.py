@@ -6,6 +6,7 @@ frozen after the run."""
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -132,10 +133,9 @@ def test_a_process_that_froze_objects_itself_still_gets_short_collections_and_it
     result.assert_outcomes(skipped=3)
     # Frozen again at the end: the process's objects, and what is alive now.
     assert gc.get_freeze_count() > 0
-    gc.unfreeze()
 
 
-def test_a_wider_scoped_fixture_ending_unfreezes_and_the_next_test_collects_its_cycle() -> None:
+def test_a_wider_scoped_fixture_ending_unfreezes_and_the_next_measured_test_freezes_again() -> None:
     frozen = FrozenBetweenTests()
     frozen.before_measured_test()
     assert gc.get_freeze_count() > 0
@@ -157,7 +157,6 @@ def test_objects_made_after_the_freeze_are_still_collected() -> None:
         def __init__(self) -> None:
             self.me = self
 
-    import weakref
     made_after = weakref.ref(Cycle())
     gc.collect()
     assert made_after() is None
