@@ -264,6 +264,27 @@ def test_child_runs_are_marked_and_skip_the_profiled_pass_only_when_told(
     assert (recording.env.get(ab.NO_PROFILE_VARIABLE) == "1") is not profile
 
 
+@pytest.mark.parametrize("writes_bytecode", [True, False])
+def test_child_runs_share_a_bytecode_cache_where_the_caller_writes_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writes_bytecode: bool) -> None:
+    from harness.gate import ab
+
+    recording = RecordingRun()
+    monkeypatch.setattr(ab.subprocess, "run", recording)
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    if writes_bytecode:
+        monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    PytestRunner()(tmp_path, ["t.py"], tmp_path / "work" / "r.json")
+    if writes_bytecode:  # the caller's own caches serve the children: nothing changed
+        assert "PYTHONPYCACHEPREFIX" not in recording.env
+    else:  # one cache for every child, inside the A/B's work directory, removed with it
+        assert "PYTHONDONTWRITEBYTECODE" not in recording.env
+        assert recording.env["PYTHONPYCACHEPREFIX"] == str(
+            tmp_path / "work" / ab.BYTECODE_DIRECTORY)
+
+
 def test_a_confirmation_profiles_only_for_a_device_time_suspect() -> None:
     from types import SimpleNamespace
 

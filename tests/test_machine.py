@@ -15,7 +15,12 @@ from harness.gate.results import Metric, RunResults
 from harness.gate.run_options import PerfOptions
 from harness.gate.session import Decision, PerfSession
 from harness.gate.verdict import Verdict, judge
-from harness.pytest_plugin.confirm import ABCheckout, PendingConfirmations, fit_budget
+from harness.pytest_plugin.confirm import (
+    CHILD_STARTUP_SECONDS,
+    ABCheckout,
+    PendingConfirmations,
+    fit_budget,
+)
 
 # Three recorded runs 2.5% apart: a fleet tolerance of about 7.5%, one machine's 2%.
 FLEET = tuple(RunSummary(median=m, spread=0.005, count=20, host=f"h{i}", created="")
@@ -98,11 +103,12 @@ def test_metrics_without_fleet_runs_are_no_peers() -> None:
 
 
 def test_the_ab_confirms_failed_tests_first_and_cheap_ones_within_the_budget() -> None:
-    # Three rounds of two child runs: 6 x (10 s start-up + the tests).
+    # Three rounds of two child runs: 6 x (start-up + the tests).
+    startup = CHILD_STARTUP_SECONDS
     tests = [("pass_cheap", False, 1.0), ("fail_slow", True, 20.0), ("fail_cheap", True, 2.0)]
-    chosen, everything = fit_budget(tests, budget_seconds=6 * (10 + 22))
+    chosen, everything = fit_budget(tests, budget_seconds=6 * (startup + 22))
     assert chosen == ["fail_cheap", "fail_slow"]
-    assert everything == pytest.approx(6 * (10 + 23))
+    assert everything == pytest.approx(6 * (startup + 23))
     assert fit_budget(tests, budget_seconds=1.0)[0] == ["fail_cheap"]  # never none
     assert fit_budget(tests, budget_seconds=1e6)[0] == ["fail_cheap", "fail_slow", "pass_cheap"]
 
@@ -119,8 +125,9 @@ def test_tests_beyond_the_budget_keep_their_first_verdicts_and_the_notes_say_how
     assert list(pending.decisions) == ["t.py::test_r"]
     assert list(left_out) == ["t.py::test_s"] and left_out["t.py::test_s"].outcome == "failed"
     (note,) = pending.session.end_notes
+    seconds = 6 * (CHILD_STARTUP_SECONDS + 55.0)
     assert note == ("1 suspected test(s) left out of the A/B, whose 3 rounds with them would "
-                    "take about 390 s, beyond --perf-ab-budget=100; their first verdicts "
+                    f"take about {seconds:.0f} s, beyond --perf-ab-budget=100; their first verdicts "
                     "stand. Confirm them with a larger budget or `python -m harness ab "
                     "000000000000 -- t.py::test_s`")
 
