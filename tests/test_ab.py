@@ -21,7 +21,7 @@ from harness.gate.ab import (
     worktree,
 )
 from harness.gate.fleet import RunSummary
-from harness.gate.paired import DECISIVE_ROUNDS, PairedOutcome
+from harness.gate.paired import PairedOutcome
 from harness.gate.results import Metric, RunResults
 
 
@@ -76,7 +76,7 @@ def test_a_slower_host_alone_is_unchanged(tmp_path: Path) -> None:
     base, head = _sides(tmp_path)
     runner = ScriptedRunner({"base": 1.0, "head": 1.0}, host=[1.0, 1.0, 1.6, 1.6, 1.3, 1.3])
     result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
-                    alpha=0.01, max_rounds=4, budget_seconds=1e6, work_dir=tmp_path)
+                    alpha=0.01, max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
     assert [v.outcome for v in result.verdicts.values()] == [PairedOutcome.UNCHANGED]
 
 
@@ -89,24 +89,6 @@ def test_the_budget_stops_the_rounds_but_never_below_the_minimum(tmp_path: Path)
                     clock=StepClock(1.0), progress=lines.append)
     assert result.rounds == 3
     assert "stopping after 3 rounds" in lines[-1]
-
-
-def test_a_change_waiting_for_its_deciding_round_runs_it_past_the_budget(
-        tmp_path: Path) -> None:
-    base, head = _sides(tmp_path)
-    # Head 5% slower in every round: after three rounds p < alpha, but a change is decided on
-    # four; the budget is spent, and the fourth round runs anyway and decides it.
-    runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 1.0, 1.01, 1.01])
-    lines: list[str] = []
-    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
-                    alpha=0.01, max_rounds=10, budget_seconds=5.0, work_dir=tmp_path,
-                    clock=StepClock(1.0), progress=lines.append)
-    assert result.rounds == DECISIVE_ROUNDS == 4
-    assert any("passes the 5 s budget, but 1 metric(s) measured a change that needs 4 rounds"
-               in line for line in lines)
-    assert "stopping after 4 rounds" in lines[-1]
-    (verdict,) = result.verdicts.values()
-    assert verdict.outcome is PairedOutcome.REGRESSION
 
 
 def _watched_ab(tmp_path: Path, head_cost: float, host: Sequence[float],
@@ -152,19 +134,18 @@ def test_a_suspect_that_measures_better_stops_the_rounds_early(tmp_path: Path) -
 
 def test_an_early_regression_needs_the_stricter_bound_of_several_looks(tmp_path: Path) -> None:
     base, head = _sides(tmp_path)
-    # 5% slower with a noisy host: p ~ 0.02 < 0.05 after 4 rounds, but not below 0.05 / 5 looks
-    # (rounds 4 to 8 may each stop the A/B).
-    host = [1.0, 0.98, 1.0, 0.97, 1.0, 1.0, 1.0, 1.03]
-    early = run_ab(base, head, ["t.py"], runner=ScriptedRunner({"base": 1.0, "head": 1.05}, host),
-                   tolerance_of=lambda mid, m: 0.02, alpha=0.05, max_rounds=4,
-                   budget_seconds=1e6, work_dir=tmp_path)
+    # 5% slower with a noisy host: p ~ 0.02 < 0.05 after 3 rounds, but not below 0.05 / 6 looks.
+    runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 0.99, 1.0, 0.97, 1.0, 1.0])
+    early = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                   alpha=0.05, max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
     (first,) = early.verdicts.values()
     assert first.outcome is PairedOutcome.REGRESSION and first.p_value is not None
-    assert 0.05 / 5 < first.p_value < 0.05
-    result = run_ab(base, head, ["t.py"], runner=ScriptedRunner({"base": 1.0, "head": 1.05}, host),
-                    tolerance_of=lambda mid, m: 0.02, alpha=0.05, max_rounds=8,
-                    budget_seconds=1e6, work_dir=tmp_path, watch=lambda mid: True)
-    assert result.rounds == 5  # p = 0.0095 after five rounds: below 0.05 / 5
+    assert 0.05 / 6 < first.p_value < 0.05
+    runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 0.99, 1.0, 0.97, 1.0, 1.0])
+    result = run_ab(base, head, ["t.py"], runner=runner, tolerance_of=lambda mid, m: 0.02,
+                    alpha=0.05, max_rounds=8, budget_seconds=1e6, work_dir=tmp_path,
+                    watch=lambda mid: True)
+    assert result.rounds > 3
 
 
 def test_unwatched_metrics_never_stop_the_rounds(tmp_path: Path) -> None:
@@ -193,22 +174,22 @@ def test_a_confirmed_regression_is_judged_with_one_machines_tolerance(tmp_path: 
     runner = ScriptedRunner({"base": 1.0, "head": 1.05}, host=[1.0, 1.0, 1.2, 1.2, 0.9, 0.9])
     result = run_ab(base, head, ["t.py"], runner=runner,
                     tolerance_of=lambda mid, m: first.one_machine_tolerance, alpha=0.01,
-                    max_rounds=4, budget_seconds=1e6, work_dir=tmp_path)
+                    max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
     (final,) = confirm_with_ab([first], result)
     assert final.outcome is Outcome.REGRESSION
     assert final.tolerance == pytest.approx(0.02)
-    assert "confirmed by A/B, 4 rounds" in final.reason
+    assert "confirmed by A/B, 3 rounds" in final.reason
     # Shown as the A/B measured it: base's and head's run medians on this machine.
-    assert final.baseline is not None and final.baseline.samples == (1.0, 1.2, 0.9, 1.0)
-    assert final.measured.samples == pytest.approx((1.05, 1.26, 0.945, 1.05))
+    assert final.baseline is not None and final.baseline.samples == (1.0, 1.2, 0.9)
+    assert final.measured.samples == pytest.approx((1.05, 1.26, 0.945))
     assert final.baseline.runs == ()
 
 
 def test_too_few_rounds_are_refused(tmp_path: Path) -> None:
     base, head = _sides(tmp_path)
-    with pytest.raises(ValueError, match="at least 4, the fewest rounds a change is decided"):
+    with pytest.raises(ValueError, match="at least 3"):
         run_ab(base, head, [], runner=ScriptedRunner({}, [1.0]), tolerance_of=lambda mid, m: 0.02,
-               alpha=0.01, max_rounds=3, budget_seconds=10, work_dir=tmp_path)
+               alpha=0.01, max_rounds=2, budget_seconds=10, work_dir=tmp_path)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -332,22 +313,22 @@ def test_the_ab_command_judges_a_ref_against_the_working_tree(
     from harness import cli
 
     monkeypatch.chdir(project)
-    code = cli.main(["ab", "v1", "--rounds", "4", "--", "--perf-device=cpu", "test_cost.py"])
+    code = cli.main(["ab", "v1", "--rounds", "3", "--", "--perf-device=cpu", "test_cost.py"])
     out = capsys.readouterr()
     assert code == 1
-    assert "4 alternating rounds" in out.out
+    assert "3 alternating rounds" in out.out
     assert "test_cost.py::test_cost" in out.out and "regression (lower is better)" in out.out
     # Why, under the table: the rounds, the change, and the support (a p-value where the runs
     # vary; these fake runs repeat one value per side).
     assert re.search(r"test_cost\.py::test_cost::\w+: regression \(lower is better\): head "
-                     r"\+\d+\.\d% vs base over 4 alternating rounds.*the same value in every "
+                     r"\+\d+\.\d% vs base over 3 alternating rounds.*the same value in every "
                      r"run of each side \(deterministic\)", out.out)
-    assert "A/B round 4/4" in out.err
+    assert "A/B round 3/3" in out.err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["ab", "v1"], "give the pytest arguments after '--'"),
-    (["ab", "v1", "--rounds", "3", "--", "x.py"], "--rounds must be at least 4"),
+    (["ab", "v1", "--rounds", "2", "--", "x.py"], "--rounds must be at least 3"),
     (["ab", "no-such-ref", "--", "x.py"], "'no-such-ref' is not a commit"),
 ])
 def test_the_ab_command_says_what_is_wrong(project: Path, monkeypatch: pytest.MonkeyPatch,
@@ -397,7 +378,7 @@ def test_rounds_that_disagree_fail_a_confirmation_only_when_head_measured_worse(
     base, head = _sides(tmp_path)
     result = run_ab(base, head, ["t.py"], runner=ScriptedRunner(
         {"base": 1.0, "head": head_cost}, host=host), tolerance_of=lambda mid, m: 0.02,
-        alpha=0.01, max_rounds=4, budget_seconds=1e6, work_dir=tmp_path)
+        alpha=0.01, max_rounds=3, budget_seconds=1e6, work_dir=tmp_path)
     (paired,) = result.verdicts.values()
     assert paired.outcome is PairedOutcome.UNDECIDED
     (final,) = confirm_with_ab([first], result)

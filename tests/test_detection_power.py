@@ -52,7 +52,7 @@ from benchmarks.detection_power.injections import (
 )
 from benchmarks.detection_power.phases import MEMORY_NEEDS_CUDA, paired_added_seconds
 from benchmarks.detection_power.report import render_grid, render_notes
-from harness.gate.paired import DECISIVE_ROUNDS, MIN_ROUNDS
+from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric, SchemaError
 from harness.gate.run_options import DEFAULT_AB_BUDGET_SECONDS, DEFAULT_AB_ROUNDS
 from harness.gate.tolerance import DEFAULT_TOLERANCES
@@ -335,9 +335,9 @@ def test_ab_head_slower_in_every_round_is_a_regression_after_the_fewest_rounds()
     calls: list[tuple[int, str]] = []
     record = ab_repetition(scripted_runs(TEN_PERCENT_SLOWER, calls=calls), AB_SETTINGS)
     assert record["outcome"] == "regression"
-    assert record["rounds"] == DECISIVE_ROUNDS == 4 and len(calls) == 2 * DECISIVE_ROUNDS
+    assert record["rounds"] == MIN_ROUNDS == 3 and len(calls) == 2 * MIN_ROUNDS
     assert record["change"] == pytest.approx(1 / 1.10 - 1, abs=0.005)
-    assert record["p_value"] < DEFAULT_ALPHA / (DEFAULT_AB_ROUNDS - DECISIVE_ROUNDS + 1)
+    assert record["p_value"] < DEFAULT_ALPHA / (DEFAULT_AB_ROUNDS - MIN_ROUNDS + 1)
 
 
 def test_ab_without_a_change_is_not_flagged_and_stops_after_the_fewest_rounds() -> None:
@@ -367,11 +367,9 @@ def test_ab_rounds_alternate_with_base_first_in_even_rounds() -> None:
 
 def test_ab_records_the_verdict_after_every_round() -> None:
     record = ab_repetition(scripted_runs(TEN_PERCENT_SLOWER), AB_SETTINGS)
-    # Before MIN_ROUNDS there is no paired verdict: undecided, no p-value; before
-    # DECISIVE_ROUNDS a change beyond the tolerance is undecided, with its p-value.
+    # Before MIN_ROUNDS there is no paired verdict: undecided, no p-value.
     assert record["p_values"][:MIN_ROUNDS - 1] == [None] * (MIN_ROUNDS - 1)
-    assert None not in record["p_values"][MIN_ROUNDS - 1:]
-    assert record["outcomes"] == ["undecided"] * (DECISIVE_ROUNDS - 1) + ["regression"]
+    assert record["outcomes"] == ["undecided"] * (MIN_ROUNDS - 1) + ["regression"]
     assert record["p_values"][-1] == record["p_value"]
 
 
@@ -413,8 +411,7 @@ def test_ab_analysis_counts_regressions_rounds_and_p_per_condition() -> None:
         ("unchanged", 0, 0, 5, "0/5", True), ("+3%", 4, 1, 5, ">=4/5", True),
         ("+5%", 5, 0, 5, "5/5", True), ("+10%", 4, 0, 5, "5/5", False)]
     assert rows["unchanged"].mean_rounds == MIN_ROUNDS
-    assert rows["+3%"].mean_rounds == pytest.approx(
-        (4 * DECISIVE_ROUNDS + DEFAULT_AB_ROUNDS) / 5)
+    assert rows["+3%"].mean_rounds == pytest.approx((4 * MIN_ROUNDS + DEFAULT_AB_ROUNDS) / 5)
     stored = [r["p_value"] for r in data["phases"][AB_PHASE]["repetitions"]
               if r["condition"] == "+5%"]
     assert rows["+5%"].median_p == pytest.approx(sorted(stored)[2])

@@ -24,7 +24,7 @@ from pathlib import Path
 from harness.gate import ab, report
 from harness.gate.compare import FAILING_OUTCOMES
 from harness.gate.explanation import explain_verdicts, runs_profiles
-from harness.gate.paired import DECISIVE_ROUNDS, MIN_ROUNDS
+from harness.gate.paired import MIN_ROUNDS
 from harness.gate.results import Metric
 from harness.gate.tolerance import choose_tolerance, require_tolerance
 from harness.gate.verdict import DEFAULT_ALPHA, sort_for_report
@@ -56,11 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="git ref of the head (default: the working tree as it is)")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                         help=f"rounds at most, each one run of either side (at least "
-                             f"{DECISIVE_ROUNDS}; default {DEFAULT_ROUNDS})")
+                             f"{MIN_ROUNDS}; default {DEFAULT_ROUNDS})")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_SECONDS,
                         metavar="SECONDS", help="stop after the round that passes this many "
-                        f"seconds, never below {MIN_ROUNDS} rounds, nor below "
-                        f"{DECISIVE_ROUNDS} while a change waits for its deciding round (default "
+                        f"seconds, never below {MIN_ROUNDS} rounds (default "
                         f"{DEFAULT_BUDGET_SECONDS:g})")
     parser.add_argument("--markdown", action="store_true",
                         help="print a GitHub-flavoured markdown table for a pull-request comment")
@@ -77,9 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check out the refs, run the rounds, print the table and return the exit code."""
-    if args.rounds < DECISIVE_ROUNDS:
-        raise ValueError(f"--rounds must be at least {DECISIVE_ROUNDS} (the fewest rounds a "
-                         f"change is decided on), got {args.rounds}")
+    if args.rounds < MIN_ROUNDS:
+        raise ValueError(f"--rounds must be at least {MIN_ROUNDS}, got {args.rounds}")
     if args.tolerance is not None:
         require_tolerance("--tolerance", args.tolerance)
     if not args.passthrough:

@@ -10,8 +10,7 @@ child only measures and never judges, waits to confirm or writes a baseline.
 
 The order alternates ABBA... so that a drift over the rounds (a GPU warming up, a neighbour
 starting) does not favour either side, and the rounds stop at `max_rounds` or when the next round
-would overrun the time budget, never below `MIN_ROUNDS`, nor below `DECISIVE_ROUNDS` while a
-change waits for the round that decides it.
+would overrun the time budget, never below `MIN_ROUNDS`.
 """
 
 from __future__ import annotations
@@ -32,13 +31,7 @@ from typing import Protocol
 from harness.checks import require_positive, require_positive_int
 from harness.gate import store
 from harness.gate.formatting import format_percent
-from harness.gate.paired import (
-    DECISIVE_ROUNDS,
-    MIN_ROUNDS,
-    PairedOutcome,
-    PairedVerdict,
-    paired_verdict,
-)
+from harness.gate.paired import MIN_ROUNDS, PairedOutcome, PairedVerdict, paired_verdict
 from harness.gate.results import Metric, RunResults
 from harness.gate.verdict import AB_RULE, Outcome, Verdict
 from harness.gate.wall_time import defer_paired
@@ -126,10 +119,6 @@ def run_ab(base: Side, head: Side, pytest_args: Sequence[str], *, runner: TreeRu
     """Run base and head alternately (ABBA...) and judge every metric both sides measured in every
     round. `tolerance_of(metric_id, metric)` gives a metric's tolerance (the gate's rules).
 
-    The budget stops the rounds from MIN_ROUNDS on, except while a metric (a watched one, with
-    `watch`) measured a change that only its DECISIVE_ROUNDS-th round can decide: that round
-    runs even past the budget, so a real regression is not left undecided by one round.
-
     With `watch` (the metric ids a confirmation is about), the rounds also stop once every watched
     metric is decided (`settled`): a regression confirmed early needs its p-value below alpha
     divided by the number of looks, so stopping early never raises the false-alarm rate, and a
@@ -137,25 +126,18 @@ def run_ab(base: Side, head: Side, pytest_args: Sequence[str], *, runner: TreeRu
     tolerance, or better."""
     require_positive_int("max_rounds", max_rounds)
     require_positive("budget_seconds", budget_seconds)
-    if max_rounds < DECISIVE_ROUNDS:
-        raise ValueError(f"max_rounds must be at least {DECISIVE_ROUNDS}, the fewest rounds a "
-                         f"change is decided on (harness.gate.paired), got {max_rounds}")
+    if max_rounds < MIN_ROUNDS:
+        raise ValueError(f"max_rounds must be at least {MIN_ROUNDS} for a paired verdict, "
+                         f"got {max_rounds}")
     result = ABResult(base=base, head=head)
-    verdicts: dict[str, PairedVerdict] = {}
     start = clock()
     for index in range(max_rounds):
         elapsed = clock() - start
         per_round = elapsed / index if index else 0.0
         if index >= MIN_ROUNDS and elapsed + per_round > budget_seconds:
-            waiting = [mid for mid, v in verdicts.items()
-                       if v.short_of_rounds and (watch is None or watch(mid))]
-            if not waiting:
-                progress(f"A/B: stopping after {index} rounds: another would pass the "
-                         f"{budget_seconds:g} s budget")
-                break
-            progress(f"A/B: round {index + 1} passes the {budget_seconds:g} s budget, but "
-                     f"{len(waiting)} metric(s) measured a change that needs "
-                     f"{DECISIVE_ROUNDS} rounds to decide: {', '.join(sorted(waiting))}")
+            progress(f"A/B: stopping after {index} rounds: another would pass the "
+                     f"{budget_seconds:g} s budget")
+            break
         order = (base, head) if index % 2 == 0 else (head, base)
         for side in order:
             save_path = work_dir / f"{side.label}-{index + 1}.json"
@@ -163,11 +145,10 @@ def run_ab(base: Side, head: Side, pytest_args: Sequence[str], *, runner: TreeRu
             runs.append(runner(side.tree, pytest_args, save_path))
         progress(f"A/B round {index + 1}/{max_rounds} ({order[0].label} first): "
                  f"{_round_summary(result)}; {clock() - start:.0f} s so far")
-        if index + 1 >= MIN_ROUNDS and index + 1 < max_rounds:
+        if watch is not None and index + 1 >= MIN_ROUNDS and index + 1 < max_rounds:
             verdicts = judge_rounds(result.base_runs, result.head_runs,
                                     tolerance_of=tolerance_of, alpha=alpha)
-            if watch is not None and settled(verdicts, watch, alpha=alpha,
-                                             looks=max_rounds - DECISIVE_ROUNDS + 1):
+            if settled(verdicts, watch, alpha=alpha, looks=max_rounds - MIN_ROUNDS + 1):
                 progress(f"A/B: every watched metric is decided after {index + 1} rounds")
                 break
     result.elapsed_seconds = clock() - start
@@ -181,9 +162,8 @@ def settled(verdicts: dict[str, PairedVerdict], watch: Callable[[str], bool], *,
     """Whether every watched metric measured so far is decided, so that more rounds are not
     needed. A watched metric is a suspect that a confirmation asks one question of: is head
     worse? It is decided when worse with p below alpha / looks (the Bonferroni bound over the
-    looks, rounds DECISIVE_ROUNDS..max_rounds, keeps the chance of any early false confirmation
-    at or below alpha, as if only one look were taken), when deterministic, or when it measured
-    worse
+    looks, rounds MIN_ROUNDS..max_rounds, keeps the chance of any early false confirmation at or
+    below alpha, as if only one look were taken), when deterministic, or when it measured worse
     by at most EARLY_NOT_WORSE_SHARE of its tolerance, better by any amount included: a change
     just inside the tolerance after few rounds may be a real one read low, a better one never
     becomes a regression worth the rounds."""

@@ -14,10 +14,6 @@ and contributes the log ratio of their run medians. The verdict on these ratios 
    or signed-rank test (the smallest one-sided p is 1/32), while a 3% change over 1% run-to-run
    noise gives t = 6.7 with 4 degrees of freedom, p ~ 0.001.
 
-A change is decided from DECISIVE_ROUNDS rounds on, one more than a verdict needs: three rounds
-can find a metric unchanged, but three log ratios that agree by chance can reach any p-value, and
-a run's state is not always normal noise (see DECISIVE_ROUNDS).
-
 Deterministic metrics (the same value in every run of a side, as peak allocated memory is) are
 decided without a test, like the single-run verdict does.
 """
@@ -38,16 +34,6 @@ from harness.gate.tolerance import require_tolerance
 # Fewest rounds a paired verdict is reached on: with 2 rounds the t-test has 1 degree of freedom
 # and needs t > 31.8 for p < 0.01, so nothing short of a doubling would ever be confirmed.
 MIN_ROUNDS = 3
-
-# Fewest rounds a change beyond the tolerance (a regression, an improvement) is decided on. On a
-# fresh H200 (2026-12-03) three rounds of an unchanged SwiGLU GEMM read head +3.1% vs base each
-# time, p=0.0042 with two degrees of freedom, and failed the build; seven rounds on the next
-# machine put the same two commits at +0.3%. A run's median can sit in one of a few states a few
-# percent apart (the power-managed clock, the machine), and a t-test on three ratios of such
-# states is fooled whenever all three pairs fall the same way: (1/4)^3 = 1.6% of A/Bs for two
-# equally likely states. With a fourth round that must agree the chance is (1/4)^4 = 0.4%, and
-# three agreeing rounds with one that does not give p ~ 0.03, not enough.
-DECISIVE_ROUNDS = 4
 
 # Continued-fraction accuracy of the incomplete beta function: far below any alpha in use.
 _BETA_EPSILON = 1e-14
@@ -82,8 +68,6 @@ class PairedVerdict:
     alpha: float
     p_value: float | None
     reason: str
-    # Undecided only because the rounds are fewer than DECISIVE_ROUNDS: another round decides.
-    short_of_rounds: bool = False
 
     @property
     def rounds(self) -> int:
@@ -111,11 +95,10 @@ def paired_verdict(metric_id: str, better: Better, base_values: Sequence[float],
     tolerance = require_tolerance("tolerance", tolerance)
 
     def verdict(outcome: PairedOutcome, reason: str, change: float | None = None,
-                p_value: float | None = None, short_of_rounds: bool = False) -> PairedVerdict:
+                p_value: float | None = None) -> PairedVerdict:
         return PairedVerdict(metric_id=metric_id, outcome=outcome, better=better,
                              base_values=base, head_values=head, change=change,
-                             tolerance=tolerance, alpha=alpha, p_value=p_value, reason=reason,
-                             short_of_rounds=short_of_rounds)
+                             tolerance=tolerance, alpha=alpha, p_value=p_value, reason=reason)
 
     rounds = len(base)
     if rounds < MIN_ROUNDS:
@@ -151,10 +134,6 @@ def paired_verdict(metric_id: str, better: Better, base_values: Sequence[float],
     if not supported:
         return verdict(PairedOutcome.UNDECIDED, f"{moved}, beyond {bound}, but {support}: "
                        f"the rounds disagree too much to decide", change, p_value)
-    if not deterministic and rounds < DECISIVE_ROUNDS:
-        return verdict(PairedOutcome.UNDECIDED, f"{moved}, beyond {bound}; {support}, but a "
-                       f"change is decided on {DECISIVE_ROUNDS} rounds at least", change,
-                       p_value, short_of_rounds=True)
     outcome = PairedOutcome.REGRESSION if worse else PairedOutcome.IMPROVEMENT
     return verdict(outcome, f"{moved}, beyond {bound}; {support}", change, p_value)
 

@@ -23,7 +23,7 @@ import pytest
 
 from harness.checks import directory_problem, file_problem
 from harness.distributed.launch import DEFAULT_TIMEOUT_SECONDS
-from harness.gate.paired import DECISIVE_ROUNDS
+from harness.gate.paired import MIN_ROUNDS
 from harness.gate.run_options import (
     CONFIRM_CHOICES,
     DEFAULT_AB_BUDGET_SECONDS,
@@ -102,11 +102,10 @@ OPTIONS: tuple[_Option, ...] = (
             "worktree), remeasure (measure this code again after --perf-confirm-delay), or "
             "auto (ab where the baseline's commit is in this checkout; default)", "HOW"),
     _Option("--perf-ab-rounds", "float", "rounds of an A/B confirmation at most, each one run "
-            f"of either side (at least {DECISIVE_ROUNDS}; default {DEFAULT_AB_ROUNDS})", "N"),
+            f"of either side (at least {MIN_ROUNDS}; default {DEFAULT_AB_ROUNDS})", "N"),
     _Option("--perf-ab-budget", "float", "seconds the run's A/B confirmation (one for all "
             "suspected tests, at the end of the run) may take: it confirms the suspected tests "
-            "whose 3 rounds fit (failed ones first), and stops at the rounds it has, past it only "
-            "for the 4th round that decides a change "
+            "whose 3 rounds fit (failed ones first), and stops at the rounds it has "
             f"(default {DEFAULT_AB_BUDGET_SECONDS:g})", "SECONDS"),
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
@@ -322,8 +321,8 @@ def read_options(config: pytest.Config, *, resolve_device: bool = True) -> PerfO
     device, device_source = _device(config, by_flag["--perf-device"], resolve_device)
     confirm = _choice(config, by_flag["--perf-confirm"], CONFIRM_CHOICES, "auto")
     ab_rounds = _number(config, by_flag["--perf-ab-rounds"],
-                        f"a whole number of rounds of at least {DECISIVE_ROUNDS}, such as 5",
-                        lambda number: number >= DECISIVE_ROUNDS and number == int(number))
+                        f"a whole number of rounds of at least {MIN_ROUNDS}, such as 5",
+                        lambda number: number >= MIN_ROUNDS and number == int(number))
     ab_budget = _positive_float(config, by_flag["--perf-ab-budget"],
                                 "a number of seconds greater than 0, such as 240")
     trace, trace_source = _path(config, by_flag["--perf-trace"])
