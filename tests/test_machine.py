@@ -127,8 +127,8 @@ def test_tests_beyond_the_budget_keep_their_first_verdicts_and_the_notes_say_how
     (note,) = pending.session.end_notes
     seconds = 6 * (CHILD_STARTUP_SECONDS + 55.0)
     assert note == ("1 suspected test(s) left out of the A/B, whose 3 rounds with them would "
-                    f"take about {seconds:.0f} s, beyond --perf-ab-budget=100; their first verdicts "
-                    "stand. Confirm them with a larger budget or `python -m harness ab "
+                    f"take about {seconds:.0f} s, beyond --perf-ab-budget=100; their first "
+                    "verdicts stand. Confirm them with a larger budget or `python -m harness ab "
                     "000000000000 -- t.py::test_s`")
 
 
