@@ -19,12 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness.measure.clocks import (
-    CudaEventClock,
-    QueuedCudaEventClock,
-    elapsed_seconds,
-    timing_event,
-)
+from harness.measure.clocks import CudaEventClock, QueuedCudaEventClock
 from harness.measure.sampling import TimingPolicy, measure_time
 from harness.workloads.gemm import (
     LLAMA_7B_LAYER_GEMMS,
@@ -44,15 +39,8 @@ class SpinLeadClock(CudaEventClock):
     name = "cuda-events, spin lead"
 
     def time(self, fn: Callable[[], object], iterations: int) -> float:
-        stream = torch.cuda.current_stream(self.device)
-        torch.cuda._sleep(SPIN_CYCLES)
-        start, end = timing_event(), timing_event()
-        start.record(stream)
-        for _ in range(iterations):
-            fn()
-        end.record(stream)
-        end.synchronize()
-        return elapsed_seconds(start, end)
+        torch.cuda._sleep(SPIN_CYCLES)  # queued ahead of the start event that super() records
+        return super().time(fn, iterations)
 
 
 def main() -> None:
