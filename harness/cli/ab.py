@@ -69,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relative tolerance for every metric, e.g. 0.05 for 5%% (default: "
                              "each metric's own, else the default of its kind)")
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
-                        help="keep every run's saved results in DIR (default: a temporary "
-                             "directory, removed)")
+                        help="keep every run's saved results in DIR, with the child runs' "
+                             "bytecode cache where the environment writes none (default: a "
+                             "temporary directory, removed)")
     parser.set_defaults(takes_passthrough=True)
 
 
