@@ -133,6 +133,50 @@ def test_a_slowdown_the_ab_rounds_cannot_settle_does_not_fail_a_strict_run(
     assert (recorded.path / "host-counter.txt").read_text() == "7"
 
 
+HOST_TEST = '''
+import os
+
+def test_loader(perf):
+    host = float(os.environ.get("FAKE_HOST_FACTOR", "1"))
+    perf.metric("batches_per_s", [100.0 / host] * 5, unit="1/s", better="higher",
+                kind="dataloader")
+'''
+
+
+def test_a_host_measurement_within_the_fleet_is_named_and_left_out_of_the_ab_unless_asked(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_loader=HOST_TEST)
+    _git(pytester, "init", "-q")
+    _git(pytester, "add", ".")
+    _git(pytester, "commit", "-q", "-m", "base")
+    # Three hosts of the fleet, 10% apart: a fleet tolerance of about 30%, one machine's 15%.
+    for index, factor in enumerate(("0.9", "1.0", "1.1")):
+        monkeypatch.setenv("FAKE_HOST_FACTOR", factor)
+        result = pytester.runpytest("-p", "no:cacheprovider", "--perf-device=cpu",
+                                    "--perf-update-baselines",
+                                    *(["--perf-add-run"] if index else []))
+        assert result.ret == pytest.ExitCode.OK
+    monkeypatch.setenv("FAKE_HOST_FACTOR", "1.25")  # this host: 20% fewer batches a second
+    named = pytester.runpytest("-p", "no:cacheprovider", "--perf-device=cpu", "--perf-strict")
+    named.assert_outcomes(passed=2)
+    out = named.stdout.str()
+    assert "A/B of" not in out and "look worse" not in out
+    named.stdout.fnmatch_lines([
+        "*test_loader.py::test_loader*batches_per_s*-20.0 %*host-bound change*",
+        "*1 host-bound metric(s) read worse than one machine's tolerance, within what the "
+        "baseline's machines measured*test_loader.py::test_loader: batches_per_s -20.0%*"
+        "rerun with --perf-ab-host-bound, or `python -m harness ab * -- "
+        "test_loader.py::test_loader`*"])
+    # Asked for, it is judged as any metric within the fleet's spread (here without an A/B,
+    # whose rounds take half a minute: tests/test_suspects.py has the A/B's side of it).
+    asked = pytester.runpytest("-p", "no:cacheprovider", "--perf-device=cpu", "--perf-strict",
+                               "--perf-ab-host-bound", "--perf-confirm=remeasure")
+    asked.assert_outcomes(passed=1)
+    asked.stdout.fnmatch_lines(["*test_loader.py::test_loader*batches_per_s*-20.0 %*unchanged"])
+    assert "host-bound" not in asked.stdout.str()
+
+
 def test_without_a_suspect_the_confirmation_passes_without_running_anything(
         recorded: pytest.Pytester) -> None:
     result = recorded.runpytest("-p", "no:cacheprovider", "--perf-device=cpu", "-v")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness.checks import require_bool, require_choice
 from harness.gate import store
+from harness.gate.host_share import name_host_shares
 from harness.gate.results import Metric, RunResults
 from harness.gate.tolerance import require_tolerance
 from harness.gate.verdict import Outcome, Verdict, judge, sort_for_report
@@ -72,14 +73,15 @@ def check_two_runs(base: RunResults, base_path: Path, new: RunResults, new_path:
 def compare_results(base: RunResults, new: RunResults, *, base_path: Path, new_path: Path,
                     tolerance: float | None = None) -> Comparison:
     """Judge every metric of NEW against BASE with `verdict.judge` (a kernel-bound call's device
-    time following its wall time, `wall_time.defer_to_wall_time`); list what NEW lacks."""
+    time following its wall time, `wall_time.defer_to_wall_time`; the host's share of host-bound
+    work named, `host_share.name_host_shares`); list what NEW lacks."""
     check_same_hardware(base, base_path, new, new_path)
     check_two_runs(base, base_path, new, new_path)
-    verdicts = defer_to_wall_time([
+    verdicts = name_host_shares(defer_to_wall_time([
         judge(mid, measured, base.metrics.get(mid), tolerance=tolerance,
               baseline_environment=base.environment, environment=new.environment)
         for mid, measured in sorted(new.metrics.items())
-    ])
+    ]))
     missing = {mid: m for mid, m in sorted(base.metrics.items()) if mid not in new.metrics}
     return Comparison(base_path=base_path, new_path=new_path,
                       verdicts=sort_for_report(verdicts), missing_in_new=missing)

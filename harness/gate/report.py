@@ -27,6 +27,7 @@ from harness.gate.kernel_diff import KernelDiff, Line
 from harness.gate.results import Metric, RunResults, split_metric_id
 from harness.gate.suspects import undecided_by_ab
 from harness.gate.verdict import (
+    HOST_BOUND_RULE,
     REPORT_ORDER,
     Outcome,
     Verdict,
@@ -39,6 +40,7 @@ DEFAULT_MARKDOWN_TITLE = "Performance report"
 # What an A/B's unjudged metric is called in tables: "unreliable" would suggest a broken
 # measurement, while its runs were sound and only disagreed too much to decide.
 UNDECIDED_WORD = "undecided (rounds disagree)"
+HOST_BOUND_WORD = "host-bound change"
 
 
 def render_summary(verdicts: Sequence[Verdict]) -> str:
@@ -178,8 +180,13 @@ def _verdict_word(verdict: Verdict) -> str:
 
 
 def outcome_word(verdict: Verdict) -> str:
-    """The outcome's word: "undecided (rounds disagree)" for a metric an A/B left unjudged."""
-    return UNDECIDED_WORD if undecided_by_ab(verdict) else str(verdict.outcome.value)
+    """The outcome's word: "undecided (rounds disagree)" for a metric an A/B left unjudged,
+    "host-bound change" for the host's share of a step (`harness.gate.host_share`)."""
+    if undecided_by_ab(verdict):
+        return UNDECIDED_WORD
+    if verdict.rule == HOST_BOUND_RULE:
+        return HOST_BOUND_WORD
+    return str(verdict.outcome.value)
 
 
 def _counts(verdicts: Iterable[Verdict]) -> str:
@@ -194,7 +201,9 @@ def _counts(verdicts: Iterable[Verdict]) -> str:
     for outcome in sorted(Outcome, key=REPORT_ORDER.__getitem__):
         of_outcome = [v for v in verdicts if v.outcome is outcome]
         undecided = sum(undecided_by_ab(v) for v in of_outcome)
-        for count, (one, many) in ((len(of_outcome) - undecided, words[outcome]),
+        host = sum(v.rule == HOST_BOUND_RULE for v in of_outcome)
+        for count, (one, many) in ((len(of_outcome) - undecided - host, words[outcome]),
+                                   (host, ("host-bound change", "host-bound changes")),
                                    (undecided, ("undecided", "undecided"))):
             if count:
                 shown.append(f"{count} {one if count == 1 else many}")
@@ -209,8 +218,10 @@ def render_reasons(verdicts: Sequence[Verdict]) -> str:
 
 
 def _with_reasons(ordered: Sequence[Verdict]) -> list[Verdict]:
-    """The verdicts whose reason a report prints under its table: regressions and unjudged."""
-    return [v for v in ordered if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE)]
+    """The verdicts whose reason a report prints under its table: regressions, unjudged ones
+    and host-bound changes."""
+    return [v for v in ordered if v.outcome in (Outcome.REGRESSION, Outcome.UNRELIABLE)
+            or v.rule == HOST_BOUND_RULE]
 
 
 def _plural(count: int, noun: str) -> str:

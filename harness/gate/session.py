@@ -15,6 +15,9 @@ Decisions on one test's metrics, in this order:
   3. any metric without a baseline, or unreliable
                                         -> the test is skipped with the reason: not checked
   4. otherwise (unchanged, improved)    -> the test passes; improvements are listed at the end
+Before deciding, the host's share of host-bound work (a host-bound step's wall time worse only
+within what the baseline's machines measured, its device time held) is judged unchanged and
+named at the end (`harness.gate.host_share`), unless --perf-ab-host-bound sends it to A/B.
 A metric too noisy to judge whose median moved the better way (`suspects.noisy_improvement`)
 counts as neither 2 nor 3: it is reported as unreliable, and nothing in it suggests a regression.
 A metric an A/B on this machine measured worse over rounds that disagree
@@ -35,6 +38,7 @@ from typing import Any, Literal, Protocol
 
 from harness.gate import refresh, report, store, traces
 from harness.gate.explanation import explain_verdicts, runs_profiles
+from harness.gate.host_share import name_host_shares, note_host_shares
 from harness.gate.results import Metric, RunResults, metric_id, split_metric_id
 from harness.gate.run_options import PerfOptions
 from harness.gate.suspects import noisy_improvement, suspects, undecided_by_ab
@@ -180,6 +184,8 @@ class PerfSession:
                   baseline_environment=reference_environment, environment=self.environment,
                   confirming=confirming)
             for mid, measured in metrics.items()])
+        if not self.options.ab_host_bound:
+            verdicts = name_host_shares(verdicts)
         self.verdicts.extend(verdicts)
         return self.decide(nodeid, verdicts)
 
@@ -383,6 +389,9 @@ class PerfSession:
             lines.append(report.render_summary(self.verdicts))
         if anatomy:
             lines.append(anatomy)
+        named = note_host_shares(self.verdicts, self.ab_base_commit())
+        if named:
+            lines.append(named)
         improved = self.improvements()
         if improved:
             lines.append(f"{len(improved)} metric(s) improved beyond tolerance; if the change is "

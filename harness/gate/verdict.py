@@ -91,6 +91,10 @@ AB_RULE = "paired t-test (A/B)"
 # The rule of a device time that its wall time decided (`harness.gate.wall_time`).
 WALL_TIME_RULE = "wall time decides (kernel-bound call)"
 
+# The rule of a host-side metric worse only within the fleet's spread: the host's share, named
+# and not judged against other machines (`harness.gate.host_share`).
+HOST_BOUND_RULE = "host-bound change (the host's share)"
+
 # Where the host's calibration probes sit in a flattened environment.
 CALIBRATION_PREFIX = "host.calibration."
 
@@ -165,9 +169,11 @@ class Verdict:
         step read +29.8% and +24.0% inside its 30% fleet tolerance (H200, 2026-12-02). A host
         whose calibration reads slower does not excuse a host-bound step here: the second of
         those hosts read the Python loop 25% slower than the baseline's in that run, and ran
-        the unchanged steps 13-31% faster than the baseline in the next."""
+        the unchanged steps 13-31% faster than the baseline in the next. Such a host-bound
+        wall time whose device time held is named instead, unless --perf-ab-host-bound
+        (`harness.gate.host_share`)."""
         if self.outcome is not Outcome.UNCHANGED or self.change is None \
-                or self.rule == WALL_TIME_RULE:
+                or self.rule in (WALL_TIME_RULE, HOST_BOUND_RULE):
             return False
         worsening = self.change if self.measured.better == "lower" else -self.change
         tolerance = self.one_machine_tolerance

@@ -107,6 +107,10 @@ OPTIONS: tuple[_Option, ...] = (
             "suspected tests, at the end of the run) may take: it confirms the suspected tests "
             "whose 3 rounds fit (failed ones first), and stops at the rounds it has "
             f"(default {DEFAULT_AB_BUDGET_SECONDS:g})", "SECONDS"),
+    _Option("--perf-ab-host-bound", "flag", "also confirm by A/B the wall times of host-bound "
+            "steps (and DataLoader metrics) that read worse than one machine's tolerance but "
+            "within what the baseline's machines measured; by default they are named as "
+            "host-bound changes and pass"),
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
             f"{DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
@@ -323,6 +327,7 @@ def read_options(config: pytest.Config, *, resolve_device: bool = True) -> PerfO
     ab_rounds = _number(config, by_flag["--perf-ab-rounds"],
                         f"a whole number of rounds of at least {MIN_ROUNDS}, such as 5",
                         lambda number: number >= MIN_ROUNDS and number == int(number))
+    ab_host_bound, _ = _flag(config, by_flag["--perf-ab-host-bound"])
     ab_budget = _positive_float(config, by_flag["--perf-ab-budget"],
                                 "a number of seconds greater than 0, such as 240")
     trace, trace_source = _path(config, by_flag["--perf-trace"])
@@ -373,6 +378,7 @@ def read_options(config: pytest.Config, *, resolve_device: bool = True) -> PerfO
         confirm_delay_seconds=confirm_delay, repeat_flags=tuple(repeat_flags), confirm=confirm,
         ab_rounds=DEFAULT_AB_ROUNDS if ab_rounds is None else int(ab_rounds),
         ab_budget_seconds=DEFAULT_AB_BUDGET_SECONDS if ab_budget is None else ab_budget,
+        ab_host_bound=ab_host_bound,
         child_args=tuple(child_args), trace_dir=trace, trace_all=trace_all)
 
 
