@@ -97,6 +97,20 @@ def test_a_moved_wall_time_leaves_the_device_time_its_own_verdict() -> None:
     assert suspects(first, strict=True).regressions == tuple(v.metric_id for v in first)
 
 
+def test_a_faster_wall_time_rules_out_a_slower_burst() -> None:
+    # The fp8 GEMM on a fresh H200: wall time 3.2% faster than the fleet, burst 10% slower.
+    first = _judged(0.968, 1.10)
+    assert first[0].outcome is Outcome.IMPROVEMENT and first[1].outcome is Outcome.REGRESSION
+    wall, device = defer_to_wall_time(first)
+    assert wall == first[0]
+    assert device.outcome is Outcome.UNCHANGED and device.rule == WALL_TIME_RULE
+    assert "'gemm' (-3.2%) over 41 back-to-back samples was judged better" in device.reason
+    assert not suspects([wall, device], strict=True).all
+    # Both faster: the burst keeps its improvement.
+    both = _judged(0.968, 0.95)
+    assert defer_to_wall_time(both) == both
+
+
 def test_a_step_of_many_kernels_or_a_host_bound_call_keeps_its_device_time() -> None:
     many = _judged(1.0, 1.05, launches=30, name="device_time")
     assert defer_to_wall_time(many) == many
@@ -116,6 +130,13 @@ def test_an_ab_follows_the_wall_time_of_a_kernel_bound_call() -> None:
     deferred = defer_paired(verdicts, head)
     assert deferred[f"{TEST}::gemm_device_time"].outcome is PairedOutcome.UNCHANGED
     assert "the wall time decides" in deferred[f"{TEST}::gemm_device_time"].reason
+    # A wall time the rounds judged better lets an undecided burst follow it too.
+    faster = dict(verdicts)
+    faster[f"{TEST}::gemm"] = paired_verdict(f"{TEST}::gemm", "lower", base, [0.95, 0.951, 0.949],
+                                             tolerance=0.02, alpha=0.01)
+    assert faster[f"{TEST}::gemm"].outcome is PairedOutcome.IMPROVEMENT
+    followed = defer_paired(faster, head)[f"{TEST}::gemm_device_time"]
+    assert followed.outcome is PairedOutcome.UNCHANGED and "judged better" in followed.reason
     # A step of many kernels keeps what its rounds said.
     head[f"{TEST}::gemm_device_time"] = _device(1.0, launches=30)
     assert defer_paired(verdicts, head) == verdicts
