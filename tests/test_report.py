@@ -3,6 +3,7 @@ GitHub markdown, and the description of a baseline refresh."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -23,7 +24,7 @@ from harness.gate.report import (
     render_verdict_detail,
 )
 from harness.gate.results import Metric, RunResults
-from harness.gate.verdict import Outcome, Verdict, judge
+from harness.gate.verdict import AB_RULE, Outcome, Verdict, judge
 
 NODE = "perf_tests/test_train.py::test_gpt2_step"
 BASE_ENV = {"torch": "2.4.0", "cuda": "12.4", "driver": "550.54", "gpu_name": "NVIDIA H100"}
@@ -367,3 +368,19 @@ def test_a_failing_test_shows_the_kernel_diff_under_its_detail_table(tmp_path) -
     assert "kernel diff of " + NODE + "::device_time" in decision.message
     assert "gemm tn" in decision.message
     assert any("anatomy of the profiled steps" in line for line in session.summary_lines())
+
+
+def test_an_ab_decided_change_is_marked_paired_and_explained_once() -> None:
+    # The fp8 GEMM's device time after an A/B on a fresh H200 (2026-12-03): base's run medians
+    # 1.044 ms, head's 976 us, while the rounds' ratios averaged +0.1%.
+    base = time_metric(1.044e-3, 0.95e-3, 1.10e-3, name="gemm_device_time")
+    head = time_metric(0.976e-3, 1.05e-3, 0.95e-3, name="gemm_device_time")
+    paired = dataclasses.replace(judge(f"{NODE}::gemm_device_time", head, base),
+                                 outcome=Outcome.UNCHANGED, change=0.001, rule=AB_RULE)
+    summary = render_summary([paired, unchanged()])
+    assert re.search(r"\+0\.1 % \(paired\)\s+unchanged", summary)
+    assert summary.count("(paired)") == 2  # the row and the note under the table
+    assert "(paired): an A/B's change, the geometric mean of its rounds' head/base ratios" \
+        in summary
+    assert "(paired)" not in render_summary([unchanged()])
+    assert "(paired): an A/B's change" in render_markdown([paired])

@@ -27,6 +27,7 @@ from harness.gate.kernel_diff import KernelDiff, Line
 from harness.gate.results import Metric, RunResults, split_metric_id
 from harness.gate.suspects import undecided_by_ab
 from harness.gate.verdict import (
+    AB_RULE,
     HOST_BOUND_RULE,
     REPORT_ORDER,
     Outcome,
@@ -41,6 +42,13 @@ DEFAULT_MARKDOWN_TITLE = "Performance report"
 # measurement, while its runs were sound and only disagreed too much to decide.
 UNDECIDED_WORD = "undecided (rounds disagree)"
 HOST_BOUND_WORD = "host-bound change"
+# The change of a metric an A/B decided is the geometric mean of its rounds' head/base ratios:
+# with rounds that differ (a GPU whose clock wanders between processes) it can differ from the
+# ratio of the two medians shown beside it (the fp8 GEMM's device time read 1.044 ms -> 976 us,
+# +0.1% paired, on a fresh H200, 2026-12-03).
+PAIRED_MARK = "(paired)"
+PAIRED_NOTE = ("(paired): an A/B's change, the geometric mean of its rounds' head/base ratios "
+               "on this machine; the columns beside it are the medians of each side's runs")
 
 
 def render_summary(verdicts: Sequence[Verdict]) -> str:
@@ -53,6 +61,8 @@ def render_summary(verdicts: Sequence[Verdict]) -> str:
     table = tabulate([_summary_row(v) for v in ordered], headers=SUMMARY_HEADERS,
                      tablefmt="simple", disable_numparse=True)
     parts = [table, _counts(ordered)]
+    if any(_paired(v) for v in ordered):
+        parts.append(PAIRED_NOTE)
     differences = _merged_differences(ordered)
     if differences:
         parts.append("environment differs from the baseline's:\n" + "\n".join(
@@ -117,6 +127,8 @@ def render_markdown(verdicts: Sequence[Verdict], *, title: str = DEFAULT_MARKDOW
         rows.append(row)
     lines += [_counts(ordered), "",
               tabulate(rows, headers=SUMMARY_HEADERS, tablefmt="github", disable_numparse=True)]
+    if any(_paired(v) for v in ordered):
+        lines += ["", _markdown_text(PAIRED_NOTE)]
     notes = [f"- `{_code_text(v.metric_id)}`: {_verdict_word(v)}: {_markdown_text(v.reason)}"
              for v in _with_reasons(ordered)]
     if notes:
@@ -166,10 +178,18 @@ def render_baseline_changes(old: RunResults | None, new: RunResults) -> str:
 def _summary_row(verdict: Verdict) -> list[str]:
     nodeid, name = split_metric_id(verdict.metric_id)
     baseline = verdict.baseline
+    change = format_change(verdict.change)
+    if _paired(verdict):
+        change += f" {PAIRED_MARK}"
     return [nodeid, name,
             "-" if baseline is None else format_value(baseline.median, baseline.unit),
             format_value(verdict.measured.median, verdict.measured.unit),
-            format_change(verdict.change), _verdict_word(verdict)]
+            change, _verdict_word(verdict)]
+
+
+def _paired(verdict: Verdict) -> bool:
+    """Whether the verdict's change is an A/B's paired change (not the ratio of its columns)."""
+    return verdict.rule == AB_RULE and verdict.change is not None
 
 
 def _verdict_word(verdict: Verdict) -> str:
