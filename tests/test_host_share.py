@@ -16,7 +16,7 @@ from harness.gate.host_share import (
     note_host_shares,
     worse_than_the_fleet_measured,
 )
-from harness.gate.profile import DeviceProfile
+from harness.gate.profile import DeviceProfile, KernelRow
 from harness.gate.results import Metric, RunResults
 from harness.gate.suspects import suspects
 from harness.gate.verdict import HOST_BOUND_RULE, Outcome, Verdict, judge
@@ -144,3 +144,32 @@ def test_a_comparison_of_two_files_names_the_host_share_too() -> None:
     comparison = compare_results(base, new, base_path=Path("b.json"), new_path=Path("n.json"))
     assert {v.rule for v in comparison.verdicts} >= {HOST_BOUND_RULE}
     assert Outcome.UNRELIABLE not in comparison.outcomes()
+
+
+def test_a_wall_time_of_many_launches_whose_device_time_held_is_named_too() -> None:
+    # The GPT-2 step on a fresh H200 (2026-12-03): 17% idle, so not host-bound, its wall time
+    # +3% against the fleet (8% spread), its device time -0.6%.
+    node = "perf_tests/test_training.py::test_step[gpt-none]"
+    kernels = tuple(KernelRow(f"kernel_{i}", 10.0, 0.0757 / 300) for i in range(30))
+    idle = DeviceProfile(steps=5, device_seconds=0.0757, idle_fraction=0.17,
+                         host_issue_seconds=None, kernels=kernels)
+    verdicts = [judge(f"{node}::step_time", _metric("step_time", 0.0911),
+                      _metric("step_time", 0.0884, runs=_runs(0.0865, 0.0935, 0.0884))),
+                judge(f"{node}::device_time", _metric("device_time", 0.0757, profile=idle),
+                      _metric("device_time", 0.0761, runs=_runs(0.0758, 0.0762, 0.0761)))]
+    assert verdicts[0].worse_on_one_machine
+    named = name_host_shares(verdicts)[0]
+    assert named.rule == HOST_BOUND_RULE
+    assert "on a measurement of many launches (the GPU idled 17.0% of it)" in named.reason
+
+
+def test_a_kernel_bound_calls_wall_time_is_never_the_hosts() -> None:
+    # A GEMM's wall time measures its kernels: within the fleet but worse, A/B checks it.
+    busy = DeviceProfile(steps=5, device_seconds=1e-3, idle_fraction=0.01,
+                         host_issue_seconds=None, kernels=())
+    runs = _runs(1.0e-3, 1.025e-3, 0.975e-3)
+    verdicts = [judge("t::gemm", _metric("gemm", 1.05e-3), _metric("gemm", 1.0e-3, runs=runs)),
+                judge("t::gemm_device_time", _metric("gemm_device_time", 1.0e-3, profile=busy),
+                      _metric("gemm_device_time", 1.0e-3, runs=runs))]
+    assert busy.kernel_bound and verdicts[0].worse_on_one_machine
+    assert name_host_shares(verdicts)[0].rule != HOST_BOUND_RULE
