@@ -173,3 +173,18 @@ def test_a_kernel_bound_calls_wall_time_is_never_the_hosts() -> None:
                       _metric("gemm_device_time", 1.0e-3, runs=runs))]
     assert busy.kernel_bound and verdicts[0].worse_on_one_machine
     assert name_host_shares(verdicts)[0].rule != HOST_BOUND_RULE
+
+
+def test_a_device_time_is_never_the_hosts_share() -> None:
+    # Two measurements in one test, one unprefixed: the prefixed device time must not take the
+    # unprefixed one for its partner and be named.
+    kernels = tuple(KernelRow(f"kernel_{i}", 10.0, 1e-4) for i in range(30))
+    idle = DeviceProfile(steps=5, device_seconds=0.03, idle_fraction=0.3,
+                         host_issue_seconds=None, kernels=kernels)
+    runs = _runs(0.030, 0.0309, 0.0291)
+    verdicts = [judge("t::device_time", _metric("device_time", 0.030, profile=idle),
+                      _metric("device_time", 0.030, runs=runs)),
+                judge("t::x_device_time", _metric("x_device_time", 0.0315, profile=idle),
+                      _metric("x_device_time", 0.030, runs=runs))]
+    assert verdicts[1].worse_on_one_machine
+    assert name_host_shares(verdicts)[1].rule != HOST_BOUND_RULE

@@ -79,6 +79,8 @@ def is_host_share(verdict: Verdict, device_time: Verdict | None) -> bool:
     whose step's `device_time` (when it has one) held. A device time that moved is the code's
     doing on the GPU, and its wall time goes to the A/B with it: a for-loop AdamW read the
     GPT-2 step's device time +8% and its host-bound wall time +21% (H200, 2026-12-02)."""
+    if verdict.metric_id.endswith(PROFILE_METRIC_SUFFIX):  # what the code costs the GPU
+        return False
     if not host_side(verdict.measured, device_time) or verdict.baseline is None:
         return False
     if device_time is not None and not held(device_time):
