@@ -15,8 +15,8 @@ Decisions on one test's metrics, in this order:
   3. any metric without a baseline, or unreliable
                                         -> the test is skipped with the reason: not checked
   4. otherwise (unchanged, improved)    -> the test passes; improvements are listed at the end
-Before deciding, the host's share of host-bound work (a host-bound step's wall time worse only
-within what the baseline's machines measured, its device time held) is judged unchanged and
+Before deciding, the host's share (a step's wall time worse only within what the baseline's
+machines measured, its device time held; DataLoader metrics likewise) is judged unchanged and
 named at the end (`harness.gate.host_share`), unless --perf-ab-host-bound sends it to A/B.
 A metric too noisy to judge whose median moved the better way (`suspects.noisy_improvement`)
 counts as neither 2 nor 3: it is reported as unreliable, and nothing in it suggests a regression.

@@ -107,10 +107,10 @@ OPTIONS: tuple[_Option, ...] = (
             "suspected tests, at the end of the run) may take: it confirms the suspected tests "
             "whose 3 rounds fit (failed ones first), and stops at the rounds it has "
             f"(default {DEFAULT_AB_BUDGET_SECONDS:g})", "SECONDS"),
-    _Option("--perf-ab-host-bound", "flag", "also confirm by A/B the wall times of host-bound "
-            "steps (and DataLoader metrics) that read worse than one machine's tolerance but "
-            "within what the baseline's machines measured; by default they are named as "
-            "host-bound changes and pass"),
+    _Option("--perf-ab-host-bound", "flag", "also confirm by A/B the host's share: wall times "
+            "of steps whose device time held (and DataLoader metrics) that read worse than one "
+            "machine's tolerance but within what the baseline's machines measured; by default "
+            "they are named as host-bound changes and pass"),
     _Option("--perf-dist-timeout", "float", "under torchrun: seconds a collective waits for "
             "the other ranks before the run fails instead of hanging (default "
             f"{DEFAULT_TIMEOUT_SECONDS:g})", "SECONDS"),
