@@ -83,19 +83,12 @@ def is_host_share(verdict: Verdict, device_time: Verdict | None) -> bool:
         return False
     if not host_side(verdict.measured, device_time) or verdict.baseline is None:
         return False
-    if device_time is not None and not held(device_time):
+    if device_time is not None and not device_time.held:
         return False
     if verdict.worse_on_one_machine:
         return True
     return (verdict.outcome is Outcome.UNRELIABLE and verdict.rule == "host-sensitive"
             and not worse_than_the_fleet_measured(verdict))
-
-
-def held(device_time: Verdict) -> bool:
-    """Whether a device time was judged unchanged (and no worse than one machine's tolerance)
-    or better."""
-    return device_time.outcome is Outcome.IMPROVEMENT or (
-        device_time.outcome is Outcome.UNCHANGED and not device_time.worse_on_one_machine)
 
 
 def device_time_partner(metric_id: str, ids: Collection[str]) -> str | None:

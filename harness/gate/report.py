@@ -223,7 +223,7 @@ def _counts(verdicts: Iterable[Verdict]) -> str:
         undecided = sum(undecided_by_ab(v) for v in of_outcome)
         host = sum(v.rule == HOST_BOUND_RULE for v in of_outcome)
         for count, (one, many) in ((len(of_outcome) - undecided - host, words[outcome]),
-                                   (host, ("host-bound change", "host-bound changes")),
+                                   (host, (HOST_BOUND_WORD, f"{HOST_BOUND_WORD}s")),
                                    (undecided, ("undecided", "undecided"))):
             if count:
                 shown.append(f"{count} {one if count == 1 else many}")

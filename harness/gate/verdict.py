@@ -179,6 +179,15 @@ class Verdict:
         tolerance = self.one_machine_tolerance
         return tolerance < self.tolerance and worsening > tolerance
 
+    @property
+    def held(self) -> bool:
+        """Judged unchanged and no worse than one machine's tolerance, or better: what a
+        device time must read for its wall time to be the host's share
+        (`harness.gate.host_share`), and a wall time for its device time to follow it
+        (`harness.gate.wall_time`)."""
+        return self.outcome is Outcome.IMPROVEMENT or (
+            self.outcome is Outcome.UNCHANGED and not self.worse_on_one_machine)
+
 
 def judge(metric_id: str, measured: Metric, baseline: Metric | None, *,
           tolerance: float | None = None, alpha: float = DEFAULT_ALPHA,

@@ -60,8 +60,7 @@ def defer_to_wall_time(verdicts: Sequence[Verdict]) -> list[Verdict]:
     for verdict in verdicts:
         twin = by_id.get(wall_time_twin(verdict.metric_id, by_id) or "")
         if twin is not None and _defers(verdict, twin):
-            why = _why(verdict.measured, twin.measured, twin.change,
-                       _judged(twin.outcome.value))
+            why = _why(verdict.measured, twin.measured, twin.change, twin.outcome.value)
             verdict = dataclasses.replace(verdict, outcome=Outcome.UNCHANGED,
                                           rule=WALL_TIME_RULE, reason=f"{verdict.reason}; {why}")
         result.append(verdict)
@@ -87,7 +86,7 @@ def defer_paired(verdicts: Mapping[str, PairedVerdict],
         result[mid] = dataclasses.replace(
             verdict, outcome=PairedOutcome.UNCHANGED,
             reason=f"{verdict.reason}; "
-                   f"{_why(metric, twin_metric, twin.change, _judged(twin.outcome.value))}")
+                   f"{_why(metric, twin_metric, twin.change, twin.outcome.value)}")
     return result
 
 
@@ -99,8 +98,8 @@ def _defers(verdict: Verdict, twin: Verdict) -> bool:
     3.2% faster than the fleet on a fresh H200 while its burst read the device time 10%
     slower, which sent the test to A/B (2026-12-03)."""
     plain = verdict.outcome is Outcome.UNCHANGED and not verdict.worse_on_one_machine
-    twin_held = (twin.outcome is Outcome.UNCHANGED and not twin.worse_on_one_machine) or (
-        twin.outcome is Outcome.IMPROVEMENT and verdict.outcome is not Outcome.IMPROVEMENT)
+    both_better = twin.outcome is Outcome.IMPROVEMENT and verdict.outcome is Outcome.IMPROVEMENT
+    twin_held = twin.held and not both_better
     return (kernel_bound(verdict.measured) and verdict.change is not None and not plain
             and verdict.measured.reliable and twin.measured.reliable
             and verdict.outcome in (Outcome.UNCHANGED, Outcome.REGRESSION,
@@ -108,13 +107,9 @@ def _defers(verdict: Verdict, twin: Verdict) -> bool:
             and verdict.baseline is not None and verdict.baseline.reliable and twin_held)
 
 
-def _judged(outcome: str) -> str:
-    """How a wall time that lets its device time follow was judged, in words."""
-    return "better" if outcome == "improvement" else outcome
-
-
-def _why(metric: Metric, twin: Metric, twin_change: float | None, judged: str) -> str:
+def _why(metric: Metric, twin: Metric, twin_change: float | None, twin_outcome: str) -> str:
     assert metric.profile is not None  # kernel_bound checked it
+    judged = "better" if twin_outcome == "improvement" else twin_outcome
     moved = "" if twin_change is None else \
         f" ({format_percent(twin_change, signed=True, space=False)})"
     return (f"the wall time decides: a call of {metric.profile.launches_per_step:g} launch(es), "
